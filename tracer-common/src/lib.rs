@@ -1,0 +1,212 @@
+//! Types shared by the kernel probe (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Every layout here crosses the kernel/user boundary byte for byte, so each is
+//! `#[repr(C)]`, has no implicit padding, and has its size pinned by a compile-time assert.
+#![no_std]
+
+/// Longest task command name the kernel keeps (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Most ports `--port` can push into the probe.
+pub const MAX_PORTS: usize = 8;
+
+/// `AF_INET`, as the tracepoint reports it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as the tracepoint reports it.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`: the tracepoint also fires for other inet protocols; only TCP is kept.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Index in the probe's `STATS` per-CPU array of the count of events the ring buffer had
+/// no room for.
+pub const STAT_LOST: u32 = 0;
+/// Number of entries in the probe's `STATS` array.
+pub const STAT_COUNT: u32 = 1;
+
+/// One TCP state transition, as the probe writes it into the ring buffer.
+///
+/// Addresses are in network byte order; an IPv4 address fills the first 4 bytes.
+/// Ports are in host byte order (the tracepoint already converted them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock`: the socket's identity for its whole life.
+    pub skaddr: u64,
+    /// Thread-group id (the userspace pid) of the task current when the state changed.
+    pub pid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// State before the change (kernel `TCP_*` number).
+    pub oldstate: u8,
+    /// State after the change.
+    pub newstate: u8,
+    /// Local address, network order.
+    pub saddr: [u8; 16],
+    /// Remote address, network order.
+    pub daddr: [u8; 16],
+    /// Command name of the current task, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Byte size of a [`TransitionEvent`] record in the ring buffer.
+pub const TRANSITION_EVENT_SIZE: usize = 80;
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == TRANSITION_EVENT_SIZE);
+
+/// Where each field sits in a `sock:inet_sock_set_state` record, read by userspace from the
+/// tracepoint's format file so the probe never relies on one kernel's layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldOffsets {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// Bytes from the record's start through the end of its last field.
+    pub record_len: u16,
+}
+const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 24);
+
+/// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
+pub const MAX_RECORD_LEN: usize = 128;
+
+/// What the probe keeps, set once at load time as read-only global data so that the
+/// verifier can prune disabled filters and nothing unwanted reaches the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub offsets: FieldOffsets,
+    /// Ports kept (local or remote); only the first `port_count` are used.
+    pub ports: [u16; MAX_PORTS],
+    /// 0 keeps every port.
+    pub port_count: u16,
+    /// Family kept: 0 for both, else `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Bit `1 << state` set for each state kept on either side of a transition; 0 keeps all.
+    pub state_mask: u32,
+    /// Process (thread-group) id kept; 0 keeps every process.
+    pub pid: u32,
+    /// Ring buffer bytes available above which the probe wakes the reader; below it the
+    /// reader finds events on its own short poll, which saves a wakeup per event under load.
+    pub wakeup_bytes: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+
+impl ProbeConfig {
+    /// A configuration that keeps everything, for records laid out as `offsets` says.
+    pub const fn new(offsets: FieldOffsets) -> Self {
+        Self {
+            offsets,
+            ports: [0; MAX_PORTS],
+            port_count: 0,
+            family: 0,
+            state_mask: 0,
+            pid: 0,
+            wakeup_bytes: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are repr(C), made only of integers and integer arrays, with no padding
+    // (sizes asserted above), so every byte pattern is valid.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::TransitionEvent {}
+}
+
+/// The kernel's TCP states (`include/net/tcp_states.h`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    /// Every state, in kernel order.
+    pub const ALL: [TcpState; 13] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+        TcpState::BoundInactive,
+    ];
+
+    /// The state with kernel number `n`, if there is one.
+    pub const fn from_u8(n: u8) -> Option<Self> {
+        if n >= 1 && n as usize <= Self::ALL.len() {
+            Some(Self::ALL[n as usize - 1])
+        } else {
+            None
+        }
+    }
+
+    /// The kernel's name without its `TCP_` prefix, e.g. `CLOSE_WAIT`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+            TcpState::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_numbers_round_trip() {
+        for s in TcpState::ALL {
+            assert_eq!(TcpState::from_u8(s as u8), Some(s));
+        }
+        assert_eq!(TcpState::from_u8(0), None);
+        assert_eq!(TcpState::from_u8(14), None);
+        assert_eq!(TcpState::CloseWait as u8, 8);
+        assert_eq!(TcpState::from_u8(8).map(TcpState::name), Some("CLOSE_WAIT"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line: what users can ask for, and parsing of its values (durations, states,
+//! families). Every parse failure becomes a clap usage error: one line, exit status 2.
+
+use std::time::Duration;
+
+use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tracer_common::{TcpState, MAX_PORTS};
+
+use crate::decode::Family;
+
+/// Traces TCP state transitions with eBPF and finds the processes that leak sockets.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to the kernel and follow TCP sockets live (needs root).
+    Watch(WatchArgs),
+}
+
+/// Options of `tracer watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print every TCP state transition as it happens.
+    #[arg(long)]
+    pub events: bool,
+
+    /// Output format: human text, or JSON Lines (one record per line; see the README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Keep transitions whose local or remote port is PORT (repeatable, up to 8).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Keep transitions that ran in the context of process PID (see the README for what
+    /// that catches and what it cannot).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Keep only one address family.
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
+
+    /// Keep transitions into or out of STATE, e.g. CLOSE_WAIT (repeatable).
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+
+    /// Stop by itself after this long, e.g. 500ms, 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// `--family` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Ipv4 => Family::Ipv4,
+            FamilyArg::Ipv6 => Family::Ipv6,
+        }
+    }
+}
+
+impl Cli {
+    /// Parses `args`, including the checks clap cannot express; errors are usage errors.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let Command::Watch(w) = &cli.command;
+        if w.ports.len() > MAX_PORTS {
+            return Err(Cli::command().error(
+                ErrorKind::TooManyValues,
+                format!(
+                    "--port is given {} times; the probe filters at most {MAX_PORTS} ports",
+                    w.ports.len()
+                ),
+            ));
+        }
+        Ok(cli)
+    }
+}
+
+/// Parses a human duration (`500ms`, `30s`, `5m`, `1h30m`); zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 30s or 5m ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; give a positive duration"));
+    }
+    Ok(d)
+}
+
+/// Parses a TCP state name: `CLOSE_WAIT`, `close-wait`, `TCP_CLOSE_WAIT` all work.
+pub fn parse_state(s: &str) -> Result<TcpState, String> {
+    let norm = s.trim().to_ascii_uppercase().replace('-', "_");
+    let norm = norm.strip_prefix("TCP_").unwrap_or(&norm);
+    TcpState::ALL
+        .into_iter()
+        .find(|st| st.name() == norm)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TcpState::ALL.iter().map(|st| st.name()).collect();
+            format!("`{s}` is not a TCP state; one of {}", names.join(", "))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<WatchArgs, clap::Error> {
+        let cli = Cli::try_parse_checked(std::iter::once("tracer").chain(args.iter().copied()))?;
+        let Command::Watch(w) = cli.command;
+        Ok(w)
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_duration("soon")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration("10").is_err(), "a unit is required");
+    }
+
+    #[test]
+    fn state_names_in_any_spelling() {
+        assert_eq!(parse_state("CLOSE_WAIT"), Ok(TcpState::CloseWait));
+        assert_eq!(parse_state("close-wait"), Ok(TcpState::CloseWait));
+        assert_eq!(parse_state("TCP_FIN_WAIT2"), Ok(TcpState::FinWait2));
+        assert_eq!(parse_state("syn_recv"), Ok(TcpState::SynRecv));
+        let err = parse_state("HALF_OPEN").unwrap_err();
+        assert!(
+            err.contains("not a TCP state") && err.contains("CLOSE_WAIT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn watch_arguments() {
+        let w = parse(&[
+            "watch",
+            "--events",
+            "--format",
+            "json",
+            "--port",
+            "61616",
+            "--port",
+            "80",
+            "--pid",
+            "42",
+            "--family",
+            "ipv6",
+            "--state",
+            "close_wait",
+            "--duration",
+            "10s",
+        ])
+        .unwrap();
+        assert!(w.events);
+        assert_eq!(w.format, Format::Json);
+        assert_eq!(w.ports, vec![61616, 80]);
+        assert_eq!(w.pid, Some(42));
+        assert_eq!(w.family, Some(FamilyArg::Ipv6));
+        assert_eq!(w.states, vec![TcpState::CloseWait]);
+        assert_eq!(w.duration, Some(Duration::from_secs(10)));
+
+        let d = parse(&["watch"]).unwrap();
+        assert!(!d.events && d.ports.is_empty() && d.pid.is_none() && d.duration.is_none());
+        assert_eq!(d.format, Format::Text);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["watch", "--port", "0"][..],
+            &["watch", "--port", "70000"],
+            &["watch", "--pid", "0"],
+            &["watch", "--family", "ipx"],
+            &["watch", "--state", "OPEN"],
+            &["watch", "--duration", "forever"],
+            &["watch", "--format", "xml"],
+            &["watch", "--bogus"],
+            &["frobnicate"],
+            &[
+                "watch", "--port=1", "--port=2", "--port=3", "--port=4", "--port=5", "--port=6",
+                "--port=7", "--port=8", "--port=9",
+            ],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+}

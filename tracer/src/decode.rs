@@ -1,0 +1,227 @@
+//! Stage 2: turns the probe's raw ring-buffer records into typed transitions.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use tracer_common::{
+    TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, TRANSITION_EVENT_SIZE,
+};
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// The name used on the command line and in JSON: `ipv4` or `ipv6`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    /// The kernel's `AF_*` number.
+    pub const fn af(self) -> u16 {
+        match self {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        }
+    }
+}
+
+/// A TCP state as the kernel numbers it; numbers this build does not know are kept, not
+/// rejected, so a newer kernel's states still show up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct State(pub u8);
+
+impl State {
+    /// The known state, if this number is one.
+    pub fn known(self) -> Option<TcpState> {
+        TcpState::from_u8(self.0)
+    }
+}
+
+impl From<TcpState> for State {
+    fn from(s: TcpState) -> Self {
+        State(s as u8)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.known() {
+            Some(s) => f.write_str(s.name()),
+            None => write!(f, "STATE_{}", self.0),
+        }
+    }
+}
+
+/// One TCP state change of one socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Kernel monotonic time of the change, in nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket.
+    pub sk: u64,
+    /// Process (thread-group) id of the task current at the change.
+    pub pid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    /// Command name of that task.
+    pub comm: String,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old: State,
+    pub new: State,
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("transition record is {got} bytes, expected {TRANSITION_EVENT_SIZE}")]
+    Length { got: usize },
+    #[error("transition record has unknown address family {0}")]
+    Family(u16),
+}
+
+/// Decodes one record written by the probe.
+pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    // The ring buffer pads records to 8 bytes; the probe's record is exactly 80.
+    if bytes.len() != TRANSITION_EVENT_SIZE {
+        return Err(DecodeError::Length { got: bytes.len() });
+    }
+    // SAFETY: length checked; TransitionEvent is plain integers, valid for any bytes.
+    let ev: TransitionEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_event(&ev)
+}
+
+/// Converts the shared kernel layout into a [`Transition`].
+pub fn from_event(ev: &TransitionEvent) -> Result<Transition, DecodeError> {
+    let (family, saddr, daddr) = match ev.family {
+        AF_INET => (Family::Ipv4, ipv4(&ev.saddr), ipv4(&ev.daddr)),
+        AF_INET6 => (
+            Family::Ipv6,
+            IpAddr::V6(Ipv6Addr::from(ev.saddr)),
+            IpAddr::V6(Ipv6Addr::from(ev.daddr)),
+        ),
+        other => return Err(DecodeError::Family(other)),
+    };
+    let comm_len = ev.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    Ok(Transition {
+        ts_ns: ev.ts_ns,
+        sk: ev.skaddr,
+        pid: ev.pid,
+        tid: ev.tid,
+        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        family,
+        saddr,
+        sport: ev.sport,
+        daddr,
+        dport: ev.dport,
+        old: State(ev.oldstate),
+        new: State(ev.newstate),
+    })
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(family: u16, saddr: [u8; 16], daddr: [u8; 16]) -> TransitionEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"java");
+        TransitionEvent {
+            ts_ns: 123_456_789,
+            skaddr: 0xffff_8880_1234_5678,
+            pid: 4242,
+            tid: 4243,
+            sport: 61616,
+            dport: 40000,
+            family,
+            oldstate: TcpState::Established as u8,
+            newstate: TcpState::CloseWait as u8,
+            saddr,
+            daddr,
+            comm,
+        }
+    }
+
+    fn bytes_of(ev: &TransitionEvent) -> Vec<u8> {
+        // SAFETY: plain data without padding (size asserted in tracer-common).
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const TransitionEvent).cast::<u8>(),
+                TRANSITION_EVENT_SIZE,
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_in_network_order() {
+        let mut s = [0u8; 16];
+        s[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let t = decode(&bytes_of(&event(AF_INET, s, d))).unwrap();
+        assert_eq!(t.family, Family::Ipv4);
+        assert_eq!(t.saddr.to_string(), "127.0.0.1");
+        assert_eq!(t.daddr.to_string(), "10.1.2.3");
+        assert_eq!((t.sport, t.dport), (61616, 40000));
+        assert_eq!((t.pid, t.tid, t.comm.as_str()), (4242, 4243, "java"));
+        assert_eq!(t.sk, 0xffff_8880_1234_5678);
+        assert_eq!(
+            format!("{} -> {}", t.old, t.new),
+            "ESTABLISHED -> CLOSE_WAIT"
+        );
+    }
+
+    #[test]
+    fn decodes_ipv6_short_and_mapped_forms() {
+        let lo: [u8; 16] = Ipv6Addr::LOCALHOST.octets();
+        let mapped: [u8; 16] = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets();
+        let t = decode(&bytes_of(&event(AF_INET6, lo, mapped))).unwrap();
+        assert_eq!(t.family, Family::Ipv6);
+        assert_eq!(t.saddr.to_string(), "::1");
+        assert_eq!(t.daddr.to_string(), "::ffff:192.0.2.7");
+        let doc: [u8; 16] = "2001:db8::1:0:0:1".parse::<Ipv6Addr>().unwrap().octets();
+        let t = decode(&bytes_of(&event(AF_INET6, doc, lo))).unwrap();
+        assert_eq!(t.saddr.to_string(), "2001:db8::1:0:0:1");
+    }
+
+    #[test]
+    fn rejects_bad_length_and_family() {
+        let ev = event(AF_INET, [0; 16], [0; 16]);
+        let bytes = bytes_of(&ev);
+        assert_eq!(decode(&bytes[..79]), Err(DecodeError::Length { got: 79 }));
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 8]);
+        assert_eq!(decode(&padded), Err(DecodeError::Length { got: 88 }));
+        assert_eq!(
+            decode(&bytes_of(&event(1, [0; 16], [0; 16]))),
+            Err(DecodeError::Family(1))
+        );
+    }
+
+    #[test]
+    fn keeps_unknown_states_and_full_comm() {
+        let mut ev = event(AF_INET, [0; 16], [0; 16]);
+        ev.newstate = 42;
+        ev.comm = *b"sixteen-chars-xx";
+        let t = from_event(&ev).unwrap();
+        assert_eq!(t.new.to_string(), "STATE_42");
+        assert_eq!(t.comm, "sixteen-chars-xx");
+    }
+}

@@ -1,0 +1,12 @@
+//! tracer: follows every TCP state transition with an eBPF probe and finds the processes
+//! that leak sockets.
+//!
+//! The data path, one module per stage:
+//! [`probe`] (kernel program, ring buffer) -> [`decode`] (typed transitions) ->
+//! [`output`] (text or JSON Lines), driven by [`watch`]; [`cli`] is the command line.
+
+pub mod cli;
+pub mod decode;
+pub mod output;
+pub mod probe;
+pub mod watch;

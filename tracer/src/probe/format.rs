@@ -1,0 +1,196 @@
+//! Reads a tracepoint's `format` file into the field offsets the probe uses, so the probe
+//! follows the running kernel's layout instead of one compiled in.
+
+use tracer_common::{FieldOffsets, MAX_RECORD_LEN};
+
+/// Why a format file cannot drive the probe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("field `{0}` is missing")]
+    Missing(&'static str),
+    #[error("field `{name}` is {size} bytes, expected {expected}")]
+    Size {
+        name: &'static str,
+        size: usize,
+        expected: usize,
+    },
+    #[error("field `{name}` ends at byte {end}, past the {MAX_RECORD_LEN} bytes the probe copies")]
+    TooFar { name: &'static str, end: usize },
+    #[error("malformed line: {0}")]
+    Malformed(String),
+}
+
+/// The fields the probe reads, with the size each must have.
+const FIELDS: [(&str, usize); 11] = [
+    ("skaddr", 8),
+    ("oldstate", 4),
+    ("newstate", 4),
+    ("sport", 2),
+    ("dport", 2),
+    ("family", 2),
+    ("protocol", 2),
+    ("saddr", 4),
+    ("daddr", 4),
+    ("saddr_v6", 16),
+    ("daddr_v6", 16),
+];
+
+/// One `field:` line: its name, offset and size.
+fn parse_line(line: &str) -> Result<Option<(&str, usize, usize)>, FormatError> {
+    let line = line.trim();
+    let Some(rest) = line.strip_prefix("field:") else {
+        return Ok(None);
+    };
+    let malformed = || FormatError::Malformed(line.to_owned());
+    let mut parts = rest.split(';').map(str::trim);
+    // "const void * skaddr" or "__u8 saddr[4]": the name is the last word, less any [N].
+    let decl = parts.next().ok_or_else(malformed)?;
+    let name = decl.rsplit([' ', '*']).next().ok_or_else(malformed)?;
+    let name = name.split('[').next().unwrap_or(name);
+    let mut offset = None;
+    let mut size = None;
+    for part in parts {
+        if let Some(v) = part.strip_prefix("offset:") {
+            offset = Some(v.parse().map_err(|_| malformed())?);
+        } else if let Some(v) = part.strip_prefix("size:") {
+            size = Some(v.parse().map_err(|_| malformed())?);
+        }
+    }
+    match (offset, size) {
+        (Some(o), Some(s)) => Ok(Some((name, o, s))),
+        _ => Err(malformed()),
+    }
+}
+
+/// Parses `events/sock/inet_sock_set_state/format`.
+pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
+    let mut found = [None::<usize>; FIELDS.len()];
+    let mut record_len = 0;
+    for line in text.lines() {
+        let Some((name, offset, size)) = parse_line(line)? else {
+            continue;
+        };
+        let Some(i) = FIELDS.iter().position(|(n, _)| *n == name) else {
+            continue;
+        };
+        let (name, expected) = FIELDS[i];
+        if size != expected {
+            return Err(FormatError::Size {
+                name,
+                size,
+                expected,
+            });
+        }
+        let end = offset + size;
+        if end > MAX_RECORD_LEN {
+            return Err(FormatError::TooFar { name, end });
+        }
+        record_len = record_len.max(end);
+        found[i] = Some(offset);
+    }
+    let mut at = [0u16; FIELDS.len()];
+    for (i, (name, _)) in FIELDS.iter().enumerate() {
+        // Bounded by MAX_RECORD_LEN above, so the narrowing is exact.
+        at[i] = found[i].ok_or(FormatError::Missing(name))? as u16;
+    }
+    let [skaddr, oldstate, newstate, sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6] =
+        at;
+    Ok(FieldOffsets {
+        skaddr,
+        oldstate,
+        newstate,
+        sport,
+        dport,
+        family,
+        protocol,
+        saddr,
+        daddr,
+        saddr_v6,
+        daddr_v6,
+        record_len: record_len as u16,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format file of kernel 6.18, verbatim but for the long print fmt line.
+    const KERNEL_6_18: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s protocol=%s\", REC->family
+";
+
+    #[test]
+    fn parses_the_running_kernels_layout() {
+        let o = parse(KERNEL_6_18).unwrap();
+        assert_eq!(
+            o,
+            FieldOffsets {
+                skaddr: 8,
+                oldstate: 16,
+                newstate: 20,
+                sport: 24,
+                dport: 26,
+                family: 28,
+                protocol: 30,
+                saddr: 32,
+                daddr: 36,
+                saddr_v6: 40,
+                daddr_v6: 56,
+                record_len: 72,
+            }
+        );
+    }
+
+    #[test]
+    fn follows_moved_fields() {
+        let moved = KERNEL_6_18.replace("offset:24;\tsize:2", "offset:90;\tsize:2");
+        let o = parse(&moved).unwrap();
+        assert_eq!(o.sport, 90);
+        assert_eq!(o.record_len, 92);
+    }
+
+    #[test]
+    fn refuses_what_the_probe_cannot_read() {
+        let no_sport = KERNEL_6_18.replace("__u16 sport", "__u16 lport");
+        assert_eq!(parse(&no_sport), Err(FormatError::Missing("sport")));
+        let wide = KERNEL_6_18.replace("offset:26;\tsize:2", "offset:26;\tsize:4");
+        assert_eq!(
+            parse(&wide),
+            Err(FormatError::Size {
+                name: "dport",
+                size: 4,
+                expected: 2
+            })
+        );
+        let far = KERNEL_6_18.replace("offset:56;\tsize:16", "offset:120;\tsize:16");
+        assert_eq!(
+            parse(&far),
+            Err(FormatError::TooFar {
+                name: "daddr_v6",
+                end: 136
+            })
+        );
+        let bad = KERNEL_6_18.replace("offset:8;", "offset:eight;");
+        assert!(matches!(parse(&bad), Err(FormatError::Malformed(_))));
+    }
+}

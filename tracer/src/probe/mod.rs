@@ -1,0 +1,247 @@
+//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state`, and hands out
+//! its ring buffer and drop counters.
+
+pub mod format;
+mod privileges;
+mod tracefs;
+
+use std::{io, path::PathBuf};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{ProbeConfig, TcpState, MAX_PORTS, STAT_LOST};
+
+pub use privileges::check as check_privileges;
+pub use tracefs::Tracefs;
+
+use crate::decode::Family;
+
+/// The probe object built by `build.rs`; empty when no BPF toolchain was found at build time.
+static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-probe.o"));
+
+/// Tracepoint category and name the probe attaches to.
+pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// Why the probe could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this tracer binary was built without its BPF probe (no BPF toolchain at build time); \
+         build it with `cargo xtask build`"
+    )]
+    NotBuilt,
+    #[error("{0}")]
+    Privileges(String),
+    #[error("{0}")]
+    Tracefs(String),
+    #[error("cannot read the tracepoint format {path}: {source}; run as root")]
+    FormatRead { path: PathBuf, source: io::Error },
+    #[error("unsupported tracepoint format {path}: {source}")]
+    Format {
+        path: PathBuf,
+        source: format::FormatError,
+    },
+    #[error("loading the BPF probe failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("attaching to tracepoint sock:inet_sock_set_state failed: {0}")]
+    Attach(#[from] aya::programs::ProgramError),
+    #[error("opening the probe's map {name} failed: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("at most {MAX_PORTS} ports can be filtered, got {0}")]
+    TooManyPorts(usize),
+}
+
+/// What the kernel keeps: the user's filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Keep a transition when either port is one of these (empty: all).
+    pub ports: Vec<u16>,
+    /// Keep only transitions run in this process's context.
+    pub pid: Option<u32>,
+    /// Keep only this family.
+    pub family: Option<Family>,
+    /// Keep a transition when either side is one of these states (empty: all).
+    pub states: Vec<TcpState>,
+}
+
+/// Sizes of the ring buffer and its wakeup threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Ring buffer size in bytes: a power of two, a multiple of the page size.
+    pub bytes: u32,
+    /// Bytes pending before the probe wakes the reader (0: the kernel's default, a wakeup
+    /// whenever the reader has caught up).
+    pub wakeup_bytes: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        // 16 MiB holds about 190k transitions: half a second of the heaviest loopback churn
+        // a 2-core machine makes, while the reader sleeps at most a poll period.
+        Self {
+            bytes: 16 << 20,
+            wakeup_bytes: 256 << 10,
+        }
+    }
+}
+
+impl Filters {
+    /// The probe configuration for these filters over records laid out as `offsets` says.
+    pub fn to_config(
+        &self,
+        offsets: tracer_common::FieldOffsets,
+        ring: RingConfig,
+    ) -> Result<ProbeConfig, ProbeError> {
+        if self.ports.len() > MAX_PORTS {
+            return Err(ProbeError::TooManyPorts(self.ports.len()));
+        }
+        let mut cfg = ProbeConfig::new(offsets);
+        cfg.ports[..self.ports.len()].copy_from_slice(&self.ports);
+        cfg.port_count = self.ports.len() as u16;
+        cfg.pid = self.pid.unwrap_or(0);
+        cfg.family = self.family.map_or(0, Family::af);
+        cfg.state_mask = self.states.iter().fold(0, |m, s| m | 1 << (*s as u8));
+        cfg.wakeup_bytes = ring.wakeup_bytes;
+        Ok(cfg)
+    }
+}
+
+/// The attached probe. Dropping it detaches the program.
+pub struct Probe {
+    /// Holds the program and its link.
+    _ebpf: Ebpf,
+    stats: PerCpuArray<MapData, u64>,
+    /// How tracefs was found.
+    pub tracefs: Tracefs,
+}
+
+impl Probe {
+    /// Checks privileges, finds (or mounts) tracefs, loads the probe with `filters` pushed
+    /// into it, and attaches it. Returns it with the ring buffer its transitions arrive on.
+    pub fn attach(
+        filters: &Filters,
+        ring: RingConfig,
+    ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
+        if PROBE_OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt);
+        }
+        privileges::check()?;
+        let tracefs = tracefs::ensure()?;
+        let format_path = tracefs
+            .path
+            .join("events")
+            .join(TRACEPOINT.0)
+            .join(TRACEPOINT.1)
+            .join("format");
+        let text =
+            std::fs::read_to_string(&format_path).map_err(|source| ProbeError::FormatRead {
+                path: format_path.clone(),
+                source,
+            })?;
+        let offsets = format::parse(&text).map_err(|source| ProbeError::Format {
+            path: format_path,
+            source,
+        })?;
+        let config = filters.to_config(offsets, ring)?;
+
+        privileges::raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", ring.bytes)
+            .load(PROBE_OBJECT)?;
+        let program: &mut TracePoint = ebpf
+            .program_mut(TRACEPOINT.1)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        program.load()?;
+        program.attach(TRACEPOINT.0, TRACEPOINT.1)?;
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::Map {
+                name,
+                source: aya::maps::MapError::InvalidName { name: name.into() },
+            })
+        };
+        let ring =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source,
+            })?;
+        let stats =
+            PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(|source| ProbeError::Map {
+                name: "STATS",
+                source,
+            })?;
+        Ok((
+            Probe {
+                _ebpf: ebpf,
+                stats,
+                tracefs,
+            },
+            ring,
+        ))
+    }
+
+    /// Events the probe had to drop because the ring buffer was full, summed over CPUs.
+    pub fn lost(&self) -> Result<u64, ProbeError> {
+        let per_cpu = self
+            .stats
+            .get(&STAT_LOST, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "STATS",
+                source,
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::FieldOffsets;
+
+    #[test]
+    fn filters_become_probe_config() {
+        let filters = Filters {
+            ports: vec![61616, 8080],
+            pid: Some(4242),
+            family: Some(Family::Ipv6),
+            states: vec![TcpState::CloseWait, TcpState::LastAck],
+        };
+        let ring = RingConfig {
+            bytes: 1 << 20,
+            wakeup_bytes: 4096,
+        };
+        let cfg = filters.to_config(FieldOffsets::default(), ring).unwrap();
+        assert_eq!(&cfg.ports[..3], &[61616, 8080, 0]);
+        assert_eq!(cfg.port_count, 2);
+        assert_eq!(cfg.pid, 4242);
+        assert_eq!(cfg.family, 10);
+        assert_eq!(cfg.state_mask, (1 << 8) | (1 << 9));
+        assert_eq!(cfg.wakeup_bytes, 4096);
+
+        let all = Filters::default()
+            .to_config(FieldOffsets::default(), ring)
+            .unwrap();
+        assert_eq!(
+            (all.port_count, all.pid, all.family, all.state_mask),
+            (0, 0, 0, 0)
+        );
+
+        let many = Filters {
+            ports: (1..=9).collect(),
+            ..Filters::default()
+        };
+        assert!(matches!(
+            many.to_config(FieldOffsets::default(), ring),
+            Err(ProbeError::TooManyPorts(9))
+        ));
+    }
+}
