@@ -117,9 +117,14 @@ pub fn bootstrapped(rustc: &Path) -> Option<Compiler> {
     })
 }
 
+/// The first usable compiler: a rustup nightly with rust-src, else Debian's rustc-web.
+pub fn find_compiler() -> Option<Compiler> {
+    rustup_nightly().or_else(|| bootstrapped(Path::new(DEBIAN_RUSTC)))
+}
+
 /// Finds a complete BPF toolchain, or says what is missing.
 pub fn detect() -> Result<BpfToolchain, Missing> {
-    let compiler = rustup_nightly().or_else(|| bootstrapped(Path::new(DEBIAN_RUSTC)));
+    let compiler = find_compiler();
     let linker_dir = find_program("bpf-linker").and_then(|p| p.parent().map(Path::to_owned));
     match (compiler, linker_dir) {
         (Some(compiler), Some(linker_dir)) => Ok(BpfToolchain {
@@ -142,6 +147,21 @@ pub fn llvm_major(rustc: &mut Command) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
+impl Compiler {
+    /// A command running this compiler's rustc (for `rustc -vV` and the like).
+    pub fn rustc_command(&self) -> Command {
+        match self {
+            Compiler::RustupNightly { rustup } => {
+                let mut cmd = Command::new(rustup);
+                cmd.args(["run", "nightly", "rustc"])
+                    .env_remove("RUSTUP_TOOLCHAIN");
+                cmd
+            }
+            Compiler::Bootstrapped { rustc } => Command::new(rustc),
+        }
+    }
+}
+
 impl BpfToolchain {
     /// One line naming the compiler and linker, for logs.
     pub fn describe(&self) -> String {
@@ -152,19 +172,6 @@ impl BpfToolchain {
             }
         };
         format!("{compiler}, bpf-linker in {}", self.linker_dir.display())
-    }
-
-    /// A command that asks this toolchain's rustc for its version (`rustc -vV` and the like).
-    pub fn rustc_command(&self) -> Command {
-        match &self.compiler {
-            Compiler::RustupNightly { rustup } => {
-                let mut cmd = Command::new(rustup);
-                cmd.args(["run", "nightly", "rustc"])
-                    .env_remove("RUSTUP_TOOLCHAIN");
-                cmd
-            }
-            Compiler::Bootstrapped { rustc } => Command::new(rustc),
-        }
     }
 
     /// Builds the probe crate at `workspace` into `target_dir` and returns the object's path.

@@ -1,1 +1,175 @@
-fn main() {}
+//! `cargo xtask`: everything a fresh machine needs, behind a few commands.
+
+mod bench;
+#[path = "../../tracer/build/bpf_toolchain.rs"]
+#[allow(dead_code)] // build.rs uses the part that builds the probe
+mod bpf_toolchain;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, build, run, test and benchmark the tracer"
+)]
+enum Task {
+    /// Install the BPF toolchain if it is missing (as root on Debian; says what it installs).
+    Setup,
+    /// Set up, then build target/release/tracer with its probe embedded.
+    Build,
+    /// Set up, build, and run `tracer ARGS...` (through sudo when not root).
+    Run {
+        /// Arguments for tracer, e.g. `watch --events`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check: format, lints, unit tests, and the privileged
+    /// integration tests that load the real probe (those need root; CI fails without it).
+    Test,
+    /// Set up, build, and measure the tracer's cost on loopback connection churn.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    match run(Task::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<ExitCode> {
+    match task {
+        Task::Setup => {
+            setup::ensure()?;
+        }
+        Task::Build => {
+            build()?;
+        }
+        Task::Run { args } => {
+            let tracer = build()?;
+            let mut cmd = if setup::is_root() {
+                Command::new(&tracer)
+            } else {
+                eprintln!("xtask: tracer needs root to load its probe; running it through sudo");
+                let mut cmd = Command::new("sudo");
+                cmd.arg(&tracer);
+                cmd
+            };
+            let status = cmd
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", tracer.display()))?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+        }
+        Task::Test => test()?,
+        Task::Bench(args) => {
+            let tracer = build()?;
+            if !setup::is_root() {
+                bail!("the benchmark attaches the probe: run it as root");
+            }
+            bench::run(&tracer, &args)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace root (xtask sits one level below it).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+/// A cargo command in the workspace that must embed the probe rather than build without it.
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace())
+        .args(args)
+        .env("TRACER_REQUIRE_PROBE", "1");
+    cmd
+}
+
+/// Runs `cmd`, echoing it, and fails if it fails.
+pub fn run_step(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", shown(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", shown(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", shown(cmd));
+    }
+    Ok(())
+}
+
+fn shown(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sets up and builds the release binary; returns its path.
+fn build() -> anyhow::Result<PathBuf> {
+    setup::ensure()?;
+    run_step(&mut cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "tracer",
+    ]))?;
+    Ok(workspace().join("target/release/tracer"))
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::ensure()?;
+    run_step(&mut cargo(&["fmt", "--all", "--check"]))?;
+    run_step(&mut cargo(&[
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_step(&mut cargo(&["test", "--locked"]))?;
+    let tracer = build()?;
+    let privileged = setup::is_root();
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    if !privileged {
+        if in_ci {
+            bail!("CI must run the privileged integration tests, but this is not root");
+        }
+        eprintln!("xtask: SKIPPING the privileged integration tests: they load the BPF probe and need root (run `sudo cargo xtask test`)");
+        return Ok(());
+    }
+    // Kernel state (the tracepoint, loopback) is shared: one test at a time.
+    run_step(
+        cargo(&[
+            "test",
+            "--locked",
+            "--package",
+            "integration-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("TRACER_BIN", &tracer),
+    )?;
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! `cargo xtask bench`: loopback connection churn with and without the tracer attached,
+//! alternated round by round so that drift on the machine hits both sides alike.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Length of each measured churn.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Rounds, each one churn without and one with the tracer.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u32,
+    /// Client threads opening connections.
+    #[arg(long, default_value_t = 2)]
+    pub clients: usize,
+    /// Extra arguments for `tracer watch` (after `--`), e.g. `-- --events`.
+    #[arg(last = true)]
+    pub tracer_args: Vec<String>,
+}
+
+/// What one traced churn measured.
+struct Traced {
+    connections: u64,
+    events: u64,
+    lost: u64,
+    cpu_seconds: f64,
+    max_rss_kib: u64,
+}
+
+/// Runs the benchmark against the tracer binary at `tracer`.
+pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let period = Duration::from_secs(args.seconds);
+    eprintln!(
+        "xtask bench: {} rounds of {}s churn on 127.0.0.1 with {} client threads, without and with `tracer watch --format json {}`",
+        args.rounds,
+        args.seconds,
+        args.clients,
+        args.tracer_args.join(" ")
+    );
+    churn(Duration::from_secs(1), args.clients)?; // warm-up: listener backlog, caches
+    let mut base = Vec::new();
+    let mut traced = Vec::new();
+    for round in 1..=args.rounds {
+        let b = churn(period, args.clients)?;
+        let t = traced_churn(tracer, period, args)?;
+        let secs = period.as_secs_f64();
+        println!(
+            "round {round}: without {:>7.0} conn/s | with {:>7.0} conn/s, {:>8.0} transitions/s delivered, {} lost, tracer CPU {:.0}%",
+            b as f64 / secs,
+            t.connections as f64 / secs,
+            t.events as f64 / secs,
+            t.lost,
+            100.0 * t.cpu_seconds / secs
+        );
+        base.push(b);
+        traced.push(t);
+    }
+    let secs = period.as_secs_f64() * args.rounds as f64;
+    let base_total: u64 = base.iter().sum();
+    let conn_total: u64 = traced.iter().map(|t| t.connections).sum();
+    let events: u64 = traced.iter().map(|t| t.events).sum();
+    let lost: u64 = traced.iter().map(|t| t.lost).sum();
+    let cpu: f64 = traced.iter().map(|t| t.cpu_seconds).sum();
+    let rss = traced.iter().map(|t| t.max_rss_kib).max().unwrap_or(0);
+    println!(
+        "without tracer: {:.0} connections/s",
+        base_total as f64 / secs
+    );
+    println!(
+        "with tracer:    {:.0} connections/s, {:.0} transitions/s delivered ({:.1} per connection), {lost} lost",
+        conn_total as f64 / secs,
+        events as f64 / secs,
+        events as f64 / conn_total.max(1) as f64
+    );
+    println!(
+        "tracer process: {:.0}% of one CPU, peak RSS {} KiB",
+        100.0 * cpu / secs,
+        rss
+    );
+    println!(
+        "ratio (with / without): {:.3}",
+        conn_total as f64 / base_total.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Churns connections for `period` with the tracer attached and reads its totals.
+fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Result<Traced> {
+    let mut child = Command::new(tracer)
+        .args(["watch", "--format", "json"])
+        .args(&args.tracer_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", tracer.display()))?;
+    let (lines, stop) = read_records(&mut child)?;
+    lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("the tracer printed no start record within 30s")?;
+    let connections = churn(period, args.clients)?;
+    let (cpu_seconds, max_rss_kib) = process_usage(child.id());
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait()?;
+    let stop = stop.join().expect("reader thread")?;
+    if !status.success() {
+        bail!("the tracer exited with {status}");
+    }
+    let field = |name: &str| {
+        stop.get(name)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("stop record has no {name}"))
+    };
+    Ok(Traced {
+        connections,
+        events: field("events")?,
+        lost: field("lost")?,
+        cpu_seconds,
+        max_rss_kib,
+    })
+}
+
+/// Reads the tracer's stdout on a thread: the first line is announced on the channel, and
+/// the thread returns the `stop` record (other lines, such as `--events` output, are read
+/// and dropped so the tracer never blocks on a full pipe).
+fn read_records(
+    child: &mut Child,
+) -> anyhow::Result<(
+    mpsc::Receiver<()>,
+    thread::JoinHandle<anyhow::Result<serde_json::Value>>,
+)> {
+    let stdout = child.stdout.take().context("tracer stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let mut stop = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            let _ = tx.send(());
+            if line.starts_with("{\"type\":\"stop\"") {
+                stop = Some(serde_json::from_str(&line)?);
+            }
+        }
+        stop.context("the tracer ended without a stop record")
+    });
+    Ok((rx, handle))
+}
+
+/// CPU seconds used so far and peak RSS of process `pid`, from procfs.
+fn process_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks as f64 / hz, rss)
+}
+
+/// Opens and closes loopback connections as fast as `clients` threads can for `period`;
+/// returns how many completed. The server closes first, so TIME_WAIT stays on the
+/// listener's side and client ports never run out.
+pub fn churn(period: Duration, clients: usize) -> anyhow::Result<u64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind a loopback listener")?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    // One accepting thread per client, so the listener is never the bottleneck.
+    let servers: Vec<_> = (0..clients)
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            let stop = stop.clone();
+            Ok(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((conn, _)) = listener.accept() {
+                        drop(conn);
+                    }
+                }
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let deadline = Instant::now() + period;
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let done = done.clone();
+            thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = [0u8; 16];
+                while Instant::now() < deadline {
+                    let mut conn = TcpStream::connect(addr)?;
+                    // Wait for the server's FIN, then close our side.
+                    while conn.read(&mut buf)? > 0 {}
+                    let _ = conn.shutdown(Shutdown::Both);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut result = Ok(());
+    for w in workers {
+        if let Err(e) = w.join().expect("client thread") {
+            result = Err(e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    // One connection per accepting thread wakes each to see `stop` (each exits after one).
+    let wakers: Vec<_> = servers
+        .iter()
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    for server in servers {
+        server.join().expect("server thread");
+    }
+    drop(wakers);
+    result.with_context(|| format!("churning connections to {addr}"))?;
+    Ok(done.load(Ordering::Relaxed))
+}

@@ -1,0 +1,111 @@
+//! Makes sure a BPF toolchain is present, installing what is missing on Debian as root.
+//! A machine that already has one (a rustup nightly with rust-src and bpf-linker, or an
+//! earlier run of this) installs nothing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::{bpf_toolchain, run_step};
+
+/// bpf-linker release known to work with aya 0.14 and LLVM 21-23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// LLVM majors bpf-linker 0.13 has a feature for.
+const BPF_LINKER_LLVM: [u32; 3] = [21, 22, 23];
+
+/// Returns a working BPF toolchain, installing one first if needed.
+pub fn ensure() -> anyhow::Result<bpf_toolchain::BpfToolchain> {
+    let missing = match bpf_toolchain::detect() {
+        Ok(toolchain) => {
+            eprintln!(
+                "xtask: BPF toolchain: {} (nothing to install)",
+                toolchain.describe()
+            );
+            return Ok(toolchain);
+        }
+        Err(missing) => missing,
+    };
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        bail!("{missing}; run `cargo xtask setup` as root on Debian to install them, or install them yourself");
+    }
+    eprintln!("xtask: {missing}");
+    eprintln!("xtask: installing the BPF toolchain once (later runs find it and install nothing)");
+    let mut updated = false;
+    let mut apt_install = |what: &str, packages: &[String]| -> anyhow::Result<()> {
+        eprintln!(
+            "xtask: installing {what} with apt-get: {}",
+            packages.join(" ")
+        );
+        if !updated {
+            run_step(Command::new("apt-get").args(["update", "-q"]))?;
+            updated = true;
+        }
+        run_step(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+
+    let compiler = match bpf_toolchain::find_compiler() {
+        Some(compiler) => compiler,
+        None => {
+            apt_install(
+                "Debian's Rust 1.96 compiler with its library source (builds `core` for the BPF target)",
+                &["rustc-web".into(), "rust-web-src".into()],
+            )?;
+            bpf_toolchain::bootstrapped(Path::new(bpf_toolchain::DEBIAN_RUSTC)).with_context(
+                || {
+                    format!(
+                        "{} has no library source after installing rust-web-src",
+                        bpf_toolchain::DEBIAN_RUSTC
+                    )
+                },
+            )?
+        }
+    };
+
+    if bpf_toolchain::find_program("bpf-linker").is_none() {
+        let major = bpf_toolchain::llvm_major(&mut compiler.rustc_command())
+            .context("cannot tell which LLVM the BPF rustc uses")?;
+        if !BPF_LINKER_LLVM.contains(&major) {
+            bail!("the BPF rustc uses LLVM {major}; bpf-linker {BPF_LINKER_VERSION} supports LLVM {BPF_LINKER_LLVM:?}");
+        }
+        let prefix = format!("/usr/lib/llvm-{major}");
+        apt_install(
+            &format!("LLVM {major} development files (bpf-linker links against the rustc's LLVM)"),
+            &[
+                format!("llvm-{major}-dev"),
+                format!("libpolly-{major}-dev"),
+                "libzstd-dev".into(),
+                "zlib1g-dev".into(),
+            ],
+        )?;
+        eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (takes 3-5 minutes, once)");
+        run_step(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--no-default-features",
+                ])
+                .args(["--features", &format!("llvm-{major}")])
+                .env("LLVM_PREFIX", &prefix),
+        )?;
+    }
+
+    let toolchain = bpf_toolchain::detect()
+        .map_err(|m| anyhow::anyhow!("still missing after installing: {m}"))?;
+    eprintln!("xtask: BPF toolchain ready: {}", toolchain.describe());
+    Ok(toolchain)
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
