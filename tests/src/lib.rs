@@ -1,1 +1,271 @@
+//! Harness for the privileged integration tests: runs the real `tracer` binary, which loads
+//! the real probe, reads its JSON Lines, and waits on conditions with deadlines.
+//!
+//! Tests panic with context rather than return errors. Without root they print why they
+//! are skipped and pass, except under CI (`CI` set), where skipping is a failure.
 
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long any single condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// True when this process may load BPF programs. Otherwise prints why the calling test is
+/// skipped and returns false, or panics under CI, where the tests must run.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    assert!(
+        !in_ci,
+        "{test}: CI must run the privileged tests, but this is not root"
+    );
+    eprintln!("SKIPPED {test}: loading the BPF probe needs root (run `sudo cargo xtask test`)");
+    false
+}
+
+/// The tracer binary under test: `$TRACER_BIN`, else the workspace's release build.
+pub fn tracer_bin() -> PathBuf {
+    let path = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer")
+        });
+    assert!(
+        path.is_file(),
+        "no tracer binary at {}; run `cargo xtask test` or `cargo xtask build`",
+        path.display()
+    );
+    path
+}
+
+/// A running `tracer watch --format json`.
+pub struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+    /// Every record read so far, in order.
+    pub records: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `tracer watch --format json ARGS` and waits for its start record.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(["watch", "--format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracer");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut tracer = Tracer {
+            child,
+            lines,
+            stderr,
+            records: Vec::new(),
+        };
+        let start = tracer.wait_for("the start record", |r| {
+            r.iter().any(|r| r["type"] == "start")
+        });
+        assert_eq!(
+            start[0]["type"], "start",
+            "the first record must be the start record: {start:?}"
+        );
+        tracer
+    }
+
+    /// Reads records until `done(all records so far)` holds; panics at the deadline with
+    /// what was seen. Returns all records so far.
+    pub fn wait_for(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) -> &[Value] {
+        let deadline = Instant::now() + DEADLINE;
+        while !done(&self.records) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.records.push(parse(&line)),
+                Err(_) => panic!(
+                    "waited {DEADLINE:?} for {what}; tracer status {:?}; records: {:#?}",
+                    self.child.try_wait(),
+                    self.records
+                ),
+            }
+        }
+        &self.records
+    }
+
+    /// Sends `signal`, waits for the exit, and returns the status and the stderr text; all
+    /// remaining records are appended to `records`.
+    pub fn stop_with(&mut self, signal: i32) -> (ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.wait_for("the stop record", |r| {
+            r.last().is_some_and(|r| r["type"] == "stop")
+        });
+        let status = wait_exit(&mut self.child);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.records.push(parse(&line));
+        }
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new))
+            .join()
+            .expect("stderr reader");
+        (status, stderr)
+    }
+
+    /// SIGINT, then checks a clean exit and the stop record; returns the records.
+    pub fn stop(mut self) -> Vec<Value> {
+        let (status, stderr) = self.stop_with(libc::SIGINT);
+        assert!(
+            status.success(),
+            "tracer exited with {status}; stderr: {stderr}"
+        );
+        let stop = self.records.last().expect("records");
+        assert_eq!(stop["type"], "stop");
+        assert_eq!(
+            stop["lost"], 0,
+            "no event may be lost in a test this small: {stop}"
+        );
+        assert_eq!(stop["undecodable"], 0);
+        let transitions = self
+            .records
+            .iter()
+            .filter(|r| r["type"] == "transition")
+            .count() as u64;
+        assert_eq!(
+            stop["events"].as_u64(),
+            Some(transitions),
+            "stop record counts every transition printed"
+        );
+        std::mem::take(&mut self.records)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // A failed test must not leave a probe attached.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, panicking at the deadline.
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for tracer") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tracer did not exit within {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("tracer printed a line that is not JSON ({e}): {line}"))
+}
+
+/// A socket bound to a free port on `ip` but not yet listening, so that a tracer started
+/// afterwards sees its CLOSE -> LISTEN.
+pub fn bound_socket(ip: IpAddr) -> (socket2::Socket, u16) {
+    let domain = if ip.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    if ip.is_ipv6() {
+        socket.set_only_v6(true).expect("IPV6_V6ONLY");
+    }
+    socket
+        .bind(&SocketAddr::new(ip, 0).into())
+        .expect("bind loopback");
+    let port = socket
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (socket, port)
+}
+
+/// Starts listening on a socket from [`bound_socket`].
+pub fn listen(socket: socket2::Socket) -> TcpListener {
+    socket.listen(16).expect("listen");
+    socket.into()
+}
+
+/// One transition record, reduced to what the tests compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub sk: String,
+    pub old: String,
+    pub new: String,
+    pub saddr: String,
+    pub sport: u64,
+    pub daddr: String,
+    pub dport: u64,
+    pub pid: u64,
+}
+
+/// The transition records among `records`.
+pub fn transitions(records: &[Value]) -> Vec<Seen> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "transition")
+        .map(|r| Seen {
+            sk: r["sk"].as_str().expect("sk").to_owned(),
+            old: r["old"].as_str().expect("old").to_owned(),
+            new: r["new"].as_str().expect("new").to_owned(),
+            saddr: r["saddr"].as_str().expect("saddr").to_owned(),
+            sport: r["sport"].as_u64().expect("sport"),
+            daddr: r["daddr"].as_str().expect("daddr").to_owned(),
+            dport: r["dport"].as_u64().expect("dport"),
+            pid: r["pid"].as_u64().expect("pid"),
+        })
+        .collect()
+}
+
+/// The transitions of one socket, as `OLD->NEW` strings in order.
+pub fn life(seen: &[Seen], sk: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.sk == sk)
+        .map(|s| format!("{}->{}", s.old, s.new))
+        .collect()
+}
+
+/// The socket of the first transition matching `pred`.
+pub fn socket_of(seen: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> String {
+    seen.iter()
+        .find(|s| pred(s))
+        .unwrap_or_else(|| panic!("no transition for {what} in {seen:#?}"))
+        .sk
+        .clone()
+}

@@ -123,6 +123,11 @@ fn shown(cmd: &Command) -> String {
 /// Sets up and builds the release binary; returns its path.
 fn build() -> anyhow::Result<PathBuf> {
     setup::ensure()?;
+    build_release()
+}
+
+/// Builds the release binary with its probe; returns its path.
+fn build_release() -> anyhow::Result<PathBuf> {
     run_step(&mut cargo(&[
         "build",
         "--release",
@@ -148,7 +153,7 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     run_step(&mut cargo(&["test", "--locked"]))?;
-    let tracer = build()?;
+    let tracer = build_release()?;
     let privileged = setup::is_root();
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     if !privileged {

@@ -1,0 +1,279 @@
+//! The real probe sees real loopback connections: exact per-socket transition sequences,
+//! addresses and ports on both ends, IPv4 and IPv6, and kernel-side filters that let
+//! nothing else through.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    process::Command,
+};
+
+use integration_tests::{
+    bound_socket, life, listen, privileged, socket_of, transitions, Seen, Tracer,
+};
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// One connection, its whole life: the client closes first, the server reads the EOF and
+/// closes, then the listener closes. Returns the client's local port.
+fn one_connection(listener: TcpListener, ip: IpAddr, port: u16) -> u16 {
+    let mut client = TcpStream::connect((ip, port)).expect("connect");
+    let client_port = client.local_addr().expect("client addr").port();
+    let (mut server, _) = listener.accept().expect("accept");
+    server.write_all(b"hello").expect("server write");
+    let mut buf = [0u8; 5];
+    client.read_exact(&mut buf).expect("client read");
+    drop(client);
+    // EOF proves the FIN arrived: the server socket is in CLOSE_WAIT now.
+    assert_eq!(server.read(&mut buf).expect("server read"), 0);
+    drop(server);
+    drop(listener);
+    client_port
+}
+
+fn is_last_of_listener(port: u16) -> impl Fn(&[serde_json::Value]) -> bool {
+    move |records| {
+        records.iter().any(|r| {
+            r["type"] == "transition"
+                && r["old"] == "LISTEN"
+                && r["new"] == "CLOSE"
+                && r["sport"] == port
+        })
+    }
+}
+
+fn lifecycle(test: &str, ip: IpAddr, family: &str) {
+    if !privileged(test) {
+        return;
+    }
+    let me = std::process::id() as u64;
+    let (socket, port) = bound_socket(ip);
+    let mut tracer = Tracer::start(&["--events", "--port", &port.to_string()]);
+    let client_port = one_connection(listen(socket), ip, port) as u64;
+    // Wait for the last transition of each of the three sockets.
+    tracer.wait_for("all three sockets to reach CLOSE", |r| {
+        let t = transitions(r);
+        ["FIN_WAIT2", "LAST_ACK", "LISTEN"]
+            .iter()
+            .all(|old| t.iter().any(|s| s.old == *old && s.new == "CLOSE"))
+    });
+    let records = tracer.stop();
+    let seen = transitions(&records);
+    let ip = ip.to_string();
+    let port = port as u64;
+
+    let client = socket_of(&seen, "the client's connect", |s| s.new == "SYN_SENT");
+    assert_eq!(
+        life(&seen, &client),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
+    );
+    let server = socket_of(&seen, "the accepted socket", |s| {
+        s.old == "LISTEN" && s.new == "SYN_RECV"
+    });
+    assert_eq!(
+        life(&seen, &server),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    let listener = socket_of(&seen, "listen()", |s| s.new == "LISTEN");
+    assert_eq!(life(&seen, &listener), ["CLOSE->LISTEN", "LISTEN->CLOSE"]);
+    assert_eq!(
+        seen.len(),
+        12,
+        "nothing but these three sockets uses port {port}: {seen:#?}"
+    );
+
+    for s in seen.iter().filter(|s| s.sk == client) {
+        // connect() enters SYN_SENT before the kernel picks the local port.
+        let sport = if s.new == "SYN_SENT" { 0 } else { client_port };
+        assert_eq!(
+            (&s.saddr, s.sport, &s.daddr, s.dport),
+            (&ip, sport, &ip, port),
+            "client: {s:?}"
+        );
+    }
+    for s in seen.iter().filter(|s| s.sk == server) {
+        assert_eq!(
+            (&s.saddr, s.sport, &s.daddr, s.dport),
+            (&ip, port, &ip, client_port),
+            "server: {s:?}"
+        );
+    }
+    let unspecified = if family == "ipv4" { "0.0.0.0" } else { "::" };
+    for s in seen.iter().filter(|s| s.sk == listener) {
+        assert_eq!(
+            (&s.saddr, s.sport, s.daddr.as_str(), s.dport),
+            (&ip, port, unspecified, 0),
+            "listener: {s:?}"
+        );
+    }
+    // Transitions made inside our own system calls carry our pid.
+    let pid_of = |sk: &str, t: &str| {
+        seen.iter()
+            .find(|s| s.sk == sk && format!("{}->{}", s.old, s.new) == t)
+            .unwrap()
+            .pid
+    };
+    assert_eq!(pid_of(&client, "CLOSE->SYN_SENT"), me);
+    assert_eq!(pid_of(&client, "ESTABLISHED->FIN_WAIT1"), me);
+    assert_eq!(pid_of(&server, "CLOSE_WAIT->LAST_ACK"), me);
+    assert_eq!(pid_of(&listener, "CLOSE->LISTEN"), me);
+
+    let start = &records[0];
+    assert_eq!(start["attached"]["tracepoint"], "sock:inet_sock_set_state");
+    assert_eq!(start["filters"]["ports"], serde_json::json!([port]));
+    let mut last_ts = 0;
+    for r in records.iter().filter(|r| r["type"] == "transition") {
+        assert_eq!(r["family"], family);
+        let ts = r["ts_ns"].as_u64().unwrap();
+        assert!(ts >= last_ts, "transitions arrive in kernel time order");
+        last_ts = ts;
+        let time = r["time"].as_str().unwrap();
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time > start["time"].as_str().unwrap(),
+            "{time}"
+        );
+        assert!(r["sk"].as_str().unwrap().starts_with("0x"));
+        assert!(!r["comm"].as_str().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn ipv4_connection_life_on_both_ends() {
+    lifecycle("ipv4_connection_life_on_both_ends", V4, "ipv4");
+}
+
+#[test]
+fn ipv6_connection_life_on_both_ends() {
+    lifecycle("ipv6_connection_life_on_both_ends", V6, "ipv6");
+}
+
+#[test]
+fn port_filter_lets_nothing_else_through() {
+    if !privileged("port_filter_lets_nothing_else_through") {
+        return;
+    }
+    let (other, other_port) = bound_socket(V4);
+    let (wanted, port) = bound_socket(V4);
+    let mut tracer = Tracer::start(&["--events", "--port", &port.to_string()]);
+    // Traffic on the other port happens first, so an unfiltered probe would report it
+    // before anything we wait for.
+    one_connection(listen(other), V4, other_port);
+    one_connection(listen(wanted), V4, port);
+    tracer.wait_for("the filtered listener to close", is_last_of_listener(port));
+    let seen = transitions(&tracer.stop());
+    let stray: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.sport != port as u64 && s.dport != port as u64)
+        .collect();
+    assert!(stray.is_empty(), "--port {port} let through: {stray:#?}");
+    assert_eq!(seen.len(), 12);
+}
+
+#[test]
+fn family_filter_keeps_one_family() {
+    if !privileged("family_filter_keeps_one_family") {
+        return;
+    }
+    let (v6, port) = bound_socket(V6);
+    let v4 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    v4.bind(&std::net::SocketAddr::new(V4, port).into())
+        .expect("the same port on IPv4");
+    let mut tracer = Tracer::start(&["--events", "--family", "ipv6", "--port", &port.to_string()]);
+    one_connection(listen(v4), V4, port);
+    one_connection(listen(v6), V6, port);
+    tracer.wait_for("the IPv6 listener to close", is_last_of_listener(port));
+    let records = tracer.stop();
+    let families: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "transition")
+        .map(|r| r["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families, vec!["ipv6"; 12]);
+}
+
+#[test]
+fn state_filter_keeps_transitions_touching_the_state() {
+    if !privileged("state_filter_keeps_transitions_touching_the_state") {
+        return;
+    }
+    let (socket, port) = bound_socket(V4);
+    let mut tracer = Tracer::start(&[
+        "--events",
+        "--state",
+        "close_wait",
+        "--port",
+        &port.to_string(),
+    ]);
+    one_connection(listen(socket), V4, port);
+    tracer.wait_for("CLOSE_WAIT -> LAST_ACK", |r| {
+        transitions(r).iter().any(|s| s.old == "CLOSE_WAIT")
+    });
+    let seen = transitions(&tracer.stop());
+    // The client's FIN_WAIT1 and the server's SYN_RECV came before; a probe that ignored
+    // the filter would have reported them.
+    let lives: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{}->{}", s.old, s.new))
+        .collect();
+    assert_eq!(lives, ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]);
+}
+
+#[test]
+fn pid_filter_keeps_transitions_run_by_that_process() {
+    if !privileged("pid_filter_keeps_transitions_run_by_that_process") {
+        return;
+    }
+    let me = std::process::id();
+    let (socket, port) = bound_socket(V4);
+    let mut tracer = Tracer::start(&[
+        "--events",
+        "--pid",
+        &me.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    let listener = listen(socket);
+    // The client is another process: its connect() runs in its own context.
+    let mut client = Command::new("bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 >/dev/null; exec 3<&-"),
+        ])
+        .spawn()
+        .expect("bash");
+    let (server, _) = listener.accept().expect("accept");
+    drop(server);
+    assert!(client.wait().expect("bash client").success());
+    drop(listener);
+    tracer.wait_for("our listener to close", is_last_of_listener(port));
+    let seen = transitions(&tracer.stop());
+    let others: Vec<&Seen> = seen.iter().filter(|s| s.pid != me as u64).collect();
+    assert!(others.is_empty(), "--pid {me} let through: {others:#?}");
+    let lives: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{}->{}", s.old, s.new))
+        .collect();
+    for ours in ["CLOSE->LISTEN", "ESTABLISHED->FIN_WAIT1", "LISTEN->CLOSE"] {
+        assert!(
+            lives.iter().any(|l| l == ours),
+            "{ours} ran in our context: {lives:?}"
+        );
+    }
+    assert!(
+        !lives.iter().any(|l| l == "CLOSE->SYN_SENT"),
+        "the client's connect ran in bash: {lives:?}"
+    );
+}
