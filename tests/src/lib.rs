@@ -118,11 +118,16 @@ impl Tracer {
         &self.records
     }
 
+    /// Sends `signal` to the tracer.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// Sends `signal`, waits for the exit, and returns the status and the stderr text; all
     /// remaining records are appended to `records`.
     pub fn stop_with(&mut self, signal: i32) -> (ExitStatus, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.signal(signal);
         self.wait_for("the stop record", |r| {
             r.last().is_some_and(|r| r["type"] == "stop")
         });

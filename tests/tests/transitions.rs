@@ -277,3 +277,58 @@ fn pid_filter_keeps_transitions_run_by_that_process() {
         "the client's connect ran in bash: {lives:?}"
     );
 }
+
+#[test]
+fn a_full_ring_buffer_loses_events_but_counts_every_one() {
+    if !privileged("a_full_ring_buffer_loses_events_but_counts_every_one") {
+        return;
+    }
+    const CONNECTIONS: u64 = 300;
+    let expected = CONNECTIONS * 10 + 2; // 10 per connection, plus the listener's 2
+    let (socket, port) = bound_socket(V4);
+    let mut tracer = Tracer::start(&[
+        "--events",
+        "--buffer-size",
+        "4KiB",
+        "--port",
+        &port.to_string(),
+    ]);
+    // A frozen reader makes the overflow certain: 4 KiB holds about 46 records.
+    tracer.signal(libc::SIGSTOP);
+    let listener = listen(socket);
+    for _ in 0..CONNECTIONS {
+        let client = TcpStream::connect((V4, port)).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        assert_eq!(server.read(&mut [0u8; 1]).expect("read EOF"), 0);
+    }
+    drop(listener);
+    tracer.signal(libc::SIGCONT);
+    // Delivered plus reported lost must account for every transition.
+    tracer.wait_for("every transition delivered or reported lost", |r| {
+        let delivered = r.iter().filter(|r| r["type"] == "transition").count() as u64;
+        let lost = r
+            .iter()
+            .filter(|r| r["type"] == "lost")
+            .filter_map(|r| r["total"].as_u64())
+            .max()
+            .unwrap_or(0);
+        delivered + lost == expected
+    });
+    let (status, stderr) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success(), "{status}: {stderr}");
+    let stop = tracer.records.last().unwrap();
+    let (events, lost) = (
+        stop["events"].as_u64().unwrap(),
+        stop["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(events + lost, expected, "{stop}");
+    assert!(
+        lost >= expected - 100,
+        "a 4 KiB ring cannot have held more than ~46 of {expected}: {stop}"
+    );
+    assert!(
+        stderr.contains("tracer: warning:") && stderr.contains("transitions lost"),
+        "{stderr}"
+    );
+}

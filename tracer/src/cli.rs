@@ -54,6 +54,11 @@ pub struct WatchArgs {
     /// Stop by itself after this long, e.g. 500ms, 30s, 5m.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Kernel ring buffer size: a power of two from 4KiB to 1GiB, e.g. 64MiB. Larger
+    /// absorbs longer bursts before events are lost.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_buffer_size)]
+    pub buffer_size: u32,
 }
 
 /// Output format.
@@ -111,6 +116,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a ring buffer size: `4096`, `64KiB`, `16MiB`, `1GiB` (also `K`, `M`, `G`, all
+/// binary). The kernel needs a power of two and a multiple of the page size.
+pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(format!("`{s}` is not a size like 64KiB, 16MiB or 1GiB")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_shl(shift).filter(|b| b >> shift == n))
+        .ok_or_else(|| format!("`{s}` is not a size like 64KiB, 16MiB or 1GiB"))?;
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+        return Err(format!("`{s}` must be a power of two from 4KiB to 1GiB"));
+    }
+    Ok(bytes as u32)
+}
+
 /// Parses a TCP state name: `CLOSE_WAIT`, `close-wait`, `TCP_CLOSE_WAIT` all work.
 pub fn parse_state(s: &str) -> Result<TcpState, String> {
     let norm = s.trim().to_ascii_uppercase().replace('-', "_");
@@ -145,6 +174,32 @@ mod tests {
             .unwrap_err()
             .contains("not a duration"));
         assert!(parse_duration("10").is_err(), "a unit is required");
+    }
+
+    #[test]
+    fn buffer_sizes() {
+        assert_eq!(parse_buffer_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_buffer_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_buffer_size("4096"), Ok(4096));
+        assert_eq!(parse_buffer_size("1GiB"), Ok(1 << 30));
+        assert!(parse_buffer_size("2GiB")
+            .unwrap_err()
+            .contains("power of two from 4KiB to 1GiB"));
+        assert!(parse_buffer_size("3MiB")
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse_buffer_size("1KiB")
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse_buffer_size("16MB")
+            .unwrap_err()
+            .contains("not a size"));
+        assert!(parse_buffer_size("lots")
+            .unwrap_err()
+            .contains("not a size"));
+        assert!(parse_buffer_size("99999999999999999999G")
+            .unwrap_err()
+            .contains("not a size"));
     }
 
     #[test]
@@ -192,6 +247,7 @@ mod tests {
         let d = parse(&["watch"]).unwrap();
         assert!(!d.events && d.ports.is_empty() && d.pid.is_none() && d.duration.is_none());
         assert_eq!(d.format, Format::Text);
+        assert_eq!(d.buffer_size, 16 << 20);
     }
 
     #[test]
@@ -204,6 +260,7 @@ mod tests {
             &["watch", "--state", "OPEN"],
             &["watch", "--duration", "forever"],
             &["watch", "--format", "xml"],
+            &["watch", "--buffer-size", "1000"],
             &["watch", "--bogus"],
             &["frobnicate"],
             &[

@@ -42,7 +42,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         family: args.family.map(Family::from),
         states: args.states.clone(),
     };
-    let ring_config = RingConfig::default();
+    let ring_config = RingConfig::with_bytes(args.buffer_size);
     // Signal handlers first, so a SIGTERM right after the start record is not fatal.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -81,13 +81,14 @@ pub struct RingConfig {
     pub wakeup_bytes: u32,
 }
 
-impl Default for RingConfig {
-    fn default() -> Self {
-        // 16 MiB holds about 190k transitions: half a second of the heaviest loopback churn
-        // a 2-core machine makes, while the reader sleeps at most a poll period.
+impl RingConfig {
+    /// A ring of `bytes`. The probe wakes the reader once a quarter of it, at most 256 KiB,
+    /// is pending: under load that is one wakeup per ~3000 events instead of one per event,
+    /// and it leaves room for the burst that arrives before the reader runs.
+    pub fn with_bytes(bytes: u32) -> Self {
         Self {
-            bytes: 16 << 20,
-            wakeup_bytes: 256 << 10,
+            bytes,
+            wakeup_bytes: (bytes / 4).min(256 << 10),
         }
     }
 }
