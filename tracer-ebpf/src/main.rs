@@ -6,17 +6,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use tracer_common::{
-    FieldOffsets, ProbeConfig, TransitionEvent, AF_INET, AF_INET6, IPPROTO_TCP, MAX_PORTS,
-    MAX_RECORD_LEN, STAT_COUNT, STAT_LOST,
+    FieldOffsets, ProbeConfig, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
+    MAX_PORTS, MAX_RECORD_LEN, STAT_COUNT, STAT_LOST,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it
@@ -68,34 +68,41 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
     let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
     let off = &cfg.offsets;
 
-    // One copy of the whole record instead of one helper call per field.
-    let mut rec = [0u8; MAX_RECORD_LEN];
-    let len = off.record_len as usize;
-    if len == 0 || len > MAX_RECORD_LEN {
+    // One copy of the whole record instead of one helper call per field. BPF has no
+    // native memset/memcpy (they become byte loops), so the buffer is left uninitialised
+    // (the helper writes it) and every access below is integer-sized.
+    let mut rec = MaybeUninit::<[u64; MAX_RECORD_LEN / 8]>::uninit();
+    let len = off.record_len as u32;
+    if len == 0 || len as usize > MAX_RECORD_LEN {
         return Err(Skip::Unreadable);
     }
     // SAFETY: the tracepoint's context points at a record at least `record_len` long, as
-    // the format file this length was computed from says.
-    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut rec[..len]) }
-        .map_err(|_| Skip::Unreadable)?;
+    // the format file this length was computed from says; `rec` has room for it.
+    if unsafe { gen::bpf_probe_read_kernel(rec.as_mut_ptr().cast(), len, ctx.as_ptr()) } != 0 {
+        return Err(Skip::Unreadable);
+    }
+    let rec = Record {
+        base: rec.as_ptr().cast(),
+        len: len as usize,
+    };
 
-    if read::<u16>(&rec, off.protocol)? != IPPROTO_TCP {
+    if rec.read::<u16>(off.protocol)? != IPPROTO_TCP {
         return Err(Skip::Unwanted);
     }
-    let family = read::<u16>(&rec, off.family)?;
+    let family = rec.read::<u16>(off.family)?;
     if family != AF_INET && family != AF_INET6 {
         return Err(Skip::Unwanted);
     }
     if cfg.family != 0 && family != cfg.family {
         return Err(Skip::Unwanted);
     }
-    let sport = read::<u16>(&rec, off.sport)?;
-    let dport = read::<u16>(&rec, off.dport)?;
+    let sport = rec.read::<u16>(off.sport)?;
+    let dport = rec.read::<u16>(off.dport)?;
     if cfg.port_count != 0 && !port_wanted(&cfg, sport, dport) {
         return Err(Skip::Unwanted);
     }
-    let oldstate = read::<i32>(&rec, off.oldstate)? as u32;
-    let newstate = read::<i32>(&rec, off.newstate)? as u32;
+    let oldstate = rec.read::<i32>(off.oldstate)? as u32;
+    let newstate = rec.read::<i32>(off.newstate)? as u32;
     if cfg.state_mask != 0 {
         let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
         if seen & cfg.state_mask == 0 {
@@ -107,17 +114,25 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
     if cfg.pid != 0 && pid != cfg.pid {
         return Err(Skip::Unwanted);
     }
-
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        saddr[..4].copy_from_slice(&read::<[u8; 4]>(&rec, off.saddr)?);
-        daddr[..4].copy_from_slice(&read::<[u8; 4]>(&rec, off.daddr)?);
+    // Addresses as integers: copied byte for byte, so network order is kept.
+    let (saddr, daddr) = if family == AF_INET {
+        (
+            [rec.read::<u32>(off.saddr)? as u64, 0],
+            [rec.read::<u32>(off.daddr)? as u64, 0],
+        )
     } else {
-        saddr = read::<[u8; 16]>(&rec, off.saddr_v6)?;
-        daddr = read::<[u8; 16]>(&rec, off.daddr_v6)?;
-    }
-    let skaddr = read::<u64>(&rec, off.skaddr)?;
+        (
+            [
+                rec.read::<u64>(off.saddr_v6)?,
+                rec.read::<u64>(off.saddr_v6 + 8)?,
+            ],
+            [
+                rec.read::<u64>(off.daddr_v6)?,
+                rec.read::<u64>(off.daddr_v6 + 8)?,
+            ],
+        )
+    };
+    let skaddr = rec.read::<u64>(off.skaddr)?;
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         if let Some(lost) = STATS.get_ptr_mut(STAT_LOST) {
@@ -126,22 +141,47 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
         }
         return Err(Skip::Full);
     };
-    entry.write(TransitionEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        skaddr,
-        pid,
-        tid: pid_tgid as u32,
-        sport,
-        dport,
-        family,
-        oldstate: oldstate as u8,
-        newstate: newstate as u8,
-        saddr,
-        daddr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reserved, 8-byte aligned TransitionEvent in the ring buffer; every
+    // field is written before submit, each with one aligned store (no memcpy).
+    unsafe {
+        addr_of_mut!((*ev).ts_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*ev).skaddr).write(skaddr);
+        addr_of_mut!((*ev).pid).write(pid);
+        addr_of_mut!((*ev).tid).write(pid_tgid as u32);
+        addr_of_mut!((*ev).sport).write(sport);
+        addr_of_mut!((*ev).dport).write(dport);
+        addr_of_mut!((*ev).family).write(family);
+        addr_of_mut!((*ev).oldstate).write(oldstate as u8);
+        addr_of_mut!((*ev).newstate).write(newstate as u8);
+        addr_of_mut!((*ev).saddr).cast::<[u64; 2]>().write(saddr);
+        addr_of_mut!((*ev).daddr).cast::<[u64; 2]>().write(daddr);
+        let comm = addr_of_mut!((*ev).comm);
+        if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
+            comm.cast::<[u64; 2]>().write([0, 0]);
+        }
+    }
     entry.submit(wakeup_flags(&cfg));
     Ok(())
+}
+
+/// The copied tracepoint record: `len` initialised bytes at `base`.
+struct Record {
+    base: *const u8,
+    len: usize,
+}
+
+impl Record {
+    /// Reads a `T` at byte `offset`, refusing reads past the copied bytes.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
+        let o = offset as usize;
+        if o + core::mem::size_of::<T>() > self.len {
+            return Err(Skip::Unreadable);
+        }
+        // SAFETY: within the initialised bytes (checked above); T is a plain integer.
+        Ok(unsafe { core::ptr::read_unaligned(self.base.add(o).cast::<T>()) })
+    }
 }
 
 /// Wake the reader only once enough has piled up: a wakeup per event would cost more than
@@ -168,17 +208,6 @@ fn port_wanted(cfg: &ProbeConfig, sport: u16, dport: u16) -> bool {
         i += 1;
     }
     false
-}
-
-/// Reads a `T` at byte `offset` of the copied record, refusing offsets past its end.
-#[inline(always)]
-fn read<T: Copy>(rec: &[u8; MAX_RECORD_LEN], offset: u16) -> Result<T, Skip> {
-    let o = offset as usize;
-    if o + core::mem::size_of::<T>() > MAX_RECORD_LEN {
-        return Err(Skip::Unreadable);
-    }
-    // SAFETY: bounds checked above; T is plain data read unaligned.
-    Ok(unsafe { core::ptr::read_unaligned(rec.as_ptr().add(o) as *const T) })
 }
 
 #[cfg(not(test))]

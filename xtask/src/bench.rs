@@ -23,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
     /// Rounds, each one churn without and one with the tracer.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub rounds: u32,
     /// Client threads opening connections.
     #[arg(long, default_value_t = 2)]
@@ -56,8 +56,14 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let mut base = Vec::new();
     let mut traced = Vec::new();
     for round in 1..=args.rounds {
-        let b = churn(period, args.clients)?;
-        let t = traced_churn(tracer, period, args)?;
+        // ABBA order: neither side always runs first, on a warmer or a more loaded machine.
+        let (b, t) = if round % 2 == 1 {
+            let b = churn(period, args.clients)?;
+            (b, traced_churn(tracer, period, args)?)
+        } else {
+            let t = traced_churn(tracer, period, args)?;
+            (churn(period, args.clients)?, t)
+        };
         let secs = period.as_secs_f64();
         println!(
             "round {round}: without {:>7.0} conn/s | with {:>7.0} conn/s, {:>8.0} transitions/s delivered, {} lost, tracer CPU {:.0}%",
@@ -92,8 +98,24 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         100.0 * cpu / secs,
         rss
     );
+    // Each round's pair ran back to back, so its ratio cancels slow drift on the machine;
+    // the median resists the odd disturbed round.
+    let mut ratios: Vec<f64> = base
+        .iter()
+        .zip(&traced)
+        .map(|(b, t)| t.connections as f64 / (*b).max(1) as f64)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => ratios[n / 2],
+        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+    };
     println!(
-        "ratio (with / without): {:.3}",
+        "ratio (with / without): {:.3} median of rounds (min {:.3}, max {:.3}); {:.3} pooled",
+        median,
+        ratios.first().copied().unwrap_or(0.0),
+        ratios.last().copied().unwrap_or(0.0),
         conn_total as f64 / base_total.max(1) as f64
     );
     Ok(())
