@@ -43,13 +43,20 @@ fn is_last_of_listener(port: u16) -> impl Fn(&[serde_json::Value]) -> bool {
     }
 }
 
-fn lifecycle(test: &str, ip: IpAddr, family: &str) {
+/// Checks one connection's whole life; `copy` forces the probe's copy path (the one
+/// kernels with another record layout take) instead of direct context loads.
+fn lifecycle(test: &str, ip: IpAddr, family: &str, copy: bool) {
     if !privileged(test) {
         return;
     }
     let me = std::process::id() as u64;
     let (socket, port) = bound_socket(ip);
-    let mut tracer = Tracer::start(&["--events", "--port", &port.to_string()]);
+    let env: &[(&str, &str)] = if copy {
+        &[("TRACER_RECORD_ACCESS", "copy")]
+    } else {
+        &[]
+    };
+    let mut tracer = Tracer::start_with_env(&["--events", "--port", &port.to_string()], env);
     let client_port = one_connection(listen(socket), ip, port) as u64;
     // Wait for the last transition of each of the three sockets.
     tracer.wait_for("all three sockets to reach CLOSE", |r| {
@@ -134,6 +141,12 @@ fn lifecycle(test: &str, ip: IpAddr, family: &str) {
     let start = &records[0];
     assert_eq!(start["attached"]["tracepoint"], "sock:inet_sock_set_state");
     assert_eq!(start["filters"]["ports"], serde_json::json!([port]));
+    let access = start["attached"]["record_access"].as_str().unwrap();
+    if copy {
+        assert_eq!(access, "copy");
+    } else {
+        assert!(access == "direct" || access == "copy", "{access}");
+    }
     let mut last_ts = 0;
     for r in records.iter().filter(|r| r["type"] == "transition") {
         assert_eq!(r["family"], family);
@@ -152,12 +165,28 @@ fn lifecycle(test: &str, ip: IpAddr, family: &str) {
 
 #[test]
 fn ipv4_connection_life_on_both_ends() {
-    lifecycle("ipv4_connection_life_on_both_ends", V4, "ipv4");
+    lifecycle("ipv4_connection_life_on_both_ends", V4, "ipv4", false);
 }
 
 #[test]
 fn ipv6_connection_life_on_both_ends() {
-    lifecycle("ipv6_connection_life_on_both_ends", V6, "ipv6");
+    lifecycle("ipv6_connection_life_on_both_ends", V6, "ipv6", false);
+}
+
+#[test]
+fn copy_path_reads_the_same_for_both_families() {
+    lifecycle(
+        "copy_path_reads_the_same_for_both_families",
+        V4,
+        "ipv4",
+        true,
+    );
+    lifecycle(
+        "copy_path_reads_the_same_for_both_families",
+        V6,
+        "ipv6",
+        true,
+    );
 }
 
 #[test]

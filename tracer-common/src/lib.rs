@@ -81,6 +81,39 @@ pub struct FieldOffsets {
 }
 const _: () = assert!(core::mem::size_of::<FieldOffsets>() == 24);
 
+/// The `inet_sock_set_state` layout of Linux 4.16 and later (read off 6.18's format file).
+/// When the running kernel's format file gives exactly this, userspace sets
+/// [`ProbeConfig::direct_access`] and the probe loads fields straight from the tracepoint
+/// context at these constant offsets instead of copying the record.
+pub const KNOWN_LAYOUT: FieldOffsets = FieldOffsets {
+    skaddr: 8,
+    oldstate: 16,
+    newstate: 20,
+    sport: 24,
+    dport: 26,
+    family: 28,
+    protocol: 30,
+    saddr: 32,
+    daddr: 36,
+    saddr_v6: 40,
+    daddr_v6: 56,
+    record_len: 72,
+};
+// Direct context loads must be naturally aligned.
+const _: () = assert!(
+    KNOWN_LAYOUT.skaddr % 8 == 0
+        && KNOWN_LAYOUT.oldstate % 4 == 0
+        && KNOWN_LAYOUT.newstate % 4 == 0
+        && KNOWN_LAYOUT.sport % 2 == 0
+        && KNOWN_LAYOUT.dport % 2 == 0
+        && KNOWN_LAYOUT.family % 2 == 0
+        && KNOWN_LAYOUT.protocol % 2 == 0
+        && KNOWN_LAYOUT.saddr % 4 == 0
+        && KNOWN_LAYOUT.daddr % 4 == 0
+        && KNOWN_LAYOUT.saddr_v6 % 8 == 0
+        && KNOWN_LAYOUT.daddr_v6 % 8 == 0
+);
+
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
 
@@ -103,8 +136,11 @@ pub struct ProbeConfig {
     /// Ring buffer bytes available above which the probe wakes the reader; below it the
     /// reader finds events on its own short poll, which saves a wakeup per event under load.
     pub wakeup_bytes: u32,
+    /// 1: `offsets` are [`KNOWN_LAYOUT`] and the probe loads fields straight from the
+    /// tracepoint context; 0: it copies the record and reads it at `offsets`.
+    pub direct_access: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 60);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -117,6 +153,7 @@ impl ProbeConfig {
             state_mask: 0,
             pid: 0,
             wakeup_bytes: 0,
+            direct_access: 0,
         }
     }
 }

@@ -16,7 +16,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
     FieldOffsets, ProbeConfig, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
-    MAX_PORTS, MAX_RECORD_LEN, STAT_COUNT, STAT_LOST,
+    KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN, STAT_COUNT, STAT_LOST,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it
@@ -66,26 +66,91 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
     // SAFETY: CONFIG is plain data; the volatile read keeps the compiler from folding the
     // zeros it was compiled with instead of the values userspace loaded.
     let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
-    let off = &cfg.offsets;
-
-    // One copy of the whole record instead of one helper call per field. BPF has no
-    // native memset/memcpy (they become byte loops), so the buffer is left uninitialised
-    // (the helper writes it) and every access below is integer-sized.
-    let mut rec = MaybeUninit::<[u64; MAX_RECORD_LEN / 8]>::uninit();
-    let len = off.record_len as u32;
-    if len == 0 || len as usize > MAX_RECORD_LEN {
-        return Err(Skip::Unreadable);
+    if cfg.direct_access != 0 {
+        // Userspace saw KNOWN_LAYOUT in the format file. CONFIG is frozen read-only, so the
+        // verifier knows which branch runs; constant offsets become immediate loads from
+        // the context: no helper call, no copy.
+        record(&cfg, &Direct(ctx.as_ptr() as *const u8), &KNOWN_LAYOUT)
+    } else {
+        let mut buf = RecordBuf::uninit();
+        record(
+            &cfg,
+            &Copied::new(ctx, &cfg.offsets, &mut buf)?,
+            &cfg.offsets,
+        )
     }
-    // SAFETY: the tracepoint's context points at a record at least `record_len` long, as
-    // the format file this length was computed from says; `rec` has room for it.
-    if unsafe { gen::bpf_probe_read_kernel(rec.as_mut_ptr().cast(), len, ctx.as_ptr()) } != 0 {
-        return Err(Skip::Unreadable);
-    }
-    let rec = Record {
-        base: rec.as_ptr().cast(),
-        len: len as usize,
-    };
+}
 
+/// Where the tracepoint record's fields are read from.
+trait Fields {
+    /// Reads a plain integer `T` at byte `offset` of the record.
+    fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip>;
+}
+
+/// The tracepoint context itself, read at constant, naturally aligned offsets.
+struct Direct(*const u8);
+
+impl Fields for Direct {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
+        // SAFETY: only called with KNOWN_LAYOUT's offsets, which the kernel's own format
+        // file confirmed, are within the record and are aligned (asserted in
+        // tracer-common); the verifier checks each constant-offset context load again.
+        Ok(unsafe { core::ptr::read(self.0.add(offset as usize).cast::<T>()) })
+    }
+}
+
+/// Stack room for a copied record.
+type RecordBuf = MaybeUninit<[u64; MAX_RECORD_LEN / 8]>;
+
+/// A copy of the record on the stack, for layouts this build does not know. It borrows a
+/// buffer in the caller's frame: moving 128 bytes around would copy them and overflow the
+/// 512-byte BPF stack.
+struct Copied<'a> {
+    buf: &'a RecordBuf,
+    len: usize,
+}
+
+impl<'a> Copied<'a> {
+    #[inline(always)]
+    fn new(
+        ctx: &TracePointContext,
+        offsets: &FieldOffsets,
+        buf: &'a mut RecordBuf,
+    ) -> Result<Self, Skip> {
+        let len = offsets.record_len as u32;
+        if len == 0 || len as usize > MAX_RECORD_LEN {
+            return Err(Skip::Unreadable);
+        }
+        // BPF has no native memset/memcpy (they become byte loops): the buffer stays
+        // uninitialised for the helper to fill, and every read is integer-sized.
+        // SAFETY: the context points at a record at least `record_len` long, as the format
+        // file this length came from says; `buf` has room for MAX_RECORD_LEN bytes.
+        if unsafe { gen::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, ctx.as_ptr()) } != 0 {
+            return Err(Skip::Unreadable);
+        }
+        Ok(Copied {
+            buf,
+            len: len as usize,
+        })
+    }
+}
+
+impl Fields for Copied<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
+        let o = offset as usize;
+        if o + core::mem::size_of::<T>() > self.len {
+            return Err(Skip::Unreadable);
+        }
+        // SAFETY: within the bytes the helper initialised (checked above).
+        Ok(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().cast::<u8>().add(o).cast::<T>()) })
+    }
+}
+
+/// Filters one transition and writes it to the ring buffer.
+#[inline(always)]
+fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(), Skip> {
     if rec.read::<u16>(off.protocol)? != IPPROTO_TCP {
         return Err(Skip::Unwanted);
     }
@@ -163,25 +228,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
     }
     entry.submit(wakeup_flags(&cfg));
     Ok(())
-}
-
-/// The copied tracepoint record: `len` initialised bytes at `base`.
-struct Record {
-    base: *const u8,
-    len: usize,
-}
-
-impl Record {
-    /// Reads a `T` at byte `offset`, refusing reads past the copied bytes.
-    #[inline(always)]
-    fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
-        let o = offset as usize;
-        if o + core::mem::size_of::<T>() > self.len {
-            return Err(Skip::Unreadable);
-        }
-        // SAFETY: within the initialised bytes (checked above); T is a plain integer.
-        Ok(unsafe { core::ptr::read_unaligned(self.base.add(o).cast::<T>()) })
-    }
 }
 
 /// Wake the reader only once enough has piled up: a wakeup per event would cost more than

@@ -120,6 +120,9 @@ pub struct Attached {
     pub tracefs: String,
     /// True when tracer mounted tracefs itself.
     pub tracefs_mounted_by_tracer: bool,
+    /// `direct` when the probe loads fields straight from the tracepoint context (the
+    /// kernel's layout is the known one), `copy` when it copies the record first.
+    pub record_access: &'static str,
 }
 
 /// The filters pushed into the probe.

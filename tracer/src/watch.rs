@@ -17,7 +17,7 @@ use crate::{
     cli::WatchArgs,
     decode::{self, Family},
     output::{Attached, FilterInfo, Output, Rfc3339, StartInfo, StopInfo, StopReason, WallClock},
-    probe::{Filters, Probe, RingConfig, TRACEPOINT},
+    probe::{Filters, Probe, RecordAccess, RingConfig, TRACEPOINT},
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -47,7 +47,12 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
-    let (probe, ring) = Probe::attach(&filters, ring_config)?;
+    // A diagnostics switch: force the path kernels with another record layout take.
+    let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
+        Some(v) if v == "copy" => RecordAccess::Copy,
+        _ => RecordAccess::Auto,
+    };
+    let (probe, ring) = Probe::attach(&filters, ring_config, access)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -71,6 +76,11 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             tracepoint: format!("{}:{}", TRACEPOINT.0, TRACEPOINT.1),
             tracefs: probe.tracefs.path.display().to_string(),
             tracefs_mounted_by_tracer: probe.tracefs.mounted_by_us,
+            record_access: if probe.direct_access {
+                "direct"
+            } else {
+                "copy"
+            },
         },
         filters: FilterInfo {
             ports: filters.ports.clone(),

@@ -142,6 +142,8 @@ print fmt: \"family=%s protocol=%s\", REC->family
     #[test]
     fn parses_the_running_kernels_layout() {
         let o = parse(KERNEL_6_18).unwrap();
+        // The layout the probe reads directly is the one this kernel's file describes.
+        assert_eq!(o, tracer_common::KNOWN_LAYOUT);
         assert_eq!(
             o,
             FieldOffsets {

@@ -12,7 +12,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{ProbeConfig, TcpState, MAX_PORTS, STAT_LOST};
+use tracer_common::{FieldOffsets, ProbeConfig, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST};
 
 pub use privileges::check as check_privileges;
 pub use tracefs::Tracefs;
@@ -93,12 +93,29 @@ impl RingConfig {
     }
 }
 
+/// How the probe reads the tracepoint record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordAccess {
+    /// Straight from the context when the layout is [`KNOWN_LAYOUT`], else by copy.
+    Auto,
+    /// Always copy the record (the path other kernels' layouts take; for diagnostics).
+    Copy,
+}
+
+impl RecordAccess {
+    /// Whether the probe may load fields straight from the context for `offsets`.
+    fn direct(self, offsets: &FieldOffsets) -> bool {
+        self == RecordAccess::Auto && *offsets == KNOWN_LAYOUT
+    }
+}
+
 impl Filters {
     /// The probe configuration for these filters over records laid out as `offsets` says.
     pub fn to_config(
         &self,
-        offsets: tracer_common::FieldOffsets,
+        offsets: FieldOffsets,
         ring: RingConfig,
+        access: RecordAccess,
     ) -> Result<ProbeConfig, ProbeError> {
         if self.ports.len() > MAX_PORTS {
             return Err(ProbeError::TooManyPorts(self.ports.len()));
@@ -110,6 +127,7 @@ impl Filters {
         cfg.family = self.family.map_or(0, Family::af);
         cfg.state_mask = self.states.iter().fold(0, |m, s| m | 1 << (*s as u8));
         cfg.wakeup_bytes = ring.wakeup_bytes;
+        cfg.direct_access = access.direct(&offsets) as u32;
         Ok(cfg)
     }
 }
@@ -121,6 +139,8 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
     /// How tracefs was found.
     pub tracefs: Tracefs,
+    /// True when the probe reads fields straight from the tracepoint context.
+    pub direct_access: bool,
 }
 
 impl Probe {
@@ -129,6 +149,7 @@ impl Probe {
     pub fn attach(
         filters: &Filters,
         ring: RingConfig,
+        access: RecordAccess,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if PROBE_OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt);
@@ -150,7 +171,7 @@ impl Probe {
             path: format_path,
             source,
         })?;
-        let config = filters.to_config(offsets, ring)?;
+        let config = filters.to_config(offsets, ring, access)?;
 
         privileges::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -185,6 +206,7 @@ impl Probe {
                 _ebpf: ebpf,
                 stats,
                 tracefs,
+                direct_access: config.direct_access != 0,
             },
             ring,
         ))
@@ -206,7 +228,6 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::FieldOffsets;
 
     #[test]
     fn filters_become_probe_config() {
@@ -220,7 +241,9 @@ mod tests {
             bytes: 1 << 20,
             wakeup_bytes: 4096,
         };
-        let cfg = filters.to_config(FieldOffsets::default(), ring).unwrap();
+        let cfg = filters
+            .to_config(FieldOffsets::default(), ring, RecordAccess::Auto)
+            .unwrap();
         assert_eq!(&cfg.ports[..3], &[61616, 8080, 0]);
         assert_eq!(cfg.port_count, 2);
         assert_eq!(cfg.pid, 4242);
@@ -229,19 +252,26 @@ mod tests {
         assert_eq!(cfg.wakeup_bytes, 4096);
 
         let all = Filters::default()
-            .to_config(FieldOffsets::default(), ring)
+            .to_config(KNOWN_LAYOUT, ring, RecordAccess::Auto)
             .unwrap();
         assert_eq!(
             (all.port_count, all.pid, all.family, all.state_mask),
             (0, 0, 0, 0)
         );
+        // Direct context loads only for the layout they were written for, and not when
+        // the copy path is asked for.
+        assert_eq!((cfg.direct_access, all.direct_access), (0, 1));
+        let copy = Filters::default()
+            .to_config(KNOWN_LAYOUT, ring, RecordAccess::Copy)
+            .unwrap();
+        assert_eq!(copy.direct_access, 0);
 
         let many = Filters {
             ports: (1..=9).collect(),
             ..Filters::default()
         };
         assert!(matches!(
-            many.to_config(FieldOffsets::default(), ring),
+            many.to_config(FieldOffsets::default(), ring, RecordAccess::Auto),
             Err(ProbeError::TooManyPorts(9))
         ));
     }
