@@ -101,17 +101,17 @@ pub const KNOWN_LAYOUT: FieldOffsets = FieldOffsets {
 };
 // Direct context loads must be naturally aligned.
 const _: () = assert!(
-    KNOWN_LAYOUT.skaddr % 8 == 0
-        && KNOWN_LAYOUT.oldstate % 4 == 0
-        && KNOWN_LAYOUT.newstate % 4 == 0
-        && KNOWN_LAYOUT.sport % 2 == 0
-        && KNOWN_LAYOUT.dport % 2 == 0
-        && KNOWN_LAYOUT.family % 2 == 0
-        && KNOWN_LAYOUT.protocol % 2 == 0
-        && KNOWN_LAYOUT.saddr % 4 == 0
-        && KNOWN_LAYOUT.daddr % 4 == 0
-        && KNOWN_LAYOUT.saddr_v6 % 8 == 0
-        && KNOWN_LAYOUT.daddr_v6 % 8 == 0
+    KNOWN_LAYOUT.skaddr.is_multiple_of(8)
+        && KNOWN_LAYOUT.oldstate.is_multiple_of(4)
+        && KNOWN_LAYOUT.newstate.is_multiple_of(4)
+        && KNOWN_LAYOUT.sport.is_multiple_of(2)
+        && KNOWN_LAYOUT.dport.is_multiple_of(2)
+        && KNOWN_LAYOUT.family.is_multiple_of(2)
+        && KNOWN_LAYOUT.protocol.is_multiple_of(2)
+        && KNOWN_LAYOUT.saddr.is_multiple_of(4)
+        && KNOWN_LAYOUT.daddr.is_multiple_of(4)
+        && KNOWN_LAYOUT.saddr_v6.is_multiple_of(8)
+        && KNOWN_LAYOUT.daddr_v6.is_multiple_of(8)
 );
 
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
