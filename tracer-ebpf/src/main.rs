@@ -179,7 +179,9 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     if cfg.pid != 0 && pid != cfg.pid {
         return Err(Skip::Unwanted);
     }
-    // Addresses as integers: copied byte for byte, so network order is kept.
+    // Addresses move as integers, loaded and stored in native order, so their bytes keep
+    // network order; an IPv4 address in the low half of a u64 lands in the first 4 bytes
+    // on this little-endian target (bpfel, the only one built).
     let (saddr, daddr) = if family == AF_INET {
         (
             [rec.read::<u32>(off.saddr)? as u64, 0],

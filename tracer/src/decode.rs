@@ -61,6 +61,51 @@ impl fmt::Display for State {
     }
 }
 
+/// A task's command name as the kernel keeps it: at most 16 bytes, NUL-padded. Kept
+/// inline so that decoding an event allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The name up to its first NUL.
+    pub fn new(raw: [u8; COMM_LEN]) -> Self {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        Self {
+            bytes: raw,
+            len: len as u8,
+        }
+    }
+
+    /// The name as text; bytes that are not UTF-8 are replaced.
+    pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..self.len as usize])
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        let mut raw = [0u8; COMM_LEN];
+        let n = s.len().min(COMM_LEN);
+        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm::new(raw)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.to_str_lossy())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_str_lossy())
+    }
+}
+
 /// One TCP state change of one socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -73,7 +118,7 @@ pub struct Transition {
     /// Thread id of that task.
     pub tid: u32,
     /// Command name of that task.
-    pub comm: String,
+    pub comm: Comm,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -114,13 +159,12 @@ pub fn from_event(ev: &TransitionEvent) -> Result<Transition, DecodeError> {
         ),
         other => return Err(DecodeError::Family(other)),
     };
-    let comm_len = ev.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     Ok(Transition {
         ts_ns: ev.ts_ns,
         sk: ev.skaddr,
         pid: ev.pid,
         tid: ev.tid,
-        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        comm: Comm::new(ev.comm),
         family,
         saddr,
         sport: ev.sport,
@@ -180,7 +224,10 @@ mod tests {
         assert_eq!(t.saddr.to_string(), "127.0.0.1");
         assert_eq!(t.daddr.to_string(), "10.1.2.3");
         assert_eq!((t.sport, t.dport), (61616, 40000));
-        assert_eq!((t.pid, t.tid, t.comm.as_str()), (4242, 4243, "java"));
+        assert_eq!(
+            (t.pid, t.tid, t.comm.to_string()),
+            (4242, 4243, "java".to_owned())
+        );
         assert_eq!(t.sk, 0xffff_8880_1234_5678);
         assert_eq!(
             format!("{} -> {}", t.old, t.new),
@@ -222,6 +269,8 @@ mod tests {
         ev.comm = *b"sixteen-chars-xx";
         let t = from_event(&ev).unwrap();
         assert_eq!(t.new.to_string(), "STATE_42");
-        assert_eq!(t.comm, "sixteen-chars-xx");
+        assert_eq!(t.comm.to_string(), "sixteen-chars-xx");
+        ev.comm = *b"caf\xc3\xa9\xff\0\0\0\0\0\0\0\0\0\0";
+        assert_eq!(from_event(&ev).unwrap().comm.to_string(), "café\u{fffd}");
     }
 }

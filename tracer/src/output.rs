@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     cli::Format,
-    decode::{State, Transition},
+    decode::{Comm, State, Transition},
 };
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -76,6 +76,12 @@ impl fmt::Display for Rfc3339 {
 impl Serialize for Rfc3339 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_str_lossy())
     }
 }
 
@@ -175,7 +181,7 @@ pub enum Record<'a> {
         new: State,
         pid: u32,
         tid: u32,
-        comm: &'a str,
+        comm: &'a Comm,
         sk: Hex,
     },
     /// The probe's drop counter grew.
@@ -349,7 +355,7 @@ mod tests {
             sk: 0xffff_8880_0abc_d000,
             pid: 4242,
             tid: 4243,
-            comm: "java".into(),
+            comm: Comm::from("java"),
             family,
             saddr,
             sport: 61616,
