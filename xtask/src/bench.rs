@@ -46,13 +46,14 @@ struct Traced {
 pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let period = Duration::from_secs(args.seconds);
     eprintln!(
-        "xtask bench: {} rounds of {}s churn on 127.0.0.1 with {} client threads, without and with `tracer watch --format json {}`",
+        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads, without and with `tracer watch --format json {}`",
         args.rounds,
         args.seconds,
         args.clients,
         args.tracer_args.join(" ")
     );
-    warm_up(args.clients)?;
+    isolate_network()?;
+    churn(Duration::from_secs(1), args.clients)?; // warm-up: listener backlog, caches
     let mut base = Vec::new();
     let mut traced = Vec::new();
     for round in 1..=args.rounds {
@@ -121,43 +122,21 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Churns until the kernel's TIME_WAIT table is full. Until then each close also creates a
-/// time-wait socket; once it is full the kernel skips that and the churn runs ~25% faster,
-/// so rounds taken while it fills would compare unlike regimes.
-fn warm_up(clients: usize) -> anyhow::Result<()> {
-    let cap: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let started = Instant::now();
-    for _ in 0..30 {
-        churn(Duration::from_secs(1), clients)?;
-        if time_wait_sockets() >= cap * 95 / 100 {
-            break;
-        }
+/// Moves this process into a network namespace of its own, with loopback up and no
+/// TIME_WAIT sockets (`tcp_max_tw_buckets=0`, a per-namespace setting). Otherwise the
+/// host's TIME_WAIT table fills during a run and empties in waves 60 s later, and each
+/// close costs more or less depending on which, swinging rounds by up to half. Nothing on
+/// the host changes; the tracepoint is kernel-wide, so the tracer sees this namespace too.
+fn isolate_network() -> anyhow::Result<()> {
+    // SAFETY: unshare affects only this (still single-threaded) process's namespaces;
+    // threads spawned later inherit the new one.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
     }
-    eprintln!(
-        "xtask bench: warm-up {:.0}s: {} TIME_WAIT sockets (table holds {cap})",
-        started.elapsed().as_secs_f64(),
-        time_wait_sockets()
-    );
+    crate::run_step(Command::new("ip").args(["link", "set", "lo", "up"]))?;
+    std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0")
+        .context("disable TIME_WAIT in the bench namespace")?;
     Ok(())
-}
-
-/// TIME_WAIT sockets now (`tw` in /proc/net/sockstat).
-fn time_wait_sockets() -> u64 {
-    let stat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-    let tcp = stat
-        .lines()
-        .find(|l| l.starts_with("TCP:"))
-        .unwrap_or_default();
-    let mut words = tcp.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "tw" {
-            return words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        }
-    }
-    0
 }
 
 /// Churns connections for `period` with the tracer attached and reads its totals.
