@@ -50,6 +50,30 @@ pub fn tracer_bin() -> PathBuf {
     path
 }
 
+/// Starts `tracer ARGS` with stdout and stderr piped to the test.
+pub fn spawn_tracer(args: &[&str]) -> Child {
+    Command::new(tracer_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracer")
+}
+
+/// Waits for a child from [`spawn_tracer`] to exit; returns its status and stderr (small
+/// enough never to fill the pipe: status lines only).
+pub fn finish(child: &mut Child) -> (ExitStatus, String) {
+    let status = wait_exit(child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    (status, stderr)
+}
+
 /// A running `tracer watch --format json`.
 pub struct Tracer {
     child: Child,
@@ -67,9 +91,10 @@ impl Tracer {
 
     /// Like [`Tracer::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
+        let mut args_all = vec!["watch", "--format", "json"];
+        args_all.extend_from_slice(args);
         let mut child = Command::new(tracer_bin())
-            .args(["watch", "--format", "json"])
-            .args(args)
+            .args(&args_all)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

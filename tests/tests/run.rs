@@ -11,7 +11,7 @@ use std::{
 };
 
 use integration_tests::{
-    bound_socket, listen, privileged, tracer_bin, wait_exit, Tracer, DEADLINE,
+    bound_socket, finish, listen, privileged, spawn_tracer, tracer_bin, Tracer, DEADLINE,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -32,12 +32,7 @@ fn text_output_shows_each_transition_on_one_line() {
         return;
     }
     let (socket, port) = bound_socket(V4);
-    let mut child = Command::new(tracer_bin())
-        .args(["watch", "--events", "--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tracer");
+    let mut child = spawn_tracer(&["watch", "--events", "--port", &port.to_string()]);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     thread::spawn(move || {
@@ -70,14 +65,7 @@ fn text_output_shows_each_transition_on_one_line() {
     assert!(fields[5].starts_with("127.0.0.1:"), "{line}");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = wait_exit(&mut child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = finish(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     assert!(
         stderr.contains("attached to tracepoint sock:inet_sock_set_state"),
@@ -134,19 +122,14 @@ fn closed_stdout_ends_quietly_with_success() {
         return;
     }
     let (socket, port) = bound_socket(V4);
-    let mut child = Command::new(tracer_bin())
-        .args([
-            "watch",
-            "--events",
-            "--format",
-            "json",
-            "--port",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tracer");
+    let mut child = spawn_tracer(&[
+        "watch",
+        "--events",
+        "--format",
+        "json",
+        "--port",
+        &port.to_string(),
+    ]);
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
@@ -154,14 +137,7 @@ fn closed_stdout_ends_quietly_with_success() {
     assert!(first.starts_with("{\"type\":\"start\""), "{first}");
     // The reader is gone (like `tracer ... | head -1`); the next transition hits EPIPE.
     connection(socket, port);
-    let status = wait_exit(&mut child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = finish(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(stderr, "", "a closed pipe is not an error");
 }

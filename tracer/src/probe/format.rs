@@ -141,26 +141,8 @@ print fmt: \"family=%s protocol=%s\", REC->family
 
     #[test]
     fn parses_the_running_kernels_layout() {
-        let o = parse(KERNEL_6_18).unwrap();
-        // The layout the probe reads directly is the one this kernel's file describes.
-        assert_eq!(o, tracer_common::KNOWN_LAYOUT);
-        assert_eq!(
-            o,
-            FieldOffsets {
-                skaddr: 8,
-                oldstate: 16,
-                newstate: 20,
-                sport: 24,
-                dport: 26,
-                family: 28,
-                protocol: 30,
-                saddr: 32,
-                daddr: 36,
-                saddr_v6: 40,
-                daddr_v6: 56,
-                record_len: 72,
-            }
-        );
+        // KNOWN_LAYOUT, which the probe reads directly, is this file's layout.
+        assert_eq!(parse(KERNEL_6_18), Ok(tracer_common::KNOWN_LAYOUT));
     }
 
     #[test]
