@@ -52,7 +52,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         Some(v) if v == "copy" => RecordAccess::Copy,
         _ => RecordAccess::Auto,
     };
-    let (probe, ring) = Probe::attach(&filters, ring_config, access)?;
+    let (mut probe, ring) = Probe::attach(&filters, ring_config, access)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -126,13 +126,14 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         }
     };
 
-    // Whatever the probe wrote before we stopped still counts.
+    // Detach first: then the ring and the drop counter are final, and the totals account
+    // for every transition the probe saw.
+    probe.detach().context("detaching the probe failed")?;
     let last = drain(ring.get_mut(), args.events, &mut output, &mut counts)
         .and_then(|()| check_lost(&probe, &mut output, &mut counts));
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
-    drop(probe);
     let stop = StopInfo {
         time: Rfc3339(SystemTime::now()),
         reason,

@@ -135,7 +135,7 @@ impl Filters {
 /// The attached probe. Dropping it detaches the program.
 pub struct Probe {
     /// Holds the program and its link.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
     /// How tracefs was found.
     pub tracefs: Tracefs,
@@ -203,13 +203,23 @@ impl Probe {
             })?;
         Ok((
             Probe {
-                _ebpf: ebpf,
+                ebpf,
                 stats,
                 tracefs,
                 direct_access: config.direct_access != 0,
             },
             ring,
         ))
+    }
+
+    /// Detaches and unloads the program, so that nothing more is written: what the ring
+    /// buffer and the drop counter hold afterwards is final.
+    pub fn detach(&mut self) -> Result<(), ProbeError> {
+        if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
+            let program: &mut TracePoint = program.try_into()?;
+            program.unload()?;
+        }
+        Ok(())
     }
 
     /// Events the probe had to drop because the ring buffer was full, summed over CPUs.
