@@ -34,7 +34,8 @@ impl WallClock {
         }
     }
 
-    /// A clock whose monotonic zero is `epoch_ns` (for tests).
+    /// A clock whose monotonic zero is `epoch_ns`.
+    #[cfg(test)]
     pub fn with_offset(epoch_ns: i128) -> Self {
         Self {
             offset_ns: epoch_ns,
@@ -45,11 +46,6 @@ impl WallClock {
     pub fn at(&self, ts_ns: u64) -> SystemTime {
         let ns = (self.offset_ns + ts_ns as i128).max(0) as u128;
         UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
-    }
-
-    /// Monotonic nanoseconds now, on the kernel's clock.
-    pub fn monotonic_now() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
     }
 }
 
@@ -463,7 +459,7 @@ mod tests {
         );
         let now = WallClock::now();
         let drift = now
-            .at(WallClock::monotonic_now())
+            .at(clock_ns(libc::CLOCK_MONOTONIC) as u64)
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         assert!(drift < Duration::from_secs(1), "{drift:?}");

@@ -14,7 +14,6 @@ use aya::{
 };
 use tracer_common::{FieldOffsets, ProbeConfig, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST};
 
-pub use privileges::check as check_privileges;
 pub use tracefs::Tracefs;
 
 use crate::decode::Family;
