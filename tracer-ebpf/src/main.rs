@@ -236,9 +236,6 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
 /// the event itself under load. Userspace polls on a short timer for the rest.
 #[inline(always)]
 fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
-    if cfg.wakeup_bytes == 0 {
-        return 0;
-    }
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

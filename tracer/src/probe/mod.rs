@@ -75,8 +75,7 @@ pub struct Filters {
 pub struct RingConfig {
     /// Ring buffer size in bytes: a power of two, a multiple of the page size.
     pub bytes: u32,
-    /// Bytes pending before the probe wakes the reader (0: the kernel's default, a wakeup
-    /// whenever the reader has caught up).
+    /// Bytes pending before the probe wakes the reader.
     pub wakeup_bytes: u32,
 }
 
