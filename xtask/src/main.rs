@@ -73,11 +73,10 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
         }
         Task::Test => test()?,
         Task::Bench(args) => {
-            let tracer = build()?;
             if !setup::is_root() {
                 bail!("the benchmark attaches the probe: run it as root");
             }
-            bench::run(&tracer, &args)?;
+            bench::run(&build()?, &args)?;
         }
     }
     Ok(ExitCode::SUCCESS)
