@@ -52,8 +52,14 @@ pub fn tracer_bin() -> PathBuf {
 
 /// Starts `tracer ARGS` with stdout and stderr piped to the test.
 pub fn spawn_tracer(args: &[&str]) -> Child {
+    spawn_tracer_with_env(args, &[])
+}
+
+/// Like [`spawn_tracer`], with extra environment variables.
+pub fn spawn_tracer_with_env(args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(tracer_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,13 +99,7 @@ impl Tracer {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut args_all = vec!["watch", "--format", "json"];
         args_all.extend_from_slice(args);
-        let mut child = Command::new(tracer_bin())
-            .args(&args_all)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tracer");
+        let mut child = spawn_tracer_with_env(&args_all, env);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
