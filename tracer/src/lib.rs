@@ -5,6 +5,7 @@
 //! [`probe`] (kernel program, ring buffer) -> [`decode`] (typed transitions) ->
 //! [`output`] (text or JSON Lines), driven by [`watch`]; [`cli`] is the command line.
 
+pub mod aggregate;
 pub mod cli;
 pub mod decode;
 pub mod output;

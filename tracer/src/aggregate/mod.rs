@@ -1,0 +1,410 @@
+//! Stage 3: keeps the life of every TCP socket, fed by decoded transitions and by the
+//! snapshot of the sockets that existed at start, and decides (in [`stuck`]) which have
+//! stayed too long in a watched state.
+//!
+//! Time is the kernel's monotonic clock in nanoseconds, passed in by the caller, so tests
+//! drive the table with a clock of their own.
+
+pub mod stuck;
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use tracer_common::TcpState;
+
+use crate::decode::{Comm, Family, State, Transition};
+use stuck::{Deadlines, Thresholds};
+
+/// The 4-tuple (and family) of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// How the table knows a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SocketKey {
+    /// Kernel address of the socket, as the probe reports it.
+    Sk(u64),
+    /// A socket from the start-up snapshot that no transition has named yet: sock_diag
+    /// gives its cookie, not its address. The first transition with the same endpoints
+    /// re-keys it by address.
+    Snapshot(u64),
+}
+
+impl SocketKey {
+    /// The kernel address, when known.
+    pub fn sk(self) -> Option<u64> {
+        match self {
+            SocketKey::Sk(sk) => Some(sk),
+            SocketKey::Snapshot(_) => None,
+        }
+    }
+}
+
+/// Which side opened the connection, as far as the table saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Accepted from a listener: the local port is the service's.
+    Accepted,
+    /// Opened by connect(): the remote end is the service.
+    Connected,
+    /// A listening socket.
+    Listener,
+    /// Seen first in mid-life.
+    Unknown,
+}
+
+/// A process seen acting on a socket from a system call (connect, listen, close), where
+/// the task current at the transition is the one that made the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidHint {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+/// What the table keeps of one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Socket {
+    /// Numbers the sockets in the order the table met them; unlike the key, it stays when
+    /// a snapshot socket is re-keyed by address.
+    pub id: u64,
+    pub ends: Endpoints,
+    pub state: State,
+    /// When the socket entered `state` (monotonic ns); only a lower bound of its age in
+    /// that state when `since_is_lower_bound`.
+    pub since_ns: u64,
+    pub since_is_lower_bound: bool,
+    pub origin: Origin,
+    /// The last process seen acting on it from a system call.
+    pub hint: Option<PidHint>,
+    /// Flagged as stuck during its current stay in `state`.
+    pub flagged: bool,
+}
+
+/// A socket from the start-up snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSocket {
+    /// sock_diag's cookie for it.
+    pub cookie: u64,
+    pub ends: Endpoints,
+    pub state: State,
+    /// A time it was known to be in `state` already (monotonic ns): a lower bound.
+    pub since_ns: u64,
+    pub origin: Origin,
+}
+
+/// A socket that has just crossed its state's threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stuck {
+    pub key: SocketKey,
+    pub socket: Socket,
+}
+
+/// A flagged socket that has left the state it was stuck in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub key: SocketKey,
+    /// The socket as it was while stuck.
+    pub socket: Socket,
+    /// When it left (monotonic ns).
+    pub left_ns: u64,
+    /// The state it went to.
+    pub new: State,
+}
+
+impl Resolved {
+    /// How long it stayed in the state (a lower bound when its entry time was one).
+    pub fn stuck_for(&self) -> Duration {
+        Duration::from_nanos(self.left_ns.saturating_sub(self.socket.since_ns))
+    }
+}
+
+/// Counts for the summary and the stop record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Sockets tracked now.
+    pub tracked: usize,
+    /// Most sockets tracked at once.
+    pub peak: usize,
+    /// Sockets dropped from a full table.
+    pub evicted: u64,
+    /// Of those, sockets that were flagged stuck (their `resolved` will never come).
+    pub evicted_stuck: u64,
+}
+
+/// The life of every socket, bounded by a cap.
+#[derive(Debug)]
+pub struct Table {
+    sockets: HashMap<SocketKey, Socket>,
+    /// Snapshot sockets not yet named by a transition, by endpoints.
+    unnamed: HashMap<Endpoints, u64>,
+    thresholds: Thresholds,
+    deadlines: Deadlines,
+    /// Sockets per state number, to know when a deadline queue is mostly stale.
+    per_state: [usize; 256],
+    cap: usize,
+    next_id: u64,
+    stats: TableStats,
+}
+
+impl Table {
+    /// An empty table flagging by `thresholds` and holding at most `cap` sockets.
+    pub fn new(thresholds: Thresholds, cap: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            unnamed: HashMap::new(),
+            deadlines: Deadlines::new(&thresholds),
+            thresholds,
+            per_state: [0; 256],
+            cap: cap.max(1),
+            next_id: 0,
+            stats: TableStats::default(),
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// Adds the sockets that existed at start. Their entry times are lower bounds.
+    pub fn seed(&mut self, mut snapshot: Vec<SnapshotSocket>) {
+        // Deadline queues must be in entry order.
+        snapshot.sort_by_key(|s| s.since_ns);
+        for s in snapshot {
+            if s.state == TcpState::Close.into() {
+                continue;
+            }
+            let key = SocketKey::Snapshot(s.cookie);
+            let socket = Socket {
+                id: 0,
+                ends: s.ends,
+                state: s.state,
+                since_ns: s.since_ns,
+                since_is_lower_bound: true,
+                origin: s.origin,
+                hint: None,
+                flagged: false,
+            };
+            self.insert(key, socket);
+            self.unnamed.insert(s.ends, s.cookie);
+        }
+    }
+
+    /// Applies one transition; returns the resolution of a flagged socket leaving its state.
+    pub fn apply(&mut self, t: &Transition) -> Option<Resolved> {
+        let key = SocketKey::Sk(t.sk);
+        let ends = Endpoints {
+            family: t.family,
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+        };
+        let hint = runs_in_caller(t.old, t.new).then_some(PidHint {
+            pid: t.pid,
+            comm: t.comm,
+        });
+        let closed = t.new == TcpState::Close.into();
+
+        let previous = match self.sockets.remove(&key) {
+            Some(s) => Some(s),
+            None => self.take_unnamed(&ends),
+        };
+        match previous {
+            Some(prev) => {
+                self.per_state[prev.state.0 as usize] -= 1;
+                self.compact(prev.state);
+                let resolved = (prev.flagged && prev.state != t.new).then_some(Resolved {
+                    key,
+                    socket: prev,
+                    left_ns: t.ts_ns,
+                    new: t.new,
+                });
+                if !closed {
+                    // A snapshot socket seen entering the state it was found in (the
+                    // transition raced the snapshot) now has an exact entry time.
+                    let exact = prev.since_is_lower_bound && !prev.flagged;
+                    let stays = prev.state == t.new && !exact;
+                    let socket = Socket {
+                        id: prev.id,
+                        ends,
+                        state: t.new,
+                        since_ns: if stays { prev.since_ns } else { t.ts_ns },
+                        since_is_lower_bound: stays && prev.since_is_lower_bound,
+                        origin: prev.origin,
+                        hint: hint.or(prev.hint),
+                        flagged: stays && prev.flagged,
+                    };
+                    self.put(key, socket, !stays);
+                }
+                resolved
+            }
+            None => {
+                if !closed {
+                    let origin = match (t.old.known(), t.new.known()) {
+                        (Some(TcpState::Listen), _) => Origin::Accepted,
+                        (_, Some(TcpState::SynSent)) => Origin::Connected,
+                        (_, Some(TcpState::Listen)) => Origin::Listener,
+                        _ => Origin::Unknown,
+                    };
+                    let socket = Socket {
+                        id: 0,
+                        ends,
+                        state: t.new,
+                        since_ns: t.ts_ns,
+                        since_is_lower_bound: false,
+                        origin,
+                        hint,
+                        flagged: false,
+                    };
+                    self.insert(key, socket);
+                }
+                None
+            }
+        }
+    }
+
+    /// Flags every socket whose stay in a watched state reached its threshold by `now_ns`.
+    pub fn due(&mut self, now_ns: u64) -> Vec<Stuck> {
+        let mut stuck = Vec::new();
+        let sockets = &mut self.sockets;
+        self.deadlines.pop_due(now_ns, |state, since, key| {
+            if let Some(s) = sockets.get_mut(&key) {
+                if s.state == state && s.since_ns == since && !s.flagged {
+                    s.flagged = true;
+                    stuck.push(Stuck { key, socket: *s });
+                }
+            }
+        });
+        stuck
+    }
+
+    /// When the next socket would cross its threshold, in monotonic ns.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.next()
+    }
+
+    /// The sockets flagged now.
+    pub fn stuck(&self) -> impl Iterator<Item = (SocketKey, &Socket)> {
+        self.sockets
+            .iter()
+            .filter(|(_, s)| s.flagged)
+            .map(|(k, s)| (*k, s))
+    }
+
+    /// The socket under `key`.
+    pub fn get(&self, key: SocketKey) -> Option<&Socket> {
+        self.sockets.get(&key)
+    }
+
+    /// Sockets tracked per state, for states that have any.
+    pub fn per_state(&self) -> impl Iterator<Item = (State, usize)> + '_ {
+        (0..=255u8)
+            .map(|n| (State(n), self.per_state[n as usize]))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            tracked: self.sockets.len(),
+            ..self.stats
+        }
+    }
+
+    fn take_unnamed(&mut self, ends: &Endpoints) -> Option<Socket> {
+        if self.unnamed.is_empty() {
+            return None;
+        }
+        let cookie = self.unnamed.remove(ends)?;
+        self.sockets.remove(&SocketKey::Snapshot(cookie))
+    }
+
+    /// Inserts a socket the table did not hold, making room if it is full.
+    fn insert(&mut self, key: SocketKey, mut socket: Socket) {
+        if self.sockets.len() >= self.cap {
+            self.evict();
+        }
+        socket.id = self.next_id;
+        self.next_id += 1;
+        self.put(key, socket, true);
+    }
+
+    fn put(&mut self, key: SocketKey, socket: Socket, entered: bool) {
+        if entered && !socket.flagged {
+            self.deadlines.push(socket.state, socket.since_ns, key);
+        }
+        self.per_state[socket.state.0 as usize] += 1;
+        self.sockets.insert(key, socket);
+        self.stats.peak = self.stats.peak.max(self.sockets.len());
+    }
+
+    fn compact(&mut self, state: State) {
+        let sockets = &self.sockets;
+        self.deadlines
+            .compact(state, self.per_state[state.0 as usize], |since, key| {
+                sockets
+                    .get(&key)
+                    .is_some_and(|s| s.state == state && s.since_ns == since)
+            });
+    }
+
+    /// Drops a sixteenth of the table: first sockets in unwatched states, then watched but
+    /// not flagged, flagged last; oldest first within each.
+    fn evict(&mut self) {
+        let n = (self.cap / 16).max(1);
+        let mut order: Vec<(u8, u64, SocketKey)> = self
+            .sockets
+            .iter()
+            .map(|(k, s)| {
+                let rank = if s.flagged {
+                    2
+                } else if self.thresholds.get(s.state).is_some() {
+                    1
+                } else {
+                    0
+                };
+                (rank, s.since_ns, *k)
+            })
+            .collect();
+        if order.len() > n {
+            order.select_nth_unstable(n - 1);
+            order.truncate(n);
+        }
+        for (_, _, key) in order {
+            if let Some(s) = self.sockets.remove(&key) {
+                self.per_state[s.state.0 as usize] -= 1;
+                if let SocketKey::Snapshot(_) = key {
+                    self.unnamed.remove(&s.ends);
+                }
+                self.stats.evicted += 1;
+                if s.flagged {
+                    self.stats.evicted_stuck += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the task current at an `old -> new` transition is the process that made a
+/// system call on the socket: connect, listen, close or shutdown. Transitions caused by an
+/// arriving packet (into CLOSE_WAIT, say) run in softirq, in whatever task was running.
+fn runs_in_caller(old: State, new: State) -> bool {
+    use TcpState::*;
+    matches!(
+        (old.known(), new.known()),
+        (Some(Close), Some(SynSent))
+            | (Some(Close), Some(Listen))
+            | (Some(Listen), Some(Close))
+            | (Some(Established), Some(FinWait1))
+            | (Some(CloseWait), Some(LastAck))
+    )
+}
+
+#[cfg(test)]
+mod tests;
