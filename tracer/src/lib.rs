@@ -6,6 +6,7 @@
 //! [`output`] (text or JSON Lines), driven by [`watch`]; [`cli`] is the command line.
 
 pub mod aggregate;
+pub mod attribute;
 pub mod cli;
 pub mod decode;
 pub mod output;
