@@ -59,6 +59,39 @@ pub struct WatchArgs {
     /// absorbs longer bursts before events are lost.
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
+
+    /// Flag sockets that stay in CLOSE_WAIT this long (`off` to stop watching it).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_threshold)]
+    pub close_wait: Threshold,
+
+    /// Also flag sockets that stay in STATE this long, e.g. FIN_WAIT2=60s (repeatable).
+    #[arg(long, value_name = "STATE=DURATION", value_parser = parse_stuck)]
+    pub stuck: Vec<(TcpState, Duration)>,
+
+    /// How often to summarize the stuck sockets by process and port.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub summary_interval: Duration,
+
+    /// Most sockets kept in memory (about 120 bytes each); beyond it the oldest in
+    /// unwatched states are dropped, and counted.
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_sockets: u32,
+}
+
+/// `--close-wait`: a duration, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold(pub Option<Duration>);
+
+impl WatchArgs {
+    /// Every watched state with its threshold; `--stuck` wins over `--close-wait`.
+    pub fn thresholds(&self) -> Vec<(TcpState, Duration)> {
+        self.close_wait
+            .0
+            .map(|d| (TcpState::CloseWait, d))
+            .into_iter()
+            .chain(self.stuck.iter().copied())
+            .collect()
+    }
 }
 
 /// Output format.
@@ -114,6 +147,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is zero; give a positive duration"));
     }
     Ok(d)
+}
+
+/// Parses `--close-wait`: a duration, or `off`.
+pub fn parse_threshold(s: &str) -> Result<Threshold, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Threshold(None));
+    }
+    parse_duration(s).map(|d| Threshold(Some(d)))
+}
+
+/// Parses `--stuck STATE=DURATION`. States a full socket never stays in are refused.
+pub fn parse_stuck(s: &str) -> Result<(TcpState, Duration), String> {
+    let (state, duration) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not STATE=DURATION, e.g. FIN_WAIT2=60s"))?;
+    let state = parse_state(state)?;
+    if matches!(
+        state,
+        TcpState::Close | TcpState::TimeWait | TcpState::NewSynRecv | TcpState::BoundInactive
+    ) {
+        return Err(format!(
+            "{} cannot be watched: the probe sees full sockets, which never rest in it",
+            state.name()
+        ));
+    }
+    Ok((state, parse_duration(duration)?))
 }
 
 /// Parses a ring buffer size: `4096`, `64KiB`, `16MiB`, `1GiB` (also `K`, `M`, `G`, all
@@ -248,6 +307,46 @@ mod tests {
         assert!(!d.events && d.ports.is_empty() && d.pid.is_none() && d.duration.is_none());
         assert_eq!(d.format, Format::Text);
         assert_eq!(d.buffer_size, 16 << 20);
+        assert_eq!(
+            d.thresholds(),
+            vec![(TcpState::CloseWait, Duration::from_secs(30))]
+        );
+        assert_eq!(d.summary_interval, Duration::from_secs(10));
+        assert_eq!(d.max_sockets, 262_144);
+    }
+
+    #[test]
+    fn thresholds_from_close_wait_and_stuck() {
+        let w = parse(&[
+            "watch",
+            "--close-wait",
+            "2m",
+            "--stuck",
+            "fin-wait2=60s",
+            "--stuck",
+            "LAST_ACK=500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            w.thresholds(),
+            vec![
+                (TcpState::CloseWait, Duration::from_secs(120)),
+                (TcpState::FinWait2, Duration::from_secs(60)),
+                (TcpState::LastAck, Duration::from_millis(500)),
+            ]
+        );
+        let off = parse(&["watch", "--close-wait", "off", "--stuck", "SYN_SENT=5s"]).unwrap();
+        assert_eq!(
+            off.thresholds(),
+            vec![(TcpState::SynSent, Duration::from_secs(5))]
+        );
+        assert!(parse_stuck("TIME_WAIT=1s")
+            .unwrap_err()
+            .contains("cannot be watched"));
+        assert!(parse_stuck("FIN_WAIT2")
+            .unwrap_err()
+            .contains("STATE=DURATION"));
+        assert!(parse_stuck("FIN_WAIT2=0s").unwrap_err().contains("zero"));
     }
 
     #[test]
@@ -262,6 +361,11 @@ mod tests {
             &["watch", "--format", "xml"],
             &["watch", "--buffer-size", "1000"],
             &["watch", "--bogus"],
+            &["watch", "--close-wait", "never"],
+            &["watch", "--stuck", "CLOSE=1s"],
+            &["watch", "--stuck", "FIN_WAIT2:1s"],
+            &["watch", "--summary-interval", "0s"],
+            &["watch", "--max-sockets", "10"],
             &["frobnicate"],
             &[
                 "watch", "--port=1", "--port=2", "--port=3", "--port=4", "--port=5", "--port=6",

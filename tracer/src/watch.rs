@@ -1,8 +1,9 @@
-//! `tracer watch`: drives the data path (probe -> decode -> output) until a signal, the
-//! `--duration` deadline, or a closed stdout.
+//! `tracer watch`: drives the data path (probe -> decode -> aggregate -> attribute ->
+//! output) until a signal, the `--duration` deadline, or a closed stdout.
 
 use std::{
-    io::{self, Write},
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{self, IsTerminal, Write},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -14,9 +15,14 @@ use tokio::{
 };
 
 use crate::{
-    cli::WatchArgs,
+    aggregate::{stuck::Thresholds, Resolved, Socket, Table},
+    attribute::{Attributor, HeldBy, Host, Ownership},
+    cli::{Format, WatchArgs},
     decode::{self, Family},
-    output::{Attached, FilterInfo, Output, Rfc3339, StartInfo, StopInfo, StopReason, WallClock},
+    output::{
+        monotonic_ns, summary, Attached, FilterInfo, Output, Rfc3339, SocketReport, StartInfo,
+        StopInfo, StopReason, WallClock,
+    },
     probe::{Filters, Probe, RecordAccess, RingConfig, TRACEPOINT},
 };
 
@@ -25,20 +31,17 @@ use crate::{
 const POLL_PERIOD: Duration = Duration::from_millis(20);
 /// How often the probe's drop counter is checked.
 const LOST_CHECK_PERIOD: Duration = Duration::from_secs(1);
-
-/// What one run counted.
-#[derive(Debug, Default)]
-struct Counts {
-    events: u64,
-    undecodable: u64,
-    lost: u64,
-}
+/// Least time between two attributions: a leak crosses its threshold socket by socket,
+/// and one scan of /proc should serve a burst of them.
+const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
 
 /// Runs `tracer watch` with `args`, writing records to `out` and status lines to stderr.
 pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let filters = Filters {
         ports: args.ports.clone(),
-        pid: args.pid,
+        // With --events, --pid filters transitions in the kernel; otherwise it selects the
+        // stuck sockets a process owns, and the table needs every transition to see them.
+        pid: args.pid.filter(|_| args.events),
         family: args.family.map(Family::from),
         states: args.states.clone(),
     };
@@ -58,14 +61,42 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the probe's ring buffer")?;
+
+    // The snapshot comes after attaching: a socket that changes state in between is then
+    // named by its transition rather than missed.
+    let thresholds = Thresholds::new(&args.thresholds());
+    let mut table = Table::new(thresholds.clone(), args.max_sockets as usize);
+    let mut attributor = Attributor::new(Host::default());
+    let snapshot = attributor.snapshot(monotonic_ns()).unwrap_or_else(|e| {
+        eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
+        Vec::new()
+    });
+    let existing_sockets = snapshot.len();
+    table.seed(snapshot);
+
     let clock = WallClock::now();
     let started = Instant::now();
-    let mut output = Output::new(
+    let color = args.format == Format::Text
+        && io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let output = Output::new(
         args.format,
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::stderr().lock(),
-    );
+    )
+    .with_color(color);
+    let mut session = Session {
+        output,
+        table,
+        attributor,
+        owners: HashMap::new(),
+        events: args.events,
+        owner_pid: args.pid.filter(|_| !args.events),
+        next_attribution_ns: 0,
+        attribution_failed: false,
+        counts: Counts::default(),
+    };
     let start = StartInfo {
         time: Rfc3339(SystemTime::now()),
         version: env!("CARGO_PKG_VERSION"),
@@ -84,13 +115,20 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         },
         filters: FilterInfo {
             ports: filters.ports.clone(),
-            pid: filters.pid,
+            pid: args.pid,
             family: filters.family.map(Family::name),
             states: filters.states.iter().map(|s| s.name()).collect(),
         },
         ring_buffer_bytes: ring_config.bytes,
+        thresholds: thresholds
+            .iter()
+            .map(|(s, d)| (s.name(), d.as_millis() as u64))
+            .collect::<BTreeMap<_, _>>(),
+        summary_interval_ms: args.summary_interval.as_millis() as u64,
+        max_sockets: args.max_sockets as usize,
+        existing_sockets,
     };
-    if quiet_on_broken_pipe(output.start(&start))? {
+    if quiet_on_broken_pipe(session.output.start(&start))? {
         return Ok(());
     }
 
@@ -105,23 +143,40 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(LOST_CHECK_PERIOD);
     lost_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut counts = Counts::default();
+    let mut summaries = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.summary_interval,
+        args.summary_interval,
+    );
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let reason = loop {
-        let drained = tokio::select! {
+        // The stuck timer: the next threshold crossing, on the kernel's monotonic clock.
+        let flag_at = session.next_flag_ns().map(|at| {
+            tokio::time::Instant::now() + Duration::from_nanos(at.saturating_sub(monotonic_ns()))
+        });
+        let flag_timer = async {
+            match flag_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
             _ = &mut deadline => break StopReason::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer failed")?;
-                let r = drain(guard.get_inner_mut(), args.events, &mut output, &mut counts);
+                let r = session.drain(guard.get_inner_mut());
                 guard.clear_ready();
                 r
             }
-            _ = poll.tick() => drain(ring.get_mut(), args.events, &mut output, &mut counts),
-            _ = lost_check.tick() => check_lost(&probe, &mut output, &mut counts),
+            _ = poll.tick() => session.drain(ring.get_mut()),
+            _ = lost_check.tick() => session.check_lost(&probe),
+            // Drain first: a transition already in the ring may show the socket left in time.
+            _ = flag_timer => session.drain(ring.get_mut()).and_then(|()| session.flag_due()),
+            _ = summaries.tick() => session.summary("interval"),
         };
-        if quiet_on_broken_pipe(drained)? {
+        if quiet_on_broken_pipe(step)? {
             return Ok(());
         }
     };
@@ -129,11 +184,15 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // Detach first: then the ring and the drop counter are final, and the totals account
     // for every transition the probe saw.
     probe.detach().context("detaching the probe failed")?;
-    let last = drain(ring.get_mut(), args.events, &mut output, &mut counts)
-        .and_then(|()| check_lost(&probe, &mut output, &mut counts));
+    let last = session
+        .drain(ring.get_mut())
+        .and_then(|()| session.check_lost(&probe))
+        .and_then(|()| session.summary("stop"));
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
+    let stats = session.table.stats();
+    let counts = &session.counts;
     let stop = StopInfo {
         time: Rfc3339(SystemTime::now()),
         reason,
@@ -141,57 +200,214 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         lost: counts.lost,
         undecodable: counts.undecodable,
         duration_ms: started.elapsed().as_millis() as u64,
+        flagged: counts.flagged,
+        resolved: counts.resolved,
+        stuck: session.table.stuck().count(),
+        tracked: stats.tracked,
+        peak_tracked: stats.peak,
+        evicted: stats.evicted,
+        evicted_stuck: stats.evicted_stuck,
     };
-    quiet_on_broken_pipe(output.stop(&stop))?;
+    quiet_on_broken_pipe(session.output.stop(&stop))?;
     Ok(())
 }
 
-/// Reads every pending record; prints transitions when `print` is set.
-fn drain<W: Write, E: Write>(
-    ring: &mut RingBuf<MapData>,
-    print: bool,
-    output: &mut Output<W, E>,
-    counts: &mut Counts,
-) -> io::Result<()> {
-    let mut read_any = false;
-    while let Some(item) = ring.next() {
-        read_any = true;
-        match decode::decode(&item) {
-            Ok(t) => {
-                counts.events += 1;
-                if print {
-                    output.transition(&t)?;
+/// What one run counted.
+#[derive(Debug, Default)]
+struct Counts {
+    events: u64,
+    undecodable: u64,
+    lost: u64,
+    flagged: u64,
+    resolved: u64,
+}
+
+/// The watch's state between the probe and the output: the table, the attribution of
+/// flagged sockets, and the counters.
+struct Session<W: Write, E: Write> {
+    output: Output<W, E>,
+    table: Table,
+    attributor: Attributor<Host>,
+    /// Owners of flagged sockets, by socket id.
+    owners: HashMap<u64, Ownership>,
+    /// Print every transition (`--events`).
+    events: bool,
+    /// `--pid` in watch mode: report only sockets this process holds.
+    owner_pid: Option<u32>,
+    /// Earliest time (monotonic ns) of the next attribution: flags that fall due close
+    /// together share one look at /proc.
+    next_attribution_ns: u64,
+    attribution_failed: bool,
+    counts: Counts,
+}
+
+impl<W: Write, E: Write> Session<W, E> {
+    /// Reads every pending record into the table; prints transitions in `--events` mode
+    /// and resolutions of stuck sockets.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        let mut read_any = false;
+        while let Some(item) = ring.next() {
+            read_any = true;
+            match decode::decode(&item) {
+                Ok(t) => {
+                    self.counts.events += 1;
+                    if self.events {
+                        self.output.transition(&t)?;
+                    }
+                    if let Some(r) = self.table.apply(&t) {
+                        self.resolve(&r)?;
+                    }
                 }
-            }
-            Err(e) => {
-                if counts.undecodable == 0 {
-                    eprintln!(
-                        "tracer: warning: {e}; the probe and this binary disagree, rebuild both"
-                    );
+                Err(e) => {
+                    if self.counts.undecodable == 0 {
+                        eprintln!(
+                            "tracer: warning: {e}; the probe and this binary disagree, rebuild both"
+                        );
+                    }
+                    self.counts.undecodable += 1;
                 }
-                counts.undecodable += 1;
             }
         }
+        if read_any {
+            self.output.flush()?;
+        }
+        Ok(())
     }
-    if read_any {
-        output.flush()?;
+
+    fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
+        let Some(ownership) = self.owners.remove(&r.socket.id) else {
+            return Ok(());
+        };
+        self.counts.resolved += 1;
+        if !self.shown(&ownership, &r.socket) {
+            return Ok(());
+        }
+        let report = SocketReport {
+            key: r.key,
+            socket: &r.socket,
+            ownership: &ownership,
+        };
+        self.output.resolved(&report, r.left_ns, r.new)
     }
-    Ok(())
+
+    /// When the stuck timer should fire next (monotonic ns).
+    fn next_flag_ns(&self) -> Option<u64> {
+        self.table
+            .next_deadline()
+            .map(|d| d.max(self.next_attribution_ns))
+    }
+
+    /// Flags the sockets past their threshold, names their owners and reports them. The
+    /// caller drains the ring first, so a socket that left in time is not flagged.
+    fn flag_due(&mut self) -> io::Result<()> {
+        let now = monotonic_ns();
+        if now < self.next_attribution_ns {
+            return Ok(());
+        }
+        let stuck = self.table.due(now);
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let query: Vec<_> = stuck
+            .iter()
+            .map(|s| (s.socket.ends, s.socket.state))
+            .collect();
+        let owners = match self.attributor.owners(&query) {
+            Ok(o) => o,
+            Err(e) => {
+                if !self.attribution_failed {
+                    eprintln!("tracer: warning: {e}; stuck sockets are reported without owners");
+                    self.attribution_failed = true;
+                }
+                vec![
+                    Ownership {
+                        held_by: HeldBy::Unknown,
+                        owners: Vec::new()
+                    };
+                    stuck.len()
+                ]
+            }
+        };
+        self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
+        let now = monotonic_ns();
+        for (s, ownership) in stuck.into_iter().zip(owners) {
+            if ownership.held_by == HeldBy::Gone {
+                // The kernel no longer has it in that state: its transition was lost or
+                // is on its way. Not stuck.
+                self.table.forget(s.key);
+                continue;
+            }
+            self.counts.flagged += 1;
+            if self.shown(&ownership, &s.socket) {
+                let threshold = self
+                    .table
+                    .thresholds()
+                    .get(s.socket.state)
+                    .unwrap_or_default();
+                let report = SocketReport {
+                    key: s.key,
+                    socket: &s.socket,
+                    ownership: &ownership,
+                };
+                self.output.stuck(&report, now, threshold)?;
+            }
+            self.owners.insert(s.socket.id, ownership);
+        }
+        self.output.flush()
+    }
+
+    /// Writes the summary of the sockets stuck now.
+    fn summary(&mut self, reason: &'static str) -> io::Result<()> {
+        let now = monotonic_ns();
+        // Sockets evicted while flagged have no resolution to wait for.
+        let live: HashSet<u64> = self.table.stuck().map(|(_, s)| s.id).collect();
+        self.owners.retain(|id, _| live.contains(id));
+        let owner_pid = self.owner_pid;
+        let stuck: Vec<_> = self
+            .table
+            .stuck()
+            .filter_map(|(_, s)| {
+                let o = self.owners.get(&s.id)?;
+                shown(owner_pid, o, s).then_some((s, Some(o)))
+            })
+            .collect();
+        let attributor = &mut self.attributor;
+        let groups = summary::group(stuck.into_iter(), |pid| attributor.fd_count(pid));
+        let states = self
+            .table
+            .per_state()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        self.output
+            .summary(reason, &groups, self.table.stats(), states, now)?;
+        self.output.flush()
+    }
+
+    fn shown(&self, o: &Ownership, s: &Socket) -> bool {
+        shown(self.owner_pid, o, s)
+    }
+
+    /// Reports growth of the probe's drop counter.
+    fn check_lost(&mut self, probe: &Probe) -> io::Result<()> {
+        let total = probe.lost().map_err(io::Error::other)?;
+        if total > self.counts.lost {
+            self.output.lost(total - self.counts.lost, total)?;
+            self.counts.lost = total;
+            self.output.flush()?;
+        }
+        Ok(())
+    }
 }
 
-/// Reports growth of the probe's drop counter.
-fn check_lost<W: Write, E: Write>(
-    probe: &Probe,
-    output: &mut Output<W, E>,
-    counts: &mut Counts,
-) -> io::Result<()> {
-    let total = probe.lost().map_err(io::Error::other)?;
-    if total > counts.lost {
-        output.lost(total - counts.lost, total)?;
-        counts.lost = total;
-        output.flush()?;
+/// Whether `--pid` (in watch mode) lets a socket through: the process holds it, or was
+/// the last to act on it.
+fn shown(owner_pid: Option<u32>, o: &Ownership, s: &Socket) -> bool {
+    match owner_pid {
+        None => true,
+        Some(pid) => {
+            o.owners.iter().any(|w| w.process.pid == pid) || s.hint.is_some_and(|h| h.pid == pid)
+        }
     }
-    Ok(())
 }
 
 /// A reader that went away (`tracer ... | head`) ends the run quietly and successfully,

@@ -309,6 +309,17 @@ impl Table {
             .filter(|&(_, n)| n > 0)
     }
 
+    /// Drops a socket the kernel no longer has in the state the table thinks (its
+    /// transition was lost, or is still on its way); a later transition brings it back.
+    pub fn forget(&mut self, key: SocketKey) {
+        if let Some(s) = self.sockets.remove(&key) {
+            self.per_state[s.state.0 as usize] -= 1;
+            if let SocketKey::Snapshot(_) = key {
+                self.unnamed.remove(&s.ends);
+            }
+        }
+    }
+
     /// Counts so far.
     pub fn stats(&self) -> TableStats {
         TableStats {

@@ -107,6 +107,12 @@ impl ProcFs {
         found
     }
 
+    /// How many descriptors process `pid` has open; `None` when it has gone.
+    pub fn fd_count(&self, pid: u32) -> Option<usize> {
+        let p = Process::new_with_root(self.root.join(pid.to_string())).ok()?;
+        p.fd_count().ok()
+    }
+
     /// What is known of process `pid`; `None` when it has gone.
     pub fn process(&self, pid: u32) -> Option<ProcessInfo> {
         let p = Process::new_with_root(self.root.join(pid.to_string())).ok()?;

@@ -29,7 +29,8 @@ pub struct DiagSocket {
     /// Inode of the socket's file; 0 when no file refers to it (in a listener's accept
     /// queue, or closed by its process and finishing on its own).
     pub inode: u64,
-    /// Milliseconds since the last ACK arrived (`tcpi_last_ack_recv`), when asked for.
+    /// Milliseconds since the last ACK arrived (`tcpi_last_ack_recv`), when asked for;
+    /// TIME_WAIT minisockets have no tcp_info, so `None` for them even then.
     pub last_ack_recv_ms: Option<u32>,
 }
 

@@ -44,6 +44,13 @@ impl System for Fake {
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16> {
         32768..=60999
     }
+
+    fn fd_count(&mut self, pid: u32) -> Option<usize> {
+        self.holdings
+            .iter()
+            .find(|h| h.pid == pid)
+            .map(|h| h.fd_count)
+    }
 }
 
 fn v4(sport: u16, dport: u16) -> Endpoints {
@@ -233,9 +240,13 @@ fn ipv6_listener_matches_by_exact_address_first() {
 #[test]
 fn snapshot_ages_from_tcp_info_and_guesses_origin() {
     let mut fake = broker();
+    for d in &mut fake.sockets {
+        d.last_ack_recv_ms = Some(0);
+    }
     fake.sockets[1].last_ack_recv_ms = Some(90_000);
-    fake.sockets[2].last_ack_recv_ms = None;
     fake.sockets[3].last_ack_recv_ms = Some(5_000);
+    // A TIME_WAIT minisocket in its FIN_WAIT2 substate: no tcp_info.
+    fake.sockets.push(diag(7, v4(50001, 80), FinWait2, 0));
     let mut a = Attributor::new(fake);
     let now = 1_000 * 1_000_000_000;
     let snap = a.snapshot(now).unwrap();
@@ -245,6 +256,10 @@ fn snapshot_ages_from_tcp_info_and_guesses_origin() {
     assert_eq!(by_cookie(2).origin, Origin::Accepted);
     assert_eq!(by_cookie(2).since_ns, now - 90 * 1_000_000_000);
     assert_eq!(by_cookie(3).since_ns, now);
+    assert!(
+        snap.iter().all(|s| s.cookie != 7),
+        "minisockets are left out"
+    );
     assert_eq!(by_cookie(4).origin, Origin::Connected);
     assert_eq!(by_cookie(4).since_ns, now - 5 * 1_000_000_000);
     let dumps: Vec<(Family, bool)> = a.sys.dumps.iter().map(|&(f, _, i)| (f, i)).collect();
@@ -310,5 +325,9 @@ fn procfs_scan_finds_socket_links_and_reads_process_files() {
         (own.comm, own.uid, own.fd_limit)
     );
     assert_eq!(proc.process(999), None);
+    assert_eq!(proc.fd_count(999), None);
+    assert!(ProcFs::default()
+        .fd_count(std::process::id())
+        .is_some_and(|n| n >= 3));
     fs::remove_dir_all(&root).unwrap();
 }

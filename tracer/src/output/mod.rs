@@ -1,0 +1,951 @@
+//! Last stage: writes records as human text or JSON Lines.
+//!
+//! [`Record`] is the JSON contract documented in the README: every line is one record with a
+//! `"type"`. Text mode prints transitions, alerts and summaries on stdout and status lines
+//! on stderr.
+
+pub mod summary;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    aggregate::{Origin, PidHint, Socket, SocketKey, TableStats},
+    attribute::{HeldBy, Owner, Ownership},
+    cli::Format,
+    decode::{Comm, State, Transition},
+};
+use summary::{Group, ServicePort};
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// Wall-clock time at monotonic zero (boot, less suspended time), in ns since the epoch.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    /// Samples both clocks now.
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// A clock whose monotonic zero is `epoch_ns`.
+    #[cfg(test)]
+    pub fn with_offset(epoch_ns: i128) -> Self {
+        Self {
+            offset_ns: epoch_ns,
+        }
+    }
+
+    /// The wall-clock time of monotonic `ts_ns`.
+    pub fn at(&self, ts_ns: u64) -> SystemTime {
+        let ns = (self.offset_ns + ts_ns as i128).max(0) as u128;
+        UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+}
+
+/// The kernel's monotonic clock (what the probe's timestamps use), in ns.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// RFC 3339 UTC with nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339(pub SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_nanos(self.0))
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_str_lossy())
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A kernel address, written `0x...`.
+#[derive(Clone, Copy, Debug)]
+pub struct Hex(pub u64);
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+/// What was attached and with which filters: the body of the `start` record.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartInfo {
+    pub time: Rfc3339,
+    pub version: &'static str,
+    /// `uname -r` of the machine.
+    pub kernel: String,
+    /// `events` when every transition is printed, else `watch`.
+    pub mode: &'static str,
+    /// The program and where it is attached.
+    pub attached: Attached,
+    pub filters: FilterInfo,
+    pub ring_buffer_bytes: u32,
+    /// Watched states and how long a socket may stay in each, in ms.
+    pub thresholds: BTreeMap<&'static str, u64>,
+    pub summary_interval_ms: u64,
+    /// Cap of the socket table.
+    pub max_sockets: usize,
+    /// Sockets found open at start (the snapshot).
+    pub existing_sockets: usize,
+}
+
+/// The probe's attachment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attached {
+    /// Always `tracepoint`.
+    pub probe: &'static str,
+    /// `sock:inet_sock_set_state`.
+    pub tracepoint: String,
+    pub tracefs: String,
+    /// True when tracer mounted tracefs itself.
+    pub tracefs_mounted_by_tracer: bool,
+    /// `direct` when the probe loads fields straight from the tracepoint context (the
+    /// kernel's layout is the known one), `copy` when it copies the record first.
+    pub record_access: &'static str,
+}
+
+/// The filters pushed into the probe.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FilterInfo {
+    pub ports: Vec<u16>,
+    pub pid: Option<u32>,
+    pub family: Option<&'static str>,
+    pub states: Vec<&'static str>,
+}
+
+/// Why the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// `--duration` elapsed.
+    Duration,
+}
+
+/// Totals of the run: the body of the `stop` record.
+#[derive(Clone, Debug, Serialize)]
+pub struct StopInfo {
+    pub time: Rfc3339,
+    pub reason: StopReason,
+    /// Transitions received from the probe.
+    pub events: u64,
+    /// Transitions the probe dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Records received that could not be decoded (a probe/userspace mismatch; 0 normally).
+    pub undecodable: u64,
+    pub duration_ms: u64,
+    /// Sockets flagged stuck during the run, and how many of them resolved.
+    pub flagged: u64,
+    pub resolved: u64,
+    /// Sockets stuck at the end.
+    pub stuck: usize,
+    /// Sockets in the table at the end, the most at once, and those dropped from a full
+    /// table (of which `evicted_stuck` were flagged).
+    pub tracked: usize,
+    pub peak_tracked: usize,
+    pub evicted: u64,
+    pub evicted_stuck: u64,
+}
+
+/// One line of JSON output.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record<'a> {
+    Start(&'a StartInfo),
+    Transition {
+        time: Rfc3339,
+        ts_ns: u64,
+        family: &'static str,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+        old: State,
+        new: State,
+        pid: u32,
+        tid: u32,
+        comm: &'a Comm,
+        sk: Hex,
+    },
+    /// The probe's drop counter grew.
+    Lost {
+        time: Rfc3339,
+        lost: u64,
+        total: u64,
+    },
+    /// A socket crossed its state's threshold.
+    Stuck(&'a SocketRecord<'a>),
+    /// A stuck socket left the state.
+    Resolved(&'a SocketRecord<'a>),
+    Summary(&'a SummaryRecord<'a>),
+    Stop(&'a StopInfo),
+}
+
+/// A socket in a `stuck` or `resolved` record.
+#[derive(Debug, Serialize)]
+pub struct SocketRecord<'a> {
+    pub time: Rfc3339,
+    /// The state it is (or was) stuck in.
+    pub state: State,
+    /// `stuck`: how long it has been in the state, and the threshold it crossed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_is_lower_bound: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_ms: Option<u64>,
+    /// `resolved`: how long it was stuck in all, and the state it went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stuck_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stuck_is_lower_bound: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<State>,
+    pub family: &'static str,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Kernel address; `null` for a socket from the start-up snapshot not yet seen in a
+    /// transition (sock_diag does not give addresses).
+    pub sk: Option<Hex>,
+    /// `accepted`, `connected` or `unknown`.
+    pub origin: &'static str,
+    /// `fd`, `accept_queue`, `orphan`, `gone` or `unknown`.
+    pub held_by: &'static str,
+    /// The first process holding it, `null` when none is known.
+    pub owner: Option<OwnerRecord<'a>>,
+    /// Other holders (after fork or fd passing).
+    pub other_owners: Vec<OwnerRecord<'a>>,
+    /// The last process seen acting on it from a system call (connect, listen, close).
+    pub last_caller: Option<Caller<'a>>,
+}
+
+/// A process holding a socket.
+#[derive(Debug, Serialize)]
+pub struct OwnerRecord<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    pub cmdline: &'a str,
+    pub uid: u32,
+    pub fds: &'a [i32],
+    pub fd_count: usize,
+    /// Soft RLIMIT_NOFILE; `null` when unlimited.
+    pub fd_limit: Option<u64>,
+    pub cgroup: Option<&'a str>,
+}
+
+impl<'a> From<&'a Owner> for OwnerRecord<'a> {
+    fn from(o: &'a Owner) -> Self {
+        OwnerRecord {
+            pid: o.process.pid,
+            comm: &o.process.comm,
+            cmdline: &o.process.cmdline,
+            uid: o.process.uid,
+            fds: &o.fds,
+            fd_count: o.fd_count,
+            fd_limit: o.process.fd_limit,
+            cgroup: o.process.cgroup.as_deref(),
+        }
+    }
+}
+
+/// A process seen from a system call on a socket.
+#[derive(Debug, Serialize)]
+pub struct Caller<'a> {
+    pub pid: u32,
+    pub comm: &'a Comm,
+}
+
+/// The body of a `summary` record.
+#[derive(Debug, Serialize)]
+pub struct SummaryRecord<'a> {
+    pub time: Rfc3339,
+    /// Why it was written: `interval` or `stop`.
+    pub reason: &'static str,
+    pub stuck: usize,
+    pub tracked: usize,
+    pub evicted: u64,
+    pub evicted_stuck: u64,
+    /// Sockets tracked per state.
+    pub states: BTreeMap<String, usize>,
+    pub groups: Vec<GroupRecord<'a>>,
+}
+
+/// One group of a summary.
+#[derive(Debug, Serialize)]
+pub struct GroupRecord<'a> {
+    #[serde(flatten)]
+    pub group: &'a Group,
+    /// `:61616` for the local port of accepted sockets, `10.0.0.5:5432` for the remote
+    /// end of connected ones.
+    pub port: String,
+    /// `local` or `remote`.
+    pub side: &'static str,
+    pub oldest_ms: u64,
+    pub advice: &'static str,
+}
+
+/// What the output needs to report one stuck or resolved socket.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketReport<'a> {
+    pub key: SocketKey,
+    pub socket: &'a Socket,
+    pub ownership: &'a Ownership,
+}
+
+impl<'a> SocketReport<'a> {
+    fn record(&self, time: SystemTime) -> SocketRecord<'a> {
+        let s = self.socket;
+        let mut owners = self.ownership.owners.iter().map(OwnerRecord::from);
+        SocketRecord {
+            time: Rfc3339(time),
+            state: s.state,
+            age_ms: None,
+            age_is_lower_bound: None,
+            threshold_ms: None,
+            stuck_ms: None,
+            stuck_is_lower_bound: None,
+            new: None,
+            family: s.ends.family.name(),
+            saddr: s.ends.saddr,
+            sport: s.ends.sport,
+            daddr: s.ends.daddr,
+            dport: s.ends.dport,
+            sk: self.key.sk().map(Hex),
+            origin: match s.origin {
+                Origin::Accepted => "accepted",
+                Origin::Connected => "connected",
+                Origin::Listener => "listener",
+                Origin::Unknown => "unknown",
+            },
+            held_by: self.ownership.held_by.name(),
+            owner: owners.next(),
+            other_owners: owners.collect(),
+            last_caller: s.hint.as_ref().map(|h: &'a PidHint| Caller {
+                pid: h.pid,
+                comm: &h.comm,
+            }),
+        }
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The record of transition `t`.
+    pub fn transition(t: &'a Transition, clock: &WallClock) -> Self {
+        Record::Transition {
+            time: Rfc3339(clock.at(t.ts_ns)),
+            ts_ns: t.ts_ns,
+            family: t.family.name(),
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+            old: t.old,
+            new: t.new,
+            pid: t.pid,
+            tid: t.tid,
+            comm: &t.comm,
+            sk: Hex(t.sk),
+        }
+    }
+}
+
+/// Writes records in the chosen format: data to `out`, status lines to `status`.
+pub struct Output<W: Write, E: Write> {
+    format: Format,
+    clock: WallClock,
+    out: W,
+    status: E,
+    color: bool,
+}
+
+/// ANSI styles for alerts on a terminal.
+const RED: &str = "\x1b[1;31m";
+const GREEN: &str = "\x1b[32m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+impl<W: Write, E: Write> Output<W, E> {
+    /// An output writing `format` to `out` and human status lines to `status`.
+    pub fn new(format: Format, clock: WallClock, out: W, status: E) -> Self {
+        Self {
+            format,
+            clock,
+            out,
+            status,
+            color: false,
+        }
+    }
+
+    /// Colours text alerts (for a terminal that has not set NO_COLOR).
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
+    }
+
+    fn paint(&self, style: &'static str, text: &str) -> String {
+        if self.color {
+            format!("{style}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Reports a socket that has stayed `age` in its state, past `threshold`.
+    pub fn stuck(
+        &mut self,
+        r: &SocketReport<'_>,
+        now_ns: u64,
+        threshold: Duration,
+    ) -> io::Result<()> {
+        let age = Duration::from_nanos(now_ns.saturating_sub(r.socket.since_ns));
+        match self.format {
+            Format::Json => {
+                let mut rec = r.record(self.clock.at(now_ns));
+                rec.age_ms = Some(age.as_millis() as u64);
+                rec.age_is_lower_bound = Some(r.socket.since_is_lower_bound);
+                rec.threshold_ms = Some(threshold.as_millis() as u64);
+                self.json(&Record::Stuck(&rec))
+            }
+            Format::Text => {
+                let at_least = if r.socket.since_is_lower_bound {
+                    "at least "
+                } else {
+                    ""
+                };
+                let head = self.paint(RED, "STUCK");
+                writeln!(
+                    self.out,
+                    "{} {head} {} for {at_least}{} {} {}",
+                    clock_of(self.clock.at(now_ns)),
+                    r.socket.state,
+                    human_duration(age),
+                    endpoints(r.socket),
+                    owner_text(r)
+                )
+            }
+        }
+    }
+
+    /// Reports a stuck socket that left its state for `new` at `left_ns`.
+    pub fn resolved(&mut self, r: &SocketReport<'_>, left_ns: u64, new: State) -> io::Result<()> {
+        let stuck = Duration::from_nanos(left_ns.saturating_sub(r.socket.since_ns));
+        match self.format {
+            Format::Json => {
+                let mut rec = r.record(self.clock.at(left_ns));
+                rec.stuck_ms = Some(stuck.as_millis() as u64);
+                rec.stuck_is_lower_bound = Some(r.socket.since_is_lower_bound);
+                rec.new = Some(new);
+                self.json(&Record::Resolved(&rec))
+            }
+            Format::Text => {
+                let at_least = if r.socket.since_is_lower_bound {
+                    "at least "
+                } else {
+                    ""
+                };
+                let head = self.paint(GREEN, "RESOLVED");
+                let owner = match r.ownership.owners.first() {
+                    Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
+                    None => "owner unknown".to_owned(),
+                };
+                writeln!(
+                    self.out,
+                    "{} {head} {} -> {new} after {at_least}{} {} {owner}",
+                    clock_of(self.clock.at(left_ns)),
+                    r.socket.state,
+                    human_duration(stuck),
+                    endpoints(r.socket),
+                )
+            }
+        }
+    }
+
+    /// Writes a summary of the stuck sockets, `groups` as [`summary::group`] made them.
+    /// In text an interval summary with nothing stuck is not printed.
+    pub fn summary(
+        &mut self,
+        reason: &'static str,
+        groups: &[Group],
+        stats: TableStats,
+        states: BTreeMap<String, usize>,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        let stuck: usize = groups.iter().map(|g| g.count).sum();
+        let oldest_ms = |g: &Group| {
+            Duration::from_nanos(now_ns.saturating_sub(g.oldest_since_ns)).as_millis() as u64
+        };
+        match self.format {
+            Format::Json => {
+                let groups = groups
+                    .iter()
+                    .map(|g| GroupRecord {
+                        group: g,
+                        port: port_text(g.port),
+                        side: match g.port {
+                            ServicePort::Local(_) => "local",
+                            ServicePort::Remote(..) => "remote",
+                        },
+                        oldest_ms: oldest_ms(g),
+                        advice: summary::advice(g.state),
+                    })
+                    .collect();
+                self.json(&Record::Summary(&SummaryRecord {
+                    time: Rfc3339(self.clock.at(now_ns)),
+                    reason,
+                    stuck,
+                    tracked: stats.tracked,
+                    evicted: stats.evicted,
+                    evicted_stuck: stats.evicted_stuck,
+                    states,
+                    groups,
+                }))
+            }
+            Format::Text if stuck == 0 && reason == "interval" => Ok(()),
+            Format::Text => {
+                let head = self.paint(BOLD, "SUMMARY");
+                let time = clock_of(self.clock.at(now_ns));
+                if stuck == 0 {
+                    return writeln!(
+                        self.out,
+                        "{time} {head} no sockets stuck, {} tracked",
+                        stats.tracked
+                    );
+                }
+                writeln!(
+                    self.out,
+                    "{time} {head} {} stuck, {} tracked",
+                    plural(stuck, "socket"),
+                    stats.tracked
+                )?;
+                for g in groups {
+                    let who = match (&g.comm, g.pid) {
+                        (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+                        _ => "an unknown process".to_owned(),
+                    };
+                    let place = match g.port {
+                        ServicePort::Local(_) => "on",
+                        ServicePort::Remote(..) => "to",
+                    };
+                    let at_least = if g.oldest_is_lower_bound {
+                        "at least "
+                    } else {
+                        ""
+                    };
+                    write!(
+                        self.out,
+                        "  {who} holds {} in {} {place} {} (oldest {at_least}{})",
+                        plural(g.count, "socket"),
+                        g.state,
+                        port_text(g.port),
+                        human_duration(Duration::from_millis(oldest_ms(g)))
+                    )?;
+                    if let Some(n) = g.fd_count {
+                        write!(self.out, ", {}", fd_usage(n, g.fd_limit))?;
+                    }
+                    writeln!(self.out)?;
+                }
+                let mut advised = Vec::new();
+                for g in groups {
+                    if !advised.contains(&g.state) {
+                        advised.push(g.state);
+                        writeln!(self.out, "  advice: {}", summary::advice(g.state))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn json(&mut self, record: &Record<'_>) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Announces the attached probe; in text mode also prints the column header when
+    /// transitions will follow.
+    pub fn start(&mut self, info: &StartInfo) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                self.json(&Record::Start(info))?;
+                self.out.flush()
+            }
+            Format::Text => {
+                let a = &info.attached;
+                let mounted = if a.tracefs_mounted_by_tracer {
+                    ", mounted by tracer"
+                } else {
+                    ""
+                };
+                writeln!(
+                    self.status,
+                    "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}); Ctrl-C to stop",
+                    info.version, a.tracepoint, a.tracefs
+                )?;
+                if info.mode == "events" {
+                    writeln!(
+                        self.out,
+                        "{:<15} {:>7} {:<16} {:>21}    {:<21} TRANSITION",
+                        "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE"
+                    )?;
+                    self.out.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Prints one transition.
+    pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::transition(t, &self.clock)),
+            Format::Text => {
+                let time = Rfc3339(self.clock.at(t.ts_ns)).to_string();
+                // "2026-11-25T06:33:10.123456789Z" -> "06:33:10.123456"
+                let clock = time.get(11..26).unwrap_or(&time);
+                writeln!(
+                    self.out,
+                    "{clock:<15} {:>7} {:<16} {:>21} -> {:<21} {} -> {}",
+                    t.pid,
+                    t.comm,
+                    SocketAddr::new(t.saddr, t.sport).to_string(),
+                    SocketAddr::new(t.daddr, t.dport).to_string(),
+                    t.old,
+                    t.new
+                )
+            }
+        }
+    }
+
+    /// Reports that the probe dropped `lost` more transitions (`total` so far).
+    pub fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
+        writeln!(
+            self.status,
+            "tracer: warning: {lost} transitions lost ({total} in all): the ring buffer was full; \
+             narrow the filters (--port, --state) so fewer events cross to userspace"
+        )?;
+        if self.format == Format::Json {
+            let time = Rfc3339(SystemTime::now());
+            self.json(&Record::Lost { time, lost, total })?;
+        }
+        Ok(())
+    }
+
+    /// Prints the totals; the last record of a run.
+    pub fn stop(&mut self, info: &StopInfo) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&Record::Stop(info))?,
+            Format::Text => writeln!(
+                self.status,
+                "tracer: stopped after {:.1}s: {} transitions, {} lost",
+                info.duration_ms as f64 / 1000.0,
+                info.events,
+                info.lost
+            )?,
+        }
+        self.flush()
+    }
+
+    /// Pushes buffered output out, so a live reader sees it now.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.status.flush()
+    }
+}
+
+/// `06:33:10` of a wall-clock time (UTC).
+fn clock_of(t: SystemTime) -> String {
+    let s = Rfc3339(t).to_string();
+    s.get(11..19).unwrap_or(&s).to_owned()
+}
+
+/// `31s`, `2m31s`, `2h13m`, `3d4h`: two units at most, as an SRE reads an age.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn port_text(p: ServicePort) -> String {
+    match p {
+        ServicePort::Local(port) => format!(":{port}"),
+        ServicePort::Remote(addr, port) => SocketAddr::new(addr, port).to_string(),
+    }
+}
+
+/// `fds 1013/1024 (99%)`, or `fds 12 (no limit)`.
+fn fd_usage(count: usize, limit: Option<u64>) -> String {
+    match limit {
+        Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
+        _ => format!("fds {count} (no limit)"),
+    }
+}
+
+/// `127.0.0.1:61616 <- 127.0.0.1:40000`: the arrow points from the side that connected.
+fn endpoints(s: &Socket) -> String {
+    let arrow = match s.origin {
+        Origin::Accepted => "<-",
+        Origin::Connected => "->",
+        Origin::Listener | Origin::Unknown => "--",
+    };
+    format!(
+        "{} {arrow} {}",
+        SocketAddr::new(s.ends.saddr, s.ends.sport),
+        SocketAddr::new(s.ends.daddr, s.ends.dport)
+    )
+}
+
+/// Who holds the socket, in words.
+fn owner_text(r: &SocketReport<'_>) -> String {
+    let caller = r.socket.hint.map(|h| format!("{}[{}]", h.comm, h.pid));
+    let mut owners = r.ownership.owners.iter();
+    let Some(first) = owners.next() else {
+        return match (r.ownership.held_by, caller) {
+            (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
+            (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
+            (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
+            (_, Some(c)) => format!("owner unknown (last caller {c})"),
+            (_, None) => "owner unknown".to_owned(),
+        };
+    };
+    let fds = |o: &Owner| {
+        o.fds
+            .iter()
+            .map(|fd| fd.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let p = &first.process;
+    let mut text = match r.ownership.held_by {
+        HeldBy::AcceptQueue => format!(
+            "never accepted: in the accept queue of {}[{}] (listener fd {})",
+            p.comm,
+            p.pid,
+            fds(first)
+        ),
+        _ => format!("{}[{}] fd {}", p.comm, p.pid, fds(first)),
+    };
+    text.push_str(&format!(
+        ", {}, uid {}",
+        fd_usage(first.fd_count, p.fd_limit),
+        p.uid
+    ));
+    if let Some(cg) = &p.cgroup {
+        text.push_str(&format!(", cgroup {cg}"));
+    }
+    for o in owners {
+        text.push_str(&format!(
+            "; also {}[{}] fd {}",
+            o.process.comm,
+            o.process.pid,
+            fds(o)
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Family;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use tracer_common::TcpState;
+
+    /// 2026-11-25T06:00:00Z at monotonic zero.
+    const EPOCH: i128 = 1_795_586_400 * 1_000_000_000;
+
+    fn transition(family: Family) -> Transition {
+        let (saddr, daddr) = match family {
+            Family::Ipv4 => (
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            ),
+            Family::Ipv6 => (
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+            ),
+        };
+        Transition {
+            ts_ns: 61_000_000_123,
+            sk: 0xffff_8880_0abc_d000,
+            pid: 4242,
+            tid: 4243,
+            comm: Comm::from("java"),
+            family,
+            saddr,
+            sport: 61616,
+            daddr,
+            dport: 40000,
+            old: TcpState::Established.into(),
+            new: TcpState::CloseWait.into(),
+        }
+    }
+
+    fn render(
+        format: Format,
+        f: impl FnOnce(&mut Output<&mut Vec<u8>, &mut Vec<u8>>),
+    ) -> (String, String) {
+        let (mut out, mut status) = (Vec::new(), Vec::new());
+        f(&mut Output::new(
+            format,
+            WallClock::with_offset(EPOCH),
+            &mut out,
+            &mut status,
+        ));
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(status).unwrap(),
+        )
+    }
+
+    #[test]
+    fn transition_as_json() {
+        let (out, _) = render(Format::Json, |o| {
+            o.transition(&transition(Family::Ipv6)).unwrap()
+        });
+        assert_eq!(
+            out,
+            "{\"type\":\"transition\",\"time\":\"2026-11-25T06:01:01.000000123Z\",\"ts_ns\":61000000123,\
+             \"family\":\"ipv6\",\"saddr\":\"::1\",\"sport\":61616,\"daddr\":\"::ffff:10.0.0.1\",\"dport\":40000,\
+             \"old\":\"ESTABLISHED\",\"new\":\"CLOSE_WAIT\",\"pid\":4242,\"tid\":4243,\"comm\":\"java\",\
+             \"sk\":\"0xffff88800abcd000\"}\n"
+        );
+    }
+
+    #[test]
+    fn transition_as_text() {
+        let (out, _) = render(Format::Text, |o| {
+            o.transition(&transition(Family::Ipv4)).unwrap();
+            o.transition(&transition(Family::Ipv6)).unwrap();
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "06:01:01.000000    4242 java                   127.0.0.1:61616 -> 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT"
+        );
+        assert_eq!(
+            lines[1],
+            "06:01:01.000000    4242 java                       [::1]:61616 -> [::ffff:10.0.0.1]:40000 ESTABLISHED -> CLOSE_WAIT"
+        );
+    }
+
+    #[test]
+    fn stop_and_lost_records() {
+        let stop = StopInfo {
+            time: Rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_586_400)),
+            reason: StopReason::Signal,
+            events: 12,
+            lost: 3,
+            undecodable: 0,
+            duration_ms: 1500,
+            flagged: 2,
+            resolved: 1,
+            stuck: 1,
+            tracked: 10,
+            peak_tracked: 12,
+            evicted: 0,
+            evicted_stuck: 0,
+        };
+        let (out, status) = render(Format::Json, |o| {
+            o.lost(3, 3).unwrap();
+            o.stop(&stop).unwrap();
+        });
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["type"], "lost");
+        assert_eq!(
+            (lines[0]["lost"].as_u64(), lines[0]["total"].as_u64()),
+            (Some(3), Some(3))
+        );
+        assert_eq!(
+            lines[1],
+            serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,"undecodable":0,"duration_ms":1500,
+                "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0})
+        );
+        assert!(
+            status.starts_with("tracer: warning: 3 transitions lost (3 in all)"),
+            "{status}"
+        );
+
+        let (out, status) = render(Format::Text, |o| o.stop(&stop).unwrap());
+        assert_eq!(out, "");
+        assert_eq!(
+            status,
+            "tracer: stopped after 1.5s: 12 transitions, 3 lost\n"
+        );
+    }
+
+    #[test]
+    fn wall_clock_follows_monotonic_offset() {
+        let c = WallClock::with_offset(EPOCH);
+        assert_eq!(
+            Rfc3339(c.at(1_500_000_000)).to_string(),
+            "2026-11-25T06:00:01.500000000Z"
+        );
+        let now = WallClock::now();
+        let drift = now
+            .at(clock_ns(libc::CLOCK_MONOTONIC) as u64)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(drift < Duration::from_secs(1), "{drift:?}");
+    }
+}
