@@ -186,6 +186,9 @@ impl Tracer {
             "no event may be lost in a test this small: {stop}"
         );
         assert_eq!(stop["undecodable"], 0);
+        if self.records[0]["mode"] != "events" {
+            return std::mem::take(&mut self.records);
+        }
         let transitions = self
             .records
             .iter()

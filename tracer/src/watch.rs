@@ -67,9 +67,18 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let thresholds = Thresholds::new(&args.thresholds());
     let mut table = Table::new(thresholds.clone(), args.max_sockets as usize);
     let mut attributor = Attributor::new(Host::default());
-    let snapshot = attributor.snapshot(monotonic_ns()).unwrap_or_else(|e| {
+    let mut snapshot = attributor.snapshot(monotonic_ns()).unwrap_or_else(|e| {
         eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
         Vec::new()
+    });
+    // The probe's filters hold for the snapshot too.
+    snapshot.retain(|s| {
+        let e = &s.ends;
+        (filters.ports.is_empty()
+            || filters.ports.contains(&e.sport)
+            || filters.ports.contains(&e.dport))
+            && filters.family.is_none_or(|f| f == e.family)
+            && (filters.states.is_empty() || filters.states.iter().any(|&st| s.state == st.into()))
     });
     let existing_sockets = snapshot.len();
     table.seed(snapshot);
