@@ -626,6 +626,26 @@ impl<W: Write, E: Write> Output<W, E> {
                     "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}); Ctrl-C to stop",
                     info.version, a.tracepoint, a.tracefs
                 )?;
+                let watched: Vec<String> = info
+                    .thresholds
+                    .iter()
+                    .map(|(state, ms)| {
+                        format!(
+                            "{state} after {}",
+                            human_duration(Duration::from_millis(*ms))
+                        )
+                    })
+                    .collect();
+                let watched = if watched.is_empty() {
+                    "no state watched".to_owned()
+                } else {
+                    format!("flagging {}", watched.join(", "))
+                };
+                writeln!(
+                    self.status,
+                    "tracer: {watched}; {} open at start",
+                    plural(info.existing_sockets, "socket")
+                )?;
                 if info.mode == "events" {
                     writeln!(
                         self.out,
@@ -867,6 +887,149 @@ mod tests {
              \"old\":\"ESTABLISHED\",\"new\":\"CLOSE_WAIT\",\"pid\":4242,\"tid\":4243,\"comm\":\"java\",\
              \"sk\":\"0xffff88800abcd000\"}\n"
         );
+    }
+
+    fn leaked() -> (Socket, Ownership) {
+        use crate::{aggregate::Endpoints, attribute::procfs::ProcessInfo};
+        let socket = Socket {
+            id: 1,
+            ends: Endpoints {
+                family: Family::Ipv4,
+                saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                sport: 61616,
+                daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+                dport: 40000,
+            },
+            state: TcpState::CloseWait.into(),
+            since_ns: 1_000_000_000,
+            since_is_lower_bound: false,
+            origin: Origin::Accepted,
+            hint: None,
+            flagged: true,
+        };
+        let java = |pid, fd| Owner {
+            process: ProcessInfo {
+                pid,
+                comm: "java".into(),
+                cmdline: "java -jar activemq.jar".into(),
+                uid: 1000,
+                fd_limit: Some(1024),
+                cgroup: Some("/system.slice/activemq.service".into()),
+            },
+            fds: vec![fd],
+            fd_count: 1013,
+        };
+        let ownership = Ownership {
+            held_by: HeldBy::Fd,
+            owners: vec![java(4242, 17), java(4300, 17)],
+        };
+        (socket, ownership)
+    }
+
+    #[test]
+    fn stuck_and_resolved_as_json() {
+        let (socket, ownership) = leaked();
+        let report = SocketReport {
+            key: SocketKey::Sk(0xffff_8880_0000_1000),
+            socket: &socket,
+            ownership: &ownership,
+        };
+        let (out, _) = render(Format::Json, |o| {
+            o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+                .unwrap();
+            o.resolved(&report, 91_000_000_000, TcpState::LastAck.into())
+                .unwrap();
+        });
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let owner = serde_json::json!({"pid":4242,"comm":"java","cmdline":"java -jar activemq.jar",
+            "uid":1000,"fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service"});
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"type":"stuck","time":"2026-11-25T06:00:31.500000000Z","state":"CLOSE_WAIT",
+                "age_ms":30500,"age_is_lower_bound":false,"threshold_ms":30000,"family":"ipv4",
+                "saddr":"127.0.0.1","sport":61616,"daddr":"10.0.0.9","dport":40000,"sk":"0xffff888000001000",
+                "origin":"accepted","held_by":"fd","owner":owner,
+                "other_owners":[{"pid":4300,"comm":"java","cmdline":"java -jar activemq.jar","uid":1000,
+                    "fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service"}],
+                "last_caller":null})
+        );
+        assert_eq!(lines[1]["type"], "resolved");
+        assert_eq!(lines[1]["stuck_ms"], 90_000);
+        assert_eq!(lines[1]["new"], "LAST_ACK");
+        assert_eq!(lines[1]["owner"], owner);
+        assert!(lines[1].get("age_ms").is_none());
+    }
+
+    #[test]
+    fn stuck_resolved_and_summary_as_text() {
+        let (mut socket, ownership) = leaked();
+        socket.since_is_lower_bound = true;
+        let report = SocketReport {
+            key: SocketKey::Snapshot(7),
+            socket: &socket,
+            ownership: &ownership,
+        };
+        let groups = summary::group(std::iter::once((&socket, Some(&ownership))), |_| None);
+        let (out, _) = render(Format::Text, |o| {
+            o.stuck(&report, 7_981_000_000_000, Duration::from_secs(30))
+                .unwrap();
+            o.resolved(&report, 7_990_000_000_000, TcpState::LastAck.into())
+                .unwrap();
+            let stats = TableStats {
+                tracked: 1523,
+                ..TableStats::default()
+            };
+            o.summary(
+                "interval",
+                &groups,
+                stats,
+                BTreeMap::new(),
+                7_981_000_000_000,
+            )
+            .unwrap();
+            o.summary("interval", &[], stats, BTreeMap::new(), 0)
+                .unwrap();
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "08:13:01 STUCK CLOSE_WAIT for at least 2h13m 127.0.0.1:61616 <- 10.0.0.9:40000 \
+             java[4242] fd 17, fds 1013/1024 (98%), uid 1000, cgroup /system.slice/activemq.service; \
+             also java[4300] fd 17"
+        );
+        assert_eq!(
+            lines[1],
+            "08:13:10 RESOLVED CLOSE_WAIT -> LAST_ACK after at least 2h13m 127.0.0.1:61616 <- 10.0.0.9:40000 java[4242]"
+        );
+        assert_eq!(lines[2], "08:13:01 SUMMARY 1 socket stuck, 1523 tracked");
+        assert_eq!(
+            lines[3],
+            "  java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest at least 2h13m), fds 1013/1024 (98%)"
+        );
+        assert!(
+            lines[4].starts_with("  advice: CLOSE_WAIT means"),
+            "{}",
+            lines[4]
+        );
+        assert_eq!(
+            lines.len(),
+            5,
+            "an empty interval summary prints nothing: {out}"
+        );
+    }
+
+    #[test]
+    fn ages_read_like_an_sre_writes_them() {
+        let d = Duration::from_secs;
+        assert_eq!(human_duration(Duration::from_millis(450)), "450ms");
+        assert_eq!(human_duration(d(31)), "31s");
+        assert_eq!(human_duration(d(151)), "2m31s");
+        assert_eq!(human_duration(d(7980)), "2h13m");
+        assert_eq!(human_duration(d(2 * 86_400 + 3 * 3600)), "2d3h");
+        assert_eq!(fd_usage(12, None), "fds 12 (no limit)");
     }
 
     #[test]
