@@ -72,7 +72,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub summary_interval: Duration,
 
-    /// Most sockets kept in memory (about 120 bytes each); beyond it the oldest in
+    /// Most sockets kept in memory (about 210 bytes each); beyond it the oldest in
     /// unwatched states are dropped, and counted.
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_sockets: u32,
