@@ -3,7 +3,9 @@
 //!
 //! The data path, one module per stage:
 //! [`probe`] (kernel program, ring buffer) -> [`decode`] (typed transitions) ->
-//! [`output`] (text or JSON Lines), driven by [`watch`]; [`cli`] is the command line.
+//! [`aggregate`] (the socket table; stuck sockets are decided in [`aggregate::stuck`]) ->
+//! [`attribute`] (owners from sock_diag and /proc) -> [`output`] (text or JSON Lines),
+//! driven by [`watch`]; [`cli`] is the command line.
 
 pub mod aggregate;
 pub mod attribute;

@@ -452,11 +452,7 @@ impl<W: Write, E: Write> Output<W, E> {
                 self.json(&Record::Stuck(&rec))
             }
             Format::Text => {
-                let at_least = if r.socket.since_is_lower_bound {
-                    "at least "
-                } else {
-                    ""
-                };
+                let at_least = at_least(r.socket.since_is_lower_bound);
                 let head = self.paint(RED, "STUCK");
                 writeln!(
                     self.out,
@@ -483,11 +479,7 @@ impl<W: Write, E: Write> Output<W, E> {
                 self.json(&Record::Resolved(&rec))
             }
             Format::Text => {
-                let at_least = if r.socket.since_is_lower_bound {
-                    "at least "
-                } else {
-                    ""
-                };
+                let at_least = at_least(r.socket.since_is_lower_bound);
                 let head = self.paint(GREEN, "RESOLVED");
                 let owner = match r.ownership.owners.first() {
                     Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
@@ -571,11 +563,7 @@ impl<W: Write, E: Write> Output<W, E> {
                         ServicePort::Local(_) => "on",
                         ServicePort::Remote(..) => "to",
                     };
-                    let at_least = if g.oldest_is_lower_bound {
-                        "at least "
-                    } else {
-                        ""
-                    };
+                    let at_least = at_least(g.oldest_is_lower_bound);
                     write!(
                         self.out,
                         "  {who} holds {} in {} {place} {} (oldest {at_least}{})",
@@ -732,6 +720,15 @@ pub fn human_duration(d: Duration) -> String {
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `"at least "` before an age that is a lower bound.
+fn at_least(lower_bound: bool) -> &'static str {
+    if lower_bound {
+        "at least "
+    } else {
+        ""
     }
 }
 
