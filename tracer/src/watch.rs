@@ -72,14 +72,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         Vec::new()
     });
     // The probe's filters hold for the snapshot too.
-    snapshot.retain(|s| {
-        let e = &s.ends;
-        (filters.ports.is_empty()
-            || filters.ports.contains(&e.sport)
-            || filters.ports.contains(&e.dport))
-            && filters.family.is_none_or(|f| f == e.family)
-            && (filters.states.is_empty() || filters.states.iter().any(|&st| s.state == st.into()))
-    });
+    snapshot.retain(|s| filters.admits_socket(s.ends.family, s.ends.sport, s.ends.dport, s.state));
     let existing_sockets = snapshot.len();
     table.seed(snapshot);
 

@@ -16,7 +16,7 @@ use tracer_common::{FieldOffsets, ProbeConfig, TcpState, KNOWN_LAYOUT, MAX_PORTS
 
 pub use tracefs::Tracefs;
 
-use crate::decode::Family;
+use crate::decode::{Family, State};
 
 /// The probe object built by `build.rs`; empty when no BPF toolchain was found at build time.
 static PROBE_OBJECT: &[u8] =
@@ -68,6 +68,16 @@ pub struct Filters {
     pub family: Option<Family>,
     /// Keep a transition when either side is one of these states (empty: all).
     pub states: Vec<TcpState>,
+}
+
+impl Filters {
+    /// Whether a socket already in `state` passes the port, family and state filters: the
+    /// probe's rule, for the sockets it never saw change (the start-up snapshot).
+    pub fn admits_socket(&self, family: Family, sport: u16, dport: u16, state: State) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
+            && self.family.is_none_or(|f| f == family)
+            && (self.states.is_empty() || self.states.iter().any(|&s| state == s.into()))
+    }
 }
 
 /// Sizes of the ring buffer and its wakeup threshold.
@@ -236,6 +246,23 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_sockets_pass_the_same_filters() {
+        let f = Filters {
+            ports: vec![61616],
+            family: Some(Family::Ipv4),
+            states: vec![TcpState::CloseWait],
+            ..Filters::default()
+        };
+        let cw = State::from(TcpState::CloseWait);
+        assert!(f.admits_socket(Family::Ipv4, 61616, 40000, cw));
+        assert!(f.admits_socket(Family::Ipv4, 40000, 61616, cw));
+        assert!(!f.admits_socket(Family::Ipv4, 40000, 40001, cw));
+        assert!(!f.admits_socket(Family::Ipv6, 61616, 40000, cw));
+        assert!(!f.admits_socket(Family::Ipv4, 61616, 40000, TcpState::Established.into()));
+        assert!(Filters::default().admits_socket(Family::Ipv6, 1, 2, State(42)));
+    }
 
     #[test]
     fn filters_become_probe_config() {
