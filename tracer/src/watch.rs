@@ -361,14 +361,14 @@ impl<W: Write, E: Write> Session<W, E> {
     /// Writes the summary of the sockets stuck now.
     fn summary(&mut self, reason: &'static str) -> io::Result<()> {
         let now = monotonic_ns();
+        let stuck: Vec<&Socket> = self.table.stuck().map(|(_, s)| s).collect();
         // Sockets evicted while flagged have no resolution to wait for.
-        let live: HashSet<u64> = self.table.stuck().map(|(_, s)| s.id).collect();
+        let live: HashSet<u64> = stuck.iter().map(|s| s.id).collect();
         self.owners.retain(|id, _| live.contains(id));
         let owner_pid = self.owner_pid;
-        let stuck: Vec<_> = self
-            .table
-            .stuck()
-            .filter_map(|(_, s)| {
+        let stuck: Vec<_> = stuck
+            .into_iter()
+            .filter_map(|s| {
                 let o = self.owners.get(&s.id)?;
                 shown(owner_pid, o, s).then_some((s, Some(o)))
             })
