@@ -114,6 +114,61 @@ const _: () = assert!(
         && KNOWN_LAYOUT.daddr_v6.is_multiple_of(8)
 );
 
+/// The last send or receive on a TCP socket, as the probe keeps it per socket (keyed by
+/// the socket's kernel address) from `sock:sock_recv_length` and `sock:sock_send_length`,
+/// which run in the calling process's context: unlike the task current at a transition,
+/// this names a process that really uses the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketIo {
+    /// `bpf_ktime_get_ns()` of the last call.
+    pub ts_ns: u64,
+    /// Thread-group id (the userspace pid) of the caller.
+    pub pid: u32,
+    /// What the last call was: [`IO_RECV`], [`IO_SEND`] or [`IO_EOF`].
+    pub op: u32,
+    /// Command name of the caller when it first used the socket, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SocketIo>() == 32);
+
+/// [`SocketIo::op`]: a receive that returned data or an error.
+pub const IO_RECV: u32 = 1;
+/// [`SocketIo::op`]: a send.
+pub const IO_SEND: u32 = 2;
+/// [`SocketIo::op`]: a receive that returned 0, the peer's end of stream.
+pub const IO_EOF: u32 = 3;
+/// `MSG_PEEK`: a peek that returns 0 has not consumed the end of stream.
+pub const MSG_PEEK: i32 = 2;
+
+/// Where the fields the probe reads sit in `sock:sock_recv_length` and
+/// `sock:sock_send_length` records (both Linux 6.3+). Userspace checks the running kernel's
+/// format files against it and leaves these tracepoints off when they differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoLayout {
+    pub sk: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub ret: u16,
+    pub flags: u16,
+}
+
+/// The layout of `sock_recv_length` and `sock_send_length` on 6.3 to 6.18.
+pub const IO_LAYOUT: IoLayout = IoLayout {
+    sk: 8,
+    family: 16,
+    protocol: 18,
+    ret: 20,
+    flags: 24,
+};
+const _: () = assert!(
+    IO_LAYOUT.sk.is_multiple_of(8)
+        && IO_LAYOUT.family.is_multiple_of(2)
+        && IO_LAYOUT.protocol.is_multiple_of(2)
+        && IO_LAYOUT.ret.is_multiple_of(4)
+        && IO_LAYOUT.flags.is_multiple_of(4)
+);
+
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
 
@@ -139,8 +194,11 @@ pub struct ProbeConfig {
     /// 1: `offsets` are [`KNOWN_LAYOUT`] and the probe loads fields straight from the
     /// tracepoint context; 0: it copies the record and reads it at `offsets`.
     pub direct_access: u32,
+    /// 1: the send/receive tracepoints are attached, and the probe forgets a socket's
+    /// [`SocketIo`] when a new socket is born at the same address.
+    pub io_hints: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 60);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -154,6 +212,7 @@ impl ProbeConfig {
             pid: 0,
             wakeup_bytes: 0,
             direct_access: 0,
+            io_hints: 0,
         }
     }
 }
@@ -164,6 +223,7 @@ mod user {
     // (sizes asserted above), so every byte pattern is valid.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::TransitionEvent {}
+    unsafe impl aya::Pod for super::SocketIo {}
 }
 
 /// The kernel's TCP states (`include/net/tcp_states.h`).

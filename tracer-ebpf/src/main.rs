@@ -1,22 +1,25 @@
 //! Kernel side of the tracer: one program on `sock:inet_sock_set_state` that turns each TCP
 //! state transition into a [`TransitionEvent`] in a ring buffer, after applying the user's
-//! filters so that unwanted events never leave the kernel.
+//! filters so that unwanted events never leave the kernel; and two on
+//! `sock:sock_recv_length` / `sock:sock_send_length` that remember, per socket, the last
+//! process to receive or send on it ([`SocketIo`]), for userspace to read when it flags one.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
     macros::{map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
-    FieldOffsets, ProbeConfig, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
-    KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN, STAT_COUNT, STAT_LOST,
+    FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
+    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN,
+    MSG_PEEK, STAT_COUNT, STAT_LOST,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it
@@ -44,6 +47,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 /// Per-CPU counters (index `STAT_LOST`: events dropped because the ring buffer was full).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// The last send or receive on each TCP socket, by kernel address. Its size is set by
+/// userspace at load time; LRU, so sockets nobody uses any more make room by themselves.
+#[map]
+static SOCKET_IO: LruHashMap<u64, SocketIo> = LruHashMap::with_max_entries(1 << 16, 0);
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -93,9 +101,10 @@ struct Direct(*const u8);
 impl Fields for Direct {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
-        // SAFETY: only called with KNOWN_LAYOUT's offsets, which the kernel's own format
-        // file confirmed, are within the record and are aligned (asserted in
-        // tracer-common); the verifier checks each constant-offset context load again.
+        // SAFETY: only called with KNOWN_LAYOUT's or IO_LAYOUT's offsets, which the
+        // kernel's own format files confirmed, are within the record and are aligned
+        // (asserted in tracer-common); the verifier checks each constant-offset context
+        // load again.
         Ok(unsafe { core::ptr::read(self.0.add(offset as usize).cast::<T>()) })
     }
 }
@@ -158,6 +167,14 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     if family != AF_INET && family != AF_INET6 {
         return Err(Skip::Unwanted);
     }
+    let oldstate = rec.read::<i32>(off.oldstate)? as u32;
+    let newstate = rec.read::<i32>(off.newstate)? as u32;
+    let skaddr = rec.read::<u64>(off.skaddr)?;
+    if cfg.io_hints != 0 && is_birth(oldstate, newstate) {
+        // Socket memory is reused: what was noted at this address belongs to a socket
+        // that is gone. Done before the filters, which must not keep a stale note alive.
+        let _ = SOCKET_IO.remove(&skaddr);
+    }
     if cfg.family != 0 && family != cfg.family {
         return Err(Skip::Unwanted);
     }
@@ -166,8 +183,6 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     if cfg.port_count != 0 && !port_wanted(&cfg, sport, dport) {
         return Err(Skip::Unwanted);
     }
-    let oldstate = rec.read::<i32>(off.oldstate)? as u32;
-    let newstate = rec.read::<i32>(off.newstate)? as u32;
     if cfg.state_mask != 0 {
         let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
         if seen & cfg.state_mask == 0 {
@@ -199,7 +214,6 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
             ],
         )
     };
-    let skaddr = rec.read::<u64>(off.skaddr)?;
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         if let Some(lost) = STATS.get_ptr_mut(STAT_LOST) {
@@ -241,6 +255,80 @@ fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Whether a transition starts a socket's life: connect() or listen() on a fresh socket,
+/// or a connection created from a listener.
+#[inline(always)]
+fn is_birth(oldstate: u32, newstate: u32) -> bool {
+    oldstate == TcpState::Close as u32 || newstate == TcpState::SynRecv as u32
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    note_io(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    note_io(&ctx, false);
+    0
+}
+
+/// Notes who received or sent on a TCP socket. These fire on every send and receive on
+/// the machine, so the common case (the same process again) is one lookup and two stores
+/// in place; only a new socket or a new process costs an insert.
+#[inline(always)]
+fn note_io(ctx: &TracePointContext, recv: bool) {
+    // Userspace attaches these programs only after checking the format files against
+    // IO_LAYOUT, so its constant offsets are the running kernel's.
+    let rec = Direct(ctx.as_ptr() as *const u8);
+    let (Ok(protocol), Ok(family)) = (
+        rec.read::<u16>(IO_LAYOUT.protocol),
+        rec.read::<u16>(IO_LAYOUT.family),
+    ) else {
+        return;
+    };
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return;
+    }
+    let (Ok(sk), Ok(ret), Ok(flags)) = (
+        rec.read::<u64>(IO_LAYOUT.sk),
+        rec.read::<i32>(IO_LAYOUT.ret),
+        rec.read::<i32>(IO_LAYOUT.flags),
+    ) else {
+        return;
+    };
+    let op = if !recv {
+        IO_SEND
+    } else if ret == 0 && flags & MSG_PEEK == 0 {
+        IO_EOF
+    } else {
+        IO_RECV
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // (The cheaper coarse clock is refused in tracing programs.)
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(io) = SOCKET_IO.get_ptr_mut(&sk) {
+        // SAFETY: a pointer into the map's value for `sk`; a racing update from another
+        // CPU can at worst mix two callers' times, which userspace reads as a hint.
+        unsafe {
+            if (*io).pid == pid {
+                (*io).ts_ns = now;
+                (*io).op = op;
+                return;
+            }
+        }
+    }
+    let io = SocketIo {
+        ts_ns: now,
+        pid,
+        op,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    let _ = SOCKET_IO.insert(&sk, &io, 0);
 }
 
 #[inline(always)]

@@ -1,4 +1,5 @@
-//! Stage 2: turns the probe's raw ring-buffer records into typed transitions.
+//! Stage 2: turns the probe's raw records (ring-buffer transitions, per-socket last
+//! send/receive) into typed values.
 
 use std::{
     fmt,
@@ -6,7 +7,8 @@ use std::{
 };
 
 use tracer_common::{
-    TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, TRANSITION_EVENT_SIZE,
+    SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, IO_EOF, IO_RECV, IO_SEND,
+    TRANSITION_EVENT_SIZE,
 };
 
 /// Address family of a socket.
@@ -175,6 +177,56 @@ pub fn from_event(ev: &TransitionEvent) -> Result<Transition, DecodeError> {
     })
 }
 
+/// What a socket's last send or receive was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    /// A receive that returned data or an error.
+    Recv,
+    /// A send.
+    Send,
+    /// A receive that returned the peer's end of stream (0 bytes).
+    Eof,
+}
+
+impl IoOp {
+    /// The name used in JSON: `recv`, `send` or `eof`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoOp::Recv => "recv",
+            IoOp::Send => "send",
+            IoOp::Eof => "eof",
+        }
+    }
+}
+
+/// The last send or receive on a socket and the process that made it: a process that
+/// really uses the socket, unlike the task current at a softirq transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastIo {
+    /// Kernel monotonic time of the call, in nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    /// The process's command name when it first used the socket.
+    pub comm: Comm,
+    pub op: IoOp,
+}
+
+/// Converts the probe's per-socket note; `None` for an operation this build does not know.
+pub fn last_io(io: &SocketIo) -> Option<LastIo> {
+    let op = match io.op {
+        IO_RECV => IoOp::Recv,
+        IO_SEND => IoOp::Send,
+        IO_EOF => IoOp::Eof,
+        _ => return None,
+    };
+    Some(LastIo {
+        ts_ns: io.ts_ns,
+        pid: io.pid,
+        comm: Comm::new(io.comm),
+        op,
+    })
+}
+
 fn ipv4(bytes: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
 }
@@ -272,5 +324,26 @@ mod tests {
         assert_eq!(t.comm.to_string(), "sixteen-chars-xx");
         ev.comm = *b"caf\xc3\xa9\xff\0\0\0\0\0\0\0\0\0\0";
         assert_eq!(from_event(&ev).unwrap().comm.to_string(), "café\u{fffd}");
+    }
+
+    #[test]
+    fn decodes_last_io() {
+        let mut io = SocketIo {
+            ts_ns: 7,
+            pid: 4242,
+            op: IO_EOF,
+            comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let l = last_io(&io).unwrap();
+        assert_eq!(
+            (l.ts_ns, l.pid, l.comm.to_string(), l.op),
+            (7, 4242, "java".to_owned(), IoOp::Eof)
+        );
+        io.op = IO_SEND;
+        assert_eq!(last_io(&io).map(|l| l.op.name()), Some("send"));
+        io.op = IO_RECV;
+        assert_eq!(last_io(&io).map(|l| l.op.name()), Some("recv"));
+        io.op = 9;
+        assert_eq!(last_io(&io), None);
     }
 }

@@ -18,12 +18,12 @@ use crate::{
     aggregate::{stuck::Thresholds, Resolved, Socket, Table},
     attribute::{Attributor, HeldBy, Host, Ownership},
     cli::{Format, WatchArgs},
-    decode::{self, Family},
+    decode::{self, Family, LastIo},
     output::{
         monotonic_ns, summary, Attached, FilterInfo, Output, Rfc3339, SocketReport, StartInfo,
         StopInfo, StopReason, WallClock,
     },
-    probe::{Filters, Probe, RecordAccess, RingConfig, TRACEPOINT},
+    probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -55,7 +55,12 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         Some(v) if v == "copy" => RecordAccess::Copy,
         _ => RecordAccess::Auto,
     };
-    let (mut probe, ring) = Probe::attach(&filters, ring_config, access)?;
+    let (mut probe, ring) = Probe::attach(&filters, ring_config, access, io_sockets(args))?;
+    if let Some(why) = &probe.io_off {
+        eprintln!(
+            "tracer: warning: {why}; stuck sockets are reported without their last send/receive"
+        );
+    }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -97,6 +102,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         owner_pid: args.pid.filter(|_| !args.events),
         next_attribution_ns: 0,
         attribution_failed: false,
+        io_failed: false,
         counts: Counts::default(),
     };
     let start = StartInfo {
@@ -113,6 +119,13 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 "direct"
             } else {
                 "copy"
+            },
+            io_tracepoints: match probe.io_off {
+                Some(_) => Vec::new(),
+                None => IO_TRACEPOINTS
+                    .iter()
+                    .map(|(c, n)| format!("{c}:{n}"))
+                    .collect(),
             },
         },
         filters: FilterInfo {
@@ -175,7 +188,9 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             _ = poll.tick() => session.drain(ring.get_mut()),
             _ = lost_check.tick() => session.check_lost(&probe),
             // Drain first: a transition already in the ring may show the socket left in time.
-            _ = flag_timer => session.drain(ring.get_mut()).and_then(|()| session.flag_due()),
+            _ = flag_timer => session
+                .drain(ring.get_mut())
+                .and_then(|()| session.flag_due(&probe)),
             _ = summaries.tick() => session.summary("interval"),
         };
         if quiet_on_broken_pipe(step)? {
@@ -240,6 +255,8 @@ struct Session<W: Write, E: Write> {
     /// together share one look at /proc.
     next_attribution_ns: u64,
     attribution_failed: bool,
+    /// Reading the probe's last send/receive failed once (warned about).
+    io_failed: bool,
     counts: Counts,
 }
 
@@ -299,9 +316,10 @@ impl<W: Write, E: Write> Session<W, E> {
             .map(|d| d.max(self.next_attribution_ns))
     }
 
-    /// Flags the sockets past their threshold, names their owners and reports them. The
-    /// caller drains the ring first, so a socket that left in time is not flagged.
-    fn flag_due(&mut self) -> io::Result<()> {
+    /// Flags the sockets past their threshold, names their owners (and the last process
+    /// to send or receive on them) and reports them. The caller drains the ring first, so
+    /// a socket that left in time is not flagged.
+    fn flag_due(&mut self, probe: &Probe) -> io::Result<()> {
         let now = monotonic_ns();
         if now < self.next_attribution_ns {
             return Ok(());
@@ -324,7 +342,8 @@ impl<W: Write, E: Write> Session<W, E> {
                 vec![
                     Ownership {
                         held_by: HeldBy::Unknown,
-                        owners: Vec::new()
+                        owners: Vec::new(),
+                        last_io: None,
                     };
                     stuck.len()
                 ]
@@ -332,13 +351,14 @@ impl<W: Write, E: Write> Session<W, E> {
         };
         self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
         let now = monotonic_ns();
-        for (s, ownership) in stuck.into_iter().zip(owners) {
+        for (s, mut ownership) in stuck.into_iter().zip(owners) {
             if ownership.held_by == HeldBy::Gone {
                 // The kernel no longer has it in that state: its transition was lost or
                 // is on its way. Not stuck.
                 self.table.forget(s.key);
                 continue;
             }
+            ownership.last_io = self.last_io(probe, s.key.sk());
             self.counts.flagged += 1;
             if self.shown(&ownership, &s.socket) {
                 let threshold = self
@@ -356,6 +376,20 @@ impl<W: Write, E: Write> Session<W, E> {
             self.owners.insert(s.socket.id, ownership);
         }
         self.output.flush()
+    }
+
+    /// The last send or receive on the socket at `sk`, if the probe saw one.
+    fn last_io(&mut self, probe: &Probe, sk: Option<u64>) -> Option<LastIo> {
+        match probe.last_io(sk?) {
+            Ok(io) => io.as_ref().and_then(decode::last_io),
+            Err(e) => {
+                if !self.io_failed {
+                    eprintln!("tracer: warning: {e}; stuck sockets are reported without their last send/receive");
+                    self.io_failed = true;
+                }
+                None
+            }
+        }
     }
 
     /// Writes the summary of the sockets stuck now.
@@ -402,14 +436,24 @@ impl<W: Write, E: Write> Session<W, E> {
 }
 
 /// Whether `--pid` (in watch mode) lets a socket through: the process holds it, or was
-/// the last to act on it.
+/// the last to act on it or to send or receive on it.
 fn shown(owner_pid: Option<u32>, o: &Ownership, s: &Socket) -> bool {
     match owner_pid {
         None => true,
         Some(pid) => {
-            o.owners.iter().any(|w| w.process.pid == pid) || s.hint.is_some_and(|h| h.pid == pid)
+            o.owners.iter().any(|w| w.process.pid == pid)
+                || s.hint.is_some_and(|h| h.pid == pid)
+                || o.last_io.is_some_and(|io| io.pid == pid)
         }
     }
+}
+
+/// How many sockets the probe remembers the last send/receive of: a quarter of the table's
+/// cap, because each costs the kernel 104 bytes allocated up front (6.5 MiB by default).
+/// The map is LRU: on a machine where more sockets than that have been used since they
+/// were born, the notes of the idlest go first, and a stuck socket may then lack one.
+fn io_sockets(args: &WatchArgs) -> u32 {
+    (args.max_sockets / 4).max(1024)
 }
 
 /// A reader that went away (`tracer ... | head`) ends the run quietly and successfully,

@@ -18,7 +18,7 @@ use tracer_common::TcpState;
 
 use crate::{
     aggregate::{Endpoints, Origin, SnapshotSocket},
-    decode::{Family, State},
+    decode::{Family, LastIo, State},
 };
 use procfs::{Holding, ProcFs, ProcessInfo};
 use sock_diag::DiagSocket;
@@ -126,6 +126,9 @@ pub struct Ownership {
     pub held_by: HeldBy,
     /// Every process holding it, in pid order; empty when none is known.
     pub owners: Vec<Owner>,
+    /// The last process seen sending or receiving on it (from the probe, not from here):
+    /// a hint beside the holders, and the only name left when none is found.
+    pub last_io: Option<LastIo>,
 }
 
 /// Names owners through a [`System`].
@@ -215,7 +218,11 @@ impl<S: System> Attributor<S> {
                     HeldBy::Fd | HeldBy::AcceptQueue if owners.is_empty() => HeldBy::Unknown,
                     other => other,
                 };
-                Ownership { held_by, owners }
+                Ownership {
+                    held_by,
+                    owners,
+                    last_io: None,
+                }
             })
             .collect())
     }

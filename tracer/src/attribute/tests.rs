@@ -129,7 +129,8 @@ fn names_the_holder_with_fds_and_counts_in_one_scan() {
                 process: java(4242),
                 fds: vec![17],
                 fd_count: 1013
-            }]
+            }],
+            last_io: None,
         }]
     );
     assert_eq!(a.sys.scans, 1);

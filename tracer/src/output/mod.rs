@@ -15,12 +15,13 @@ use std::{
 };
 
 use serde::{Serialize, Serializer};
+use tracer_common::TcpState;
 
 use crate::{
     aggregate::{Origin, PidHint, Socket, SocketKey, TableStats},
     attribute::{HeldBy, Owner, Ownership},
     cli::Format,
-    decode::{Comm, State, Transition},
+    decode::{Comm, IoOp, LastIo, State, Transition},
 };
 use summary::{Group, ServicePort};
 
@@ -144,6 +145,9 @@ pub struct Attached {
     /// `direct` when the probe loads fields straight from the tracepoint context (the
     /// kernel's layout is the known one), `copy` when it copies the record first.
     pub record_access: &'static str,
+    /// The send/receive tracepoints that give stuck sockets their `last_io`; empty when
+    /// this kernel lacks them (a warning says why).
+    pub io_tracepoints: Vec<String>,
 }
 
 /// The filters pushed into the probe.
@@ -262,6 +266,19 @@ pub struct SocketRecord<'a> {
     pub other_owners: Vec<OwnerRecord<'a>>,
     /// The last process seen acting on it from a system call (connect, listen, close).
     pub last_caller: Option<Caller<'a>>,
+    /// Its last send or receive, when the probe saw one since the socket was born.
+    pub last_io: Option<IoRecord<'a>>,
+}
+
+/// A socket's last send or receive.
+#[derive(Debug, Serialize)]
+pub struct IoRecord<'a> {
+    pub pid: u32,
+    pub comm: &'a Comm,
+    /// `recv`, `send`, or `eof` (a receive that returned the peer's end of stream).
+    pub op: &'static str,
+    /// How long before this record's time.
+    pub ago_ms: u64,
 }
 
 /// A process holding a socket.
@@ -338,11 +355,12 @@ pub struct SocketReport<'a> {
 }
 
 impl<'a> SocketReport<'a> {
-    fn record(&self, time: SystemTime) -> SocketRecord<'a> {
+    /// The record's common fields, as of monotonic `at_ns`.
+    fn record(&self, clock: &WallClock, at_ns: u64) -> SocketRecord<'a> {
         let s = self.socket;
         let mut owners = self.ownership.owners.iter().map(OwnerRecord::from);
         SocketRecord {
-            time: Rfc3339(time),
+            time: Rfc3339(clock.at(at_ns)),
             state: s.state,
             age_ms: None,
             age_is_lower_bound: None,
@@ -368,6 +386,12 @@ impl<'a> SocketReport<'a> {
             last_caller: s.hint.as_ref().map(|h: &'a PidHint| Caller {
                 pid: h.pid,
                 comm: &h.comm,
+            }),
+            last_io: self.ownership.last_io.as_ref().map(|io| IoRecord {
+                pid: io.pid,
+                comm: &io.comm,
+                op: io.op.name(),
+                ago_ms: ago(io, at_ns).as_millis() as u64,
             }),
         }
     }
@@ -445,7 +469,7 @@ impl<W: Write, E: Write> Output<W, E> {
         let age = Duration::from_nanos(now_ns.saturating_sub(r.socket.since_ns));
         match self.format {
             Format::Json => {
-                let mut rec = r.record(self.clock.at(now_ns));
+                let mut rec = r.record(&self.clock, now_ns);
                 rec.age_ms = Some(age.as_millis() as u64);
                 rec.age_is_lower_bound = Some(r.socket.since_is_lower_bound);
                 rec.threshold_ms = Some(threshold.as_millis() as u64);
@@ -456,12 +480,13 @@ impl<W: Write, E: Write> Output<W, E> {
                 let head = self.paint(RED, "STUCK");
                 writeln!(
                     self.out,
-                    "{} {head} {} for {at_least}{} {} {}",
+                    "{} {head} {} for {at_least}{} {} {}{}",
                     clock_of(self.clock.at(now_ns)),
                     r.socket.state,
                     human_duration(age),
                     endpoints(r.socket),
-                    owner_text(r)
+                    owner_text(r),
+                    io_text(r, now_ns)
                 )
             }
         }
@@ -472,7 +497,7 @@ impl<W: Write, E: Write> Output<W, E> {
         let stuck = Duration::from_nanos(left_ns.saturating_sub(r.socket.since_ns));
         match self.format {
             Format::Json => {
-                let mut rec = r.record(self.clock.at(left_ns));
+                let mut rec = r.record(&self.clock, left_ns);
                 rec.stuck_ms = Some(stuck.as_millis() as u64);
                 rec.stuck_is_lower_bound = Some(r.socket.since_is_lower_bound);
                 rec.new = Some(new);
@@ -574,6 +599,13 @@ impl<W: Write, E: Write> Output<W, E> {
                     )?;
                     if let Some(n) = g.fd_count {
                         write!(self.out, ", {}", fd_usage(n, g.fd_limit))?;
+                    }
+                    if g.eof_read > 0 && g.state == TcpState::CloseWait.into() {
+                        write!(
+                            self.out,
+                            "; read end of stream on {} and kept them",
+                            g.eof_read
+                        )?;
                     }
                     writeln!(self.out)?;
                 }
@@ -769,17 +801,29 @@ fn endpoints(s: &Socket) -> String {
     )
 }
 
+/// How long before monotonic `at_ns` a send or receive was made.
+fn ago(io: &LastIo, at_ns: u64) -> Duration {
+    Duration::from_nanos(at_ns.saturating_sub(io.ts_ns))
+}
+
 /// Who holds the socket, in words.
 fn owner_text(r: &SocketReport<'_>) -> String {
     let caller = r.socket.hint.map(|h| format!("{}[{}]", h.comm, h.pid));
     let mut owners = r.ownership.owners.iter();
     let Some(first) = owners.next() else {
+        let user = r
+            .ownership
+            .last_io
+            .map(|io| format!("{}[{}]", io.comm, io.pid));
         return match (r.ownership.held_by, caller) {
             (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
             (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
             (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
-            (_, Some(c)) => format!("owner unknown (last caller {c})"),
-            (_, None) => "owner unknown".to_owned(),
+            (_, c) => match (user, c) {
+                (Some(u), _) => format!("owner unknown (last used by {u})"),
+                (None, Some(c)) => format!("owner unknown (last caller {c})"),
+                (None, None) => "owner unknown".to_owned(),
+            },
         };
     };
     let fds = |o: &Owner| {
@@ -816,6 +860,24 @@ fn owner_text(r: &SocketReport<'_>) -> String {
         ));
     }
     text
+}
+
+/// The socket's last send or receive, in words: `; java[4242] read end of stream 2h13m
+/// ago and kept the socket` is what explains a CLOSE_WAIT leak.
+fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
+    let Some(io) = &r.ownership.last_io else {
+        return String::new();
+    };
+    let when = human_duration(ago(io, now_ns));
+    let who = format!("{}[{}]", io.comm, io.pid);
+    match io.op {
+        IoOp::Eof if r.socket.state == TcpState::CloseWait.into() => {
+            format!("; {who} read end of stream {when} ago and kept the socket")
+        }
+        IoOp::Eof => format!("; {who} read end of stream {when} ago"),
+        IoOp::Recv => format!("; last receive by {who} {when} ago"),
+        IoOp::Send => format!("; last send by {who} {when} ago"),
+    }
 }
 
 #[cfg(test)]
@@ -919,13 +981,25 @@ mod tests {
         let ownership = Ownership {
             held_by: HeldBy::Fd,
             owners: vec![java(4242, 17), java(4300, 17)],
+            last_io: None,
         };
         (socket, ownership)
     }
 
+    /// `java[4242]` received `op` at monotonic 2 s.
+    fn java_io(op: IoOp) -> Option<LastIo> {
+        Some(LastIo {
+            ts_ns: 2_000_000_000,
+            pid: 4242,
+            comm: "java".into(),
+            op,
+        })
+    }
+
     #[test]
     fn stuck_and_resolved_as_json() {
-        let (socket, ownership) = leaked();
+        let (socket, mut ownership) = leaked();
+        ownership.last_io = java_io(IoOp::Eof);
         let report = SocketReport {
             key: SocketKey::Sk(0xffff_8880_0000_1000),
             socket: &socket,
@@ -951,9 +1025,10 @@ mod tests {
                 "origin":"accepted","held_by":"fd","owner":owner,
                 "other_owners":[{"pid":4300,"comm":"java","cmdline":"java -jar activemq.jar","uid":1000,
                     "fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service"}],
-                "last_caller":null})
+                "last_caller":null,"last_io":{"pid":4242,"comm":"java","op":"eof","ago_ms":29500}})
         );
         assert_eq!(lines[1]["type"], "resolved");
+        assert_eq!(lines[1]["last_io"]["ago_ms"], 89_000, "as of leaving");
         assert_eq!(lines[1]["stuck_ms"], 90_000);
         assert_eq!(lines[1]["new"], "LAST_ACK");
         assert_eq!(lines[1]["owner"], owner);
@@ -1016,6 +1091,41 @@ mod tests {
             5,
             "an empty interval summary prints nothing: {out}"
         );
+    }
+
+    #[test]
+    fn last_io_explains_the_alert() {
+        let (socket, mut ownership) = leaked();
+        let alert = |ownership: &Ownership| {
+            let report = SocketReport {
+                key: SocketKey::Sk(1),
+                socket: &socket,
+                ownership,
+            };
+            let (out, _) = render(Format::Text, |o| {
+                o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+                    .unwrap()
+            });
+            out.trim_end().to_owned()
+        };
+        ownership.last_io = java_io(IoOp::Eof);
+        assert!(
+            alert(&ownership).ends_with(
+                "also java[4300] fd 17; java[4242] read end of stream 29s ago and kept the socket"
+            ),
+            "{}",
+            alert(&ownership)
+        );
+        ownership.last_io = java_io(IoOp::Send);
+        assert!(alert(&ownership).ends_with("; last send by java[4242] 29s ago"));
+        ownership.last_io = java_io(IoOp::Recv);
+        assert!(alert(&ownership).ends_with("; last receive by java[4242] 29s ago"));
+        // No holder found: the last user is the name left.
+        ownership.owners.clear();
+        ownership.held_by = HeldBy::Unknown;
+        assert!(alert(&ownership).ends_with(
+            "10.0.0.9:40000 owner unknown (last used by java[4242]); last receive by java[4242] 29s ago"
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tracer_common::TcpState;
 use crate::{
     aggregate::{Origin, Socket},
     attribute::Ownership,
-    decode::State,
+    decode::{IoOp, State},
 };
 
 /// The port that names the service a socket belongs to.
@@ -50,6 +50,9 @@ pub struct Group {
     /// Open descriptors of the owner when the summary was made.
     pub fd_count: Option<usize>,
     pub fd_limit: Option<u64>,
+    /// Of these sockets, those whose last receive returned the peer's end of stream: the
+    /// application saw the close and still kept the socket.
+    pub eof_read: usize,
 }
 
 /// Groups stuck sockets, largest group first; `fd_count` gives a process's open
@@ -74,8 +77,12 @@ pub fn group<'a>(
                 oldest_is_lower_bound: s.since_is_lower_bound,
                 fd_count: owner.map(|o| o.fd_count),
                 fd_limit: owner.and_then(|o| o.process.fd_limit),
+                eof_read: 0,
             });
         g.count += 1;
+        if ownership.is_some_and(|o| o.last_io.is_some_and(|io| io.op == IoOp::Eof)) {
+            g.eof_read += 1;
+        }
         if s.since_ns < g.oldest_since_ns {
             g.oldest_since_ns = s.since_ns;
             g.oldest_is_lower_bound = s.since_is_lower_bound;
@@ -147,7 +154,7 @@ mod tests {
     use crate::{
         aggregate::Endpoints,
         attribute::{procfs::ProcessInfo, HeldBy, Owner},
-        decode::Family,
+        decode::{Family, LastIo},
     };
 
     fn socket(origin: Origin, sport: u16, dport: u16, since_ns: u64) -> Socket {
@@ -184,15 +191,28 @@ mod tests {
                 fds: vec![9],
                 fd_count: 500,
             }],
+            last_io: None,
         }
     }
 
     #[test]
     fn groups_by_owner_state_and_service_port() {
         let java = owned_by(4242);
+        let java_read_eof = Ownership {
+            last_io: Some(LastIo {
+                ts_ns: 4,
+                pid: 4242,
+                comm: "java".into(),
+                op: IoOp::Eof,
+            }),
+            ..owned_by(4242)
+        };
         let other = owned_by(77);
         let sockets = [
-            (socket(Origin::Accepted, 61616, 40001, 5), Some(&java)),
+            (
+                socket(Origin::Accepted, 61616, 40001, 5),
+                Some(&java_read_eof),
+            ),
             (socket(Origin::Accepted, 61616, 40002, 1), Some(&java)),
             (socket(Origin::Accepted, 61616, 40003, 9), Some(&java)),
             // Outgoing leaks from ephemeral ports group by the remote service.
@@ -223,6 +243,8 @@ mod tests {
         );
         assert!(groups[0].oldest_is_lower_bound);
         assert!(!groups[1].oldest_is_lower_bound);
+        let eof: Vec<_> = groups.iter().map(|g| g.eof_read).collect();
+        assert_eq!(eof, vec![1, 0, 0]);
     }
 
     #[test]

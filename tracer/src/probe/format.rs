@@ -1,7 +1,7 @@
 //! Reads a tracepoint's `format` file into the field offsets the probe uses, so the probe
 //! follows the running kernel's layout instead of one compiled in.
 
-use tracer_common::{FieldOffsets, MAX_RECORD_LEN};
+use tracer_common::{FieldOffsets, IO_LAYOUT, MAX_RECORD_LEN};
 
 /// Why a format file cannot drive the probe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +18,12 @@ pub enum FormatError {
     TooFar { name: &'static str, end: usize },
     #[error("malformed line: {0}")]
     Malformed(String),
+    #[error("field `{name}` is at byte {offset}, expected {expected}")]
+    Moved {
+        name: &'static str,
+        offset: usize,
+        expected: usize,
+    },
 }
 
 /// The fields the probe reads, with the size each must have.
@@ -111,6 +117,48 @@ pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
     })
 }
 
+/// Checks a `sock_recv_length` or `sock_send_length` format file against [`IO_LAYOUT`],
+/// the constant layout the probe reads those records with.
+pub fn check_io(text: &str) -> Result<(), FormatError> {
+    let l = IO_LAYOUT;
+    let expected: [(&'static str, u16, usize); 5] = [
+        ("sk", l.sk, 8),
+        ("family", l.family, 2),
+        ("protocol", l.protocol, 2),
+        ("ret", l.ret, 4),
+        ("flags", l.flags, 4),
+    ];
+    let mut seen = [false; 5];
+    for line in text.lines() {
+        let Some((name, offset, size)) = parse_line(line)? else {
+            continue;
+        };
+        let Some(i) = expected.iter().position(|(n, ..)| *n == name) else {
+            continue;
+        };
+        let (name, at, want_size) = expected[i];
+        if size != want_size {
+            return Err(FormatError::Size {
+                name,
+                size,
+                expected: want_size,
+            });
+        }
+        if offset != at as usize {
+            return Err(FormatError::Moved {
+                name,
+                offset,
+                expected: at as usize,
+            });
+        }
+        seen[i] = true;
+    }
+    match seen.iter().position(|s| !s) {
+        Some(i) => Err(FormatError::Missing(expected[i].0)),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +224,39 @@ print fmt: \"family=%s protocol=%s\", REC->family
         );
         let bad = KERNEL_6_18.replace("offset:8;", "offset:eight;");
         assert!(matches!(parse(&bad), Err(FormatError::Malformed(_))));
+    }
+
+    /// `sock_recv_length`'s format file on 6.18 (`sock_send_length`'s has the same fields).
+    const RECV_6_18: &str = "name: sock_recv_length
+ID: 2283
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;
+
+print fmt: \"sk address = %p\", REC->sk
+";
+
+    #[test]
+    fn io_records_must_match_the_compiled_layout() {
+        assert_eq!(check_io(RECV_6_18), Ok(()));
+        let moved = RECV_6_18.replace("offset:20;\tsize:4", "offset:28;\tsize:4");
+        assert_eq!(
+            check_io(&moved),
+            Err(FormatError::Moved {
+                name: "ret",
+                offset: 28,
+                expected: 20
+            })
+        );
+        let no_flags = RECV_6_18.replace("int flags", "int msg_flags");
+        assert_eq!(check_io(&no_flags), Err(FormatError::Missing("flags")));
     }
 }

@@ -1,5 +1,6 @@
-//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state`, and hands out
-//! its ring buffer and drop counters.
+//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state` (and, where the
+//! kernel has them, to the send/receive tracepoints that name a socket's users), and hands
+//! out its ring buffer, drop counters and per-socket last send/receive.
 
 pub mod format;
 mod privileges;
@@ -8,11 +9,13 @@ mod tracefs;
 use std::{io, path::PathBuf};
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{FieldOffsets, ProbeConfig, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST};
+use tracer_common::{
+    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST,
+};
 
 pub use tracefs::Tracefs;
 
@@ -24,6 +27,11 @@ static PROBE_OBJECT: &[u8] =
 
 /// Tracepoint category and name the probe attaches to.
 pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// Tracepoints that run in the process receiving or sending on a socket (Linux 6.3+);
+/// program names match the tracepoint names.
+pub const IO_TRACEPOINTS: [(&str, &str); 2] =
+    [("sock", "sock_recv_length"), ("sock", "sock_send_length")];
 
 /// Why the probe could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +56,11 @@ pub enum ProbeError {
     Load(#[from] aya::EbpfError),
     #[error("attaching to tracepoint sock:inet_sock_set_state failed: {0}")]
     Attach(#[from] aya::programs::ProgramError),
+    #[error("reading the probe's map {name} failed: {source}")]
+    Read {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("opening the probe's map {name} failed: {source}")]
     Map {
         name: &'static str,
@@ -140,11 +153,15 @@ impl Filters {
     }
 }
 
-/// The attached probe. Dropping it detaches the program.
+/// The attached probe. Dropping it detaches the programs.
 pub struct Probe {
-    /// Holds the program and its link.
+    /// Holds the programs and their links.
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
+    /// Last send/receive per socket; `None` when the send/receive tracepoints are off.
+    socket_io: Option<HashMap<MapData, u64, SocketIo>>,
+    /// Why the send/receive tracepoints are off, when they are.
+    pub io_off: Option<String>,
     /// How tracefs was found.
     pub tracefs: Tracefs,
     /// True when the probe reads fields straight from the tracepoint context.
@@ -154,10 +171,14 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges, finds (or mounts) tracefs, loads the probe with `filters` pushed
     /// into it, and attaches it. Returns it with the ring buffer its transitions arrive on.
+    /// The send/receive tracepoints, remembering up to `io_sockets` sockets, are attached
+    /// when the kernel has them with the layout the probe reads; otherwise
+    /// [`Probe::io_off`] says why not, and the rest works without them.
     pub fn attach(
         filters: &Filters,
         ring: RingConfig,
         access: RecordAccess,
+        io_sockets: u32,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if PROBE_OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt);
@@ -179,19 +200,31 @@ impl Probe {
             path: format_path,
             source,
         })?;
-        let config = filters.to_config(offsets, ring, access)?;
+        let mut config = filters.to_config(offsets, ring, access)?;
+        let mut io_off = io_formats(&tracefs.path).err();
+        config.io_hints = io_off.is_none() as u32;
 
         privileges::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", ring.bytes)
+            .map_max_entries("SOCKET_IO", io_sockets.max(1))
             .load(PROBE_OBJECT)?;
-        let program: &mut TracePoint = ebpf
-            .program_mut(TRACEPOINT.1)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
-        program.attach(TRACEPOINT.0, TRACEPOINT.1)?;
+        attach_tracepoint(&mut ebpf, TRACEPOINT)?;
+        if io_off.is_none() {
+            for tp in IO_TRACEPOINTS {
+                if let Err(e) = attach_tracepoint(&mut ebpf, tp) {
+                    // The first line only: a verifier log may follow.
+                    let e = e.to_string();
+                    let e = e.lines().next().unwrap_or_default();
+                    io_off = Some(format!(
+                        "attaching to tracepoint {}:{} failed: {e}",
+                        tp.0, tp.1
+                    ));
+                    break;
+                }
+            }
+        }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Map {
@@ -209,10 +242,21 @@ impl Probe {
                 name: "STATS",
                 source,
             })?;
+        let socket_io = if io_off.is_none() {
+            let map = take(&mut ebpf, "SOCKET_IO")?;
+            Some(HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "SOCKET_IO",
+                source,
+            })?)
+        } else {
+            None
+        };
         Ok((
             Probe {
                 ebpf,
                 stats,
+                socket_io,
+                io_off,
                 tracefs,
                 direct_access: config.direct_access != 0,
             },
@@ -220,14 +264,34 @@ impl Probe {
         ))
     }
 
-    /// Detaches and unloads the program, so that nothing more is written: what the ring
+    /// Detaches and unloads the programs, so that nothing more is written: what the ring
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
-        if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
-            let program: &mut TracePoint = program.try_into()?;
-            program.unload()?;
+        for (_, name) in std::iter::once(TRACEPOINT).chain(IO_TRACEPOINTS) {
+            if let Some(program) = self.ebpf.program_mut(name) {
+                let program: &mut TracePoint = program.try_into()?;
+                if program.fd().is_ok() {
+                    program.unload()?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The last send or receive the probe saw on the socket at kernel address `sk`, if
+    /// any since that socket was born (and still remembered).
+    pub fn last_io(&self, sk: u64) -> Result<Option<SocketIo>, ProbeError> {
+        let Some(map) = &self.socket_io else {
+            return Ok(None);
+        };
+        match map.get(&sk, 0) {
+            Ok(io) => Ok(Some(io)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::Read {
+                name: "SOCKET_IO",
+                source,
+            }),
+        }
     }
 
     /// Events the probe had to drop because the ring buffer was full, summed over CPUs.
@@ -241,6 +305,37 @@ impl Probe {
             })?;
         Ok(per_cpu.iter().sum())
     }
+}
+
+/// Loads the program named for tracepoint `tp` and attaches it there.
+fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&str, &str)) -> Result<(), aya::programs::ProgramError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(tp.1)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    program.load()?;
+    program.attach(tp.0, tp.1)?;
+    Ok(())
+}
+
+/// Checks that the send/receive tracepoints exist with the layout the probe reads.
+fn io_formats(tracefs: &std::path::Path) -> Result<(), String> {
+    for (category, name) in IO_TRACEPOINTS {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                format!("this kernel has no tracepoint {category}:{name} (Linux 6.3+)")
+            }
+            _ => format!("cannot read {}: {e}", path.display()),
+        })?;
+        format::check_io(&text)
+            .map_err(|e| format!("unsupported format {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
