@@ -21,8 +21,14 @@ const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 const THRESHOLD_MS: u64 = 2000;
 
-/// A client that connects, reads the greeting, and closes.
-fn client_session(ip: IpAddr, port: u16, listener: &TcpListener) -> (TcpStream, u16) {
+/// A client that connects, reads the greeting, and closes. The server then reads the end
+/// of stream when `read_eof`, else only peeks at it.
+fn client_session(
+    ip: IpAddr,
+    port: u16,
+    listener: &TcpListener,
+    read_eof: bool,
+) -> (TcpStream, u16) {
     let mut client = TcpStream::connect((ip, port)).expect("connect");
     let client_port = client.local_addr().expect("client addr").port();
     let (mut server, _) = listener.accept().expect("accept");
@@ -30,15 +36,20 @@ fn client_session(ip: IpAddr, port: u16, listener: &TcpListener) -> (TcpStream, 
     let mut buf = [0u8; 2];
     client.read_exact(&mut buf).expect("read greeting");
     drop(client);
-    // Peeking at EOF proves the FIN arrived: the server side is in CLOSE_WAIT now.
-    assert_eq!(server.peek(&mut buf).expect("peek EOF"), 0);
+    // Reaching EOF proves the FIN arrived: the server side is in CLOSE_WAIT now.
+    if read_eof {
+        assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+    } else {
+        assert_eq!(server.peek(&mut buf).expect("peek EOF"), 0);
+    }
     (server, client_port)
 }
 
 /// `count` leaked server sockets (CLOSE_WAIT, still open here) and their client ports.
+/// The server read the end of stream on the first and only peeked at it on the others.
 fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<(TcpStream, u16)> {
     (0..count)
-        .map(|_| client_session(ip, port, listener))
+        .map(|i| client_session(ip, port, listener, i == 0))
         .collect()
 }
 
@@ -92,11 +103,16 @@ fn leaking_and_behaving_servers(test: &str, ip: IpAddr, family: &str) {
         "1s",
     ]);
     assert_eq!(tracer.records[0]["thresholds"]["CLOSE_WAIT"], THRESHOLD_MS);
+    assert_eq!(
+        tracer.records[0]["attached"]["io_tracepoints"],
+        serde_json::json!(["sock:sock_recv_length", "sock:sock_send_length"]),
+        "the send/receive tracepoints (Linux 6.3+) are attached"
+    );
 
     // Two behaving sessions (the server closes on EOF) around three leaked ones.
     let mut behaved = BTreeSet::new();
     let mut behave = |listener: &TcpListener| {
-        let (server, client_port) = client_session(ip, port, listener);
+        let (server, client_port) = client_session(ip, port, listener, true);
         drop(server);
         behaved.insert(client_port);
     };
@@ -144,6 +160,13 @@ fn leaking_and_behaving_servers(test: &str, ip: IpAddr, family: &str) {
         let client_port = r["dport"].as_u64().unwrap();
         assert_owned_by_me(r, fd_of(client_port));
         flagged_ports.insert(client_port as u16);
+        // The last receive (read or peek at the end of stream) was this process's, after
+        // the socket entered CLOSE_WAIT.
+        let io = &r["last_io"];
+        assert_eq!(io["pid"], std::process::id(), "{r}");
+        let read_eof = client_port == u64::from(leaked[0].1);
+        assert_eq!(io["op"], if read_eof { "eof" } else { "recv" }, "{r}");
+        assert!(io["ago_ms"].as_u64() <= r["age_ms"].as_u64(), "{r}");
     }
     let leaked_ports: BTreeSet<u16> = leaked.iter().map(|(_, p)| *p).collect();
     assert_eq!(
@@ -167,6 +190,7 @@ fn leaking_and_behaving_servers(test: &str, ip: IpAddr, family: &str) {
     assert_eq!(group["count"], 3);
     assert_eq!(group["state"], "CLOSE_WAIT");
     assert_eq!(group["port"], format!(":{port}"));
+    assert_eq!(group["eof_read"], 1, "{summary}");
     assert!(group["advice"].as_str().unwrap().contains("close()"));
 
     // The server finally closes: each flag resolves, with how long it was stuck.
@@ -230,6 +254,11 @@ fn leaked_before_start(test: &str, ip: IpAddr, family: &str) {
         assert_eq!(r["age_is_lower_bound"], true, "{r}");
         assert!(r["age_ms"].as_u64().is_some_and(|a| a >= 1000), "{r}");
         assert_eq!(r["sk"], Value::Null, "sock_diag gives no address: {r}");
+        assert_eq!(
+            r["last_io"],
+            Value::Null,
+            "no address, no last send/receive: {r}"
+        );
         assert_eq!(r["origin"], "accepted", "{r}");
         let client_port = r["dport"].as_u64().unwrap() as u16;
         let (server, _) = leaked
@@ -280,6 +309,8 @@ fn a_connection_never_accepted_belongs_to_the_listener() {
     assert_eq!(r["dport"], client_port, "{r}");
     assert_eq!(r["held_by"], "accept_queue", "{r}");
     assert_owned_by_me(&r, listener.as_raw_fd());
+    // Nobody ever received on it, whatever an earlier socket at its address did.
+    assert_eq!(r["last_io"], Value::Null, "{r}");
     // Closing the listener drops its queue: the flag resolves.
     drop(listener);
     let records = tracer.wait_for("a resolved record", |r| {
@@ -315,6 +346,11 @@ fn stuck_watches_other_states_fin_wait2_on_the_client() {
     assert_eq!(r["dport"], port, "{r}");
     assert_eq!(r["last_caller"]["pid"], std::process::id(), "{r}");
     assert_owned_by_me(&r, client.as_raw_fd());
+    assert_eq!(
+        r["last_io"],
+        Value::Null,
+        "the client never sent or received: {r}"
+    );
     drop(server);
     let records = tracer.wait_for("a resolved record", |r| {
         !records_of(r, "resolved").is_empty()
@@ -355,14 +391,23 @@ fn text_alerts_and_summary_name_the_process() {
     let me = format!("[{}]", std::process::id());
     let deadline = Instant::now() + DEADLINE;
     let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.contains("advice:")) {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no summary; lines so far: {lines:#?}"));
-        lines.push(line);
-    }
-    let alerts: Vec<&String> = lines.iter().filter(|l| l.contains(" STUCK ")).collect();
-    assert_eq!(alerts.len(), 2, "{lines:#?}");
+    let read_until = |lines: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
+        while !done(lines) {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no more lines; so far: {lines:#?}"));
+            lines.push(line);
+        }
+    };
+    let alerts_in = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(" STUCK "))
+            .cloned()
+            .collect()
+    };
+    read_until(&mut lines, &|l| alerts_in(l).len() >= 2);
+    let alerts = alerts_in(&lines);
     for a in &alerts {
         assert!(a.contains("CLOSE_WAIT for at least"), "{a}");
         assert!(
@@ -371,18 +416,45 @@ fn text_alerts_and_summary_name_the_process() {
         );
         assert!(a.contains(&me) && a.contains("fds "), "{a}");
         assert!(!a.contains('\x1b'), "no colour into a pipe: {a:?}");
+        // Known by cookie only (they predate the tracer): nothing to say of their I/O.
+        assert!(!a.contains("end of stream"), "{a}");
     }
+    // One more leak, under the tracer's eyes: the server read the end of stream and kept
+    // the socket, which the alert and the summary say.
+    let (late, _) = client_session(V4, port, &listener, true);
+    read_until(&mut lines, &|l| alerts_in(l).len() >= 3);
+    let alert = alerts_in(&lines).pop().unwrap();
+    assert!(
+        alert.contains("CLOSE_WAIT for ") && !alert.contains("at least"),
+        "seen entering CLOSE_WAIT: {alert}"
+    );
+    assert!(
+        alert.contains(&format!("{me} read end of stream "))
+            && alert.ends_with(" ago and kept the socket"),
+        "{alert}"
+    );
+    read_until(&mut lines, &|l| {
+        l.iter()
+            .any(|l| l.contains("holds 3 sockets in CLOSE_WAIT"))
+    });
     let group = lines
         .iter()
-        .find(|l| l.contains("holds 2 sockets in CLOSE_WAIT"))
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+        .find(|l| l.contains("holds 3 sockets in CLOSE_WAIT"))
+        .unwrap();
     assert!(
         group.contains(&me) && group.contains(&format!("on :{port} (oldest at least ")),
         "{group}"
     );
+    assert!(
+        group.ends_with("; read end of stream on 1 and kept them"),
+        "{group}"
+    );
+    read_until(&mut lines, &|l| {
+        l.last().is_some_and(|l| l.contains("advice:"))
+    });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (status, _) = finish(&mut child);
     assert!(status.success());
-    drop(leaked);
+    drop((leaked, late));
 }
