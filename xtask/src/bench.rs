@@ -2,7 +2,8 @@
 //! alternated round by round so that drift on the machine hits both sides alike.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
@@ -28,6 +29,14 @@ pub struct BenchArgs {
     /// Client threads opening connections.
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
+    /// Request/response exchanges (64 bytes each way) per connection before it closes:
+    /// 0 measures pure connection churn, more puts the send/receive tracepoints to work.
+    #[arg(long, default_value_t = 0)]
+    pub requests: u32,
+    /// Also measure each BPF program's own run time (kernel BPF statistics, which add a
+    /// little cost of their own while on).
+    #[arg(long)]
+    pub probe_cost: bool,
     /// Extra arguments for `tracer watch` (after `--`), e.g. `-- --events`.
     #[arg(last = true)]
     pub tracer_args: Vec<String>,
@@ -40,30 +49,42 @@ struct Traced {
     lost: u64,
     cpu_seconds: f64,
     max_rss_kib: u64,
+    /// Per program name: total run time (ns) and runs, with `--probe-cost`.
+    programs: BTreeMap<String, (u64, u64)>,
 }
 
 /// Runs the benchmark against the tracer binary at `tracer`.
 pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let period = Duration::from_secs(args.seconds);
     eprintln!(
-        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads, without and with `tracer watch --format json {}`",
+        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads and {} request(s) per connection, without and with `tracer watch --format json {}`",
         args.rounds,
         args.seconds,
         args.clients,
+        args.requests,
         args.tracer_args.join(" ")
     );
     isolate_network()?;
-    churn(Duration::from_secs(1), args.clients)?; // warm-up: listener backlog, caches
+    // Kept open for the whole run: the kernel counts BPF run time while the fd lives.
+    let _stats = if args.probe_cost {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enable BPF run-time statistics")?,
+        )
+    } else {
+        None
+    };
+    churn(Duration::from_secs(1), args.clients, args.requests)?; // warm-up: listener backlog, caches
     let mut base = Vec::new();
     let mut traced = Vec::new();
     for round in 1..=args.rounds {
         // ABBA order: neither side always runs first, on a warmer or a more loaded machine.
         let (b, t) = if round % 2 == 1 {
-            let b = churn(period, args.clients)?;
+            let b = churn(period, args.clients, args.requests)?;
             (b, traced_churn(tracer, period, args)?)
         } else {
             let t = traced_churn(tracer, period, args)?;
-            (churn(period, args.clients)?, t)
+            (churn(period, args.clients, args.requests)?, t)
         };
         let secs = period.as_secs_f64();
         println!(
@@ -99,6 +120,19 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         100.0 * cpu / secs,
         rss
     );
+    let mut programs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (name, (ns, runs)) in traced.iter().flat_map(|t| &t.programs) {
+        let p = programs.entry(name).or_default();
+        p.0 += ns;
+        p.1 += runs;
+    }
+    for (name, (ns, runs)) in programs {
+        println!(
+            "probe program {name}: {:.0} ns per run, {:.0} runs/s",
+            ns as f64 / runs.max(1) as f64,
+            runs as f64 / secs
+        );
+    }
     // Each round's pair ran back to back, so its ratio cancels slow drift on the machine;
     // the median resists the odd disturbed round.
     let mut ratios: Vec<f64> = base
@@ -152,8 +186,13 @@ fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Re
     lines
         .recv_timeout(Duration::from_secs(30))
         .context("the tracer printed no start record within 30s")?;
-    let connections = churn(period, args.clients)?;
+    let connections = churn(period, args.clients, args.requests)?;
     let (cpu_seconds, max_rss_kib) = process_usage(child.id());
+    let programs = if args.probe_cost {
+        program_stats(child.id())?
+    } else {
+        BTreeMap::new()
+    };
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait()?;
@@ -172,7 +211,38 @@ fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Re
         lost: field("lost")?,
         cpu_seconds,
         max_rss_kib,
+        programs,
     })
+}
+
+/// Run time (ns) and run count of each BPF program process `pid` holds, by program name,
+/// from its fdinfo (the counts exist while BPF statistics are enabled).
+fn program_stats(pid: u32) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let mut stats = BTreeMap::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(ns), Some(runs)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            let name = names
+                .get(&(id as u32))
+                .cloned()
+                .unwrap_or_else(|| format!("id {id}"));
+            stats.insert(name, (ns, runs));
+        }
+    }
+    Ok(stats)
 }
 
 /// Reads the tracer's stdout on a thread: the first line is announced on the channel, and
@@ -223,10 +293,10 @@ fn process_usage(pid: u32) -> (f64, u64) {
     (ticks as f64 / hz, rss)
 }
 
-/// Opens and closes loopback connections as fast as `clients` threads can for `period`;
-/// returns how many completed. The server closes first, so TIME_WAIT stays on the
-/// listener's side and client ports never run out.
-pub fn churn(period: Duration, clients: usize) -> anyhow::Result<u64> {
+/// Opens and closes loopback connections as fast as `clients` threads can for `period`,
+/// with `requests` 64-byte exchanges on each; returns how many completed. The server
+/// closes first, so TIME_WAIT stays on the listener's side and client ports never run out.
+pub fn churn(period: Duration, clients: usize, requests: u32) -> anyhow::Result<u64> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind a loopback listener")?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,9 +307,21 @@ pub fn churn(period: Duration, clients: usize) -> anyhow::Result<u64> {
             let listener = listener.try_clone()?;
             let stop = stop.clone();
             Ok(thread::spawn(move || {
+                let mut buf = [0u8; 64];
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok((conn, _)) = listener.accept() {
-                        drop(conn);
+                    if let Ok((mut conn, _)) = listener.accept() {
+                        if stop.load(Ordering::Relaxed) {
+                            break; // a waker, which sends nothing
+                        }
+                        for _ in 0..requests {
+                            if conn
+                                .read_exact(&mut buf)
+                                .and_then(|()| conn.write_all(&buf))
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
                     }
                 }
             }))
@@ -250,9 +332,13 @@ pub fn churn(period: Duration, clients: usize) -> anyhow::Result<u64> {
         .map(|_| {
             let done = done.clone();
             thread::spawn(move || -> std::io::Result<()> {
-                let mut buf = [0u8; 16];
+                let mut buf = [0u8; 64];
                 while Instant::now() < deadline {
                     let mut conn = TcpStream::connect(addr)?;
+                    for _ in 0..requests {
+                        conn.write_all(&buf)?;
+                        conn.read_exact(&mut buf)?;
+                    }
                     // Wait for the server's FIN, then close our side.
                     while conn.read(&mut buf)? > 0 {}
                     let _ = conn.shutdown(Shutdown::Both);
