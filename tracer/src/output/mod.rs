@@ -811,19 +811,13 @@ fn owner_text(r: &SocketReport<'_>) -> String {
     let caller = r.socket.hint.map(|h| format!("{}[{}]", h.comm, h.pid));
     let mut owners = r.ownership.owners.iter();
     let Some(first) = owners.next() else {
-        let user = r
-            .ownership
-            .last_io
-            .map(|io| format!("{}[{}]", io.comm, io.pid));
+        // The last send/receive, when known, follows in the alert (io_text).
         return match (r.ownership.held_by, caller) {
             (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
             (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
             (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
-            (_, c) => match (user, c) {
-                (Some(u), _) => format!("owner unknown (last used by {u})"),
-                (None, Some(c)) => format!("owner unknown (last caller {c})"),
-                (None, None) => "owner unknown".to_owned(),
-            },
+            (_, Some(c)) => format!("owner unknown (last caller {c})"),
+            (_, None) => "owner unknown".to_owned(),
         };
     };
     let fds = |o: &Owner| {
@@ -1123,9 +1117,8 @@ mod tests {
         // No holder found: the last user is the name left.
         ownership.owners.clear();
         ownership.held_by = HeldBy::Unknown;
-        assert!(alert(&ownership).ends_with(
-            "10.0.0.9:40000 owner unknown (last used by java[4242]); last receive by java[4242] 29s ago"
-        ));
+        assert!(alert(&ownership)
+            .ends_with("10.0.0.9:40000 owner unknown; last receive by java[4242] 29s ago"));
     }
 
     #[test]

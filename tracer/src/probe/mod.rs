@@ -221,6 +221,8 @@ impl Probe {
                         "attaching to tracepoint {}:{} failed: {e}",
                         tp.0, tp.1
                     ));
+                    // Half of them would cost every send or receive for nothing.
+                    unload(&mut ebpf, &IO_TRACEPOINTS)?;
                     break;
                 }
             }
@@ -267,15 +269,8 @@ impl Probe {
     /// Detaches and unloads the programs, so that nothing more is written: what the ring
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
-        for (_, name) in std::iter::once(TRACEPOINT).chain(IO_TRACEPOINTS) {
-            if let Some(program) = self.ebpf.program_mut(name) {
-                let program: &mut TracePoint = program.try_into()?;
-                if program.fd().is_ok() {
-                    program.unload()?;
-                }
-            }
-        }
-        Ok(())
+        unload(&mut self.ebpf, &[TRACEPOINT])?;
+        unload(&mut self.ebpf, &IO_TRACEPOINTS)
     }
 
     /// The last send or receive the probe saw on the socket at kernel address `sk`, if
@@ -315,6 +310,19 @@ fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&str, &str)) -> Result<(), aya::progr
         .try_into()?;
     program.load()?;
     program.attach(tp.0, tp.1)?;
+    Ok(())
+}
+
+/// Detaches and unloads those of the programs for `tracepoints` that are loaded.
+fn unload(ebpf: &mut Ebpf, tracepoints: &[(&str, &str)]) -> Result<(), ProbeError> {
+    for (_, name) in tracepoints {
+        if let Some(program) = ebpf.program_mut(name) {
+            let program: &mut TracePoint = program.try_into()?;
+            if program.fd().is_ok() {
+                program.unload()?;
+            }
+        }
+    }
     Ok(())
 }
 
