@@ -68,18 +68,20 @@ fn parse_line(line: &str) -> Result<Option<(&str, usize, usize)>, FormatError> {
     }
 }
 
-/// Parses `events/sock/inet_sock_set_state/format`.
-pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
-    let mut found = [None::<usize>; FIELDS.len()];
-    let mut record_len = 0;
+/// The offsets of `fields` (name, required size) in a format file, in the same order.
+fn offsets<const N: usize>(
+    text: &str,
+    fields: &[(&'static str, usize); N],
+) -> Result<[usize; N], FormatError> {
+    let mut found = [None::<usize>; N];
     for line in text.lines() {
         let Some((name, offset, size)) = parse_line(line)? else {
             continue;
         };
-        let Some(i) = FIELDS.iter().position(|(n, _)| *n == name) else {
+        let Some(i) = fields.iter().position(|(n, _)| *n == name) else {
             continue;
         };
-        let (name, expected) = FIELDS[i];
+        let (name, expected) = fields[i];
         if size != expected {
             return Err(FormatError::Size {
                 name,
@@ -87,17 +89,28 @@ pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
                 expected,
             });
         }
-        let end = offset + size;
+        found[i] = Some(offset);
+    }
+    let mut at = [0; N];
+    for (i, (name, _)) in fields.iter().enumerate() {
+        at[i] = found[i].ok_or(FormatError::Missing(name))?;
+    }
+    Ok(at)
+}
+
+/// Parses `events/sock/inet_sock_set_state/format`.
+pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
+    let found = offsets(text, &FIELDS)?;
+    let mut record_len = 0;
+    let mut at = [0u16; FIELDS.len()];
+    for (i, (name, size)) in FIELDS.iter().enumerate() {
+        let end = found[i] + size;
         if end > MAX_RECORD_LEN {
             return Err(FormatError::TooFar { name, end });
         }
         record_len = record_len.max(end);
-        found[i] = Some(offset);
-    }
-    let mut at = [0u16; FIELDS.len()];
-    for (i, (name, _)) in FIELDS.iter().enumerate() {
         // Bounded by MAX_RECORD_LEN above, so the narrowing is exact.
-        at[i] = found[i].ok_or(FormatError::Missing(name))? as u16;
+        at[i] = found[i] as u16;
     }
     let [skaddr, oldstate, newstate, sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6] =
         at;
@@ -121,29 +134,16 @@ pub fn parse(text: &str) -> Result<FieldOffsets, FormatError> {
 /// the constant layout the probe reads those records with.
 pub fn check_io(text: &str) -> Result<(), FormatError> {
     let l = IO_LAYOUT;
-    let expected: [(&'static str, u16, usize); 5] = [
-        ("sk", l.sk, 8),
-        ("family", l.family, 2),
-        ("protocol", l.protocol, 2),
-        ("ret", l.ret, 4),
-        ("flags", l.flags, 4),
+    let fields = [
+        ("sk", 8),
+        ("family", 2),
+        ("protocol", 2),
+        ("ret", 4),
+        ("flags", 4),
     ];
-    let mut seen = [false; 5];
-    for line in text.lines() {
-        let Some((name, offset, size)) = parse_line(line)? else {
-            continue;
-        };
-        let Some(i) = expected.iter().position(|(n, ..)| *n == name) else {
-            continue;
-        };
-        let (name, at, want_size) = expected[i];
-        if size != want_size {
-            return Err(FormatError::Size {
-                name,
-                size,
-                expected: want_size,
-            });
-        }
+    let expected = [l.sk, l.family, l.protocol, l.ret, l.flags];
+    let found = offsets(text, &fields)?;
+    for ((name, _), (&offset, &at)) in fields.iter().zip(found.iter().zip(&expected)) {
         if offset != at as usize {
             return Err(FormatError::Moved {
                 name,
@@ -151,12 +151,8 @@ pub fn check_io(text: &str) -> Result<(), FormatError> {
                 expected: at as usize,
             });
         }
-        seen[i] = true;
     }
-    match seen.iter().position(|s| !s) {
-        Some(i) => Err(FormatError::Missing(expected[i].0)),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
