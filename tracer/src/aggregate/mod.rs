@@ -211,13 +211,12 @@ impl Table {
         });
         let closed = t.new == TcpState::Close.into();
 
-        let previous = match self.sockets.remove(&key) {
+        let previous = match self.remove(key) {
             Some(s) => Some(s),
             None => self.take_unnamed(&ends),
         };
         match previous {
             Some(prev) => {
-                self.per_state[prev.state.0 as usize] -= 1;
                 self.compact(prev.state);
                 let resolved = (prev.flagged && prev.state != t.new).then_some(Resolved {
                     key,
@@ -298,7 +297,8 @@ impl Table {
     }
 
     /// The socket under `key`.
-    pub fn get(&self, key: SocketKey) -> Option<&Socket> {
+    #[cfg(test)]
+    fn get(&self, key: SocketKey) -> Option<&Socket> {
         self.sockets.get(&key)
     }
 
@@ -312,12 +312,7 @@ impl Table {
     /// Drops a socket the kernel no longer has in the state the table thinks (its
     /// transition was lost, or is still on its way); a later transition brings it back.
     pub fn forget(&mut self, key: SocketKey) {
-        if let Some(s) = self.sockets.remove(&key) {
-            self.per_state[s.state.0 as usize] -= 1;
-            if let SocketKey::Snapshot(_) = key {
-                self.unnamed.remove(&s.ends);
-            }
-        }
+        self.remove(key);
     }
 
     /// Counts so far.
@@ -333,7 +328,18 @@ impl Table {
             return None;
         }
         let cookie = self.unnamed.remove(ends)?;
-        self.sockets.remove(&SocketKey::Snapshot(cookie))
+        self.remove(SocketKey::Snapshot(cookie))
+    }
+
+    /// Takes a socket out of the table and out of its per-state count (and, for a
+    /// snapshot socket, out of the sockets waiting to be named).
+    fn remove(&mut self, key: SocketKey) -> Option<Socket> {
+        let s = self.sockets.remove(&key)?;
+        self.per_state[s.state.0 as usize] -= 1;
+        if let SocketKey::Snapshot(_) = key {
+            self.unnamed.remove(&s.ends);
+        }
+        Some(s)
     }
 
     /// Inserts a socket the table did not hold, making room if it is full.
@@ -388,11 +394,7 @@ impl Table {
             order.truncate(n);
         }
         for (_, _, key) in order {
-            if let Some(s) = self.sockets.remove(&key) {
-                self.per_state[s.state.0 as usize] -= 1;
-                if let SocketKey::Snapshot(_) = key {
-                    self.unnamed.remove(&s.ends);
-                }
+            if let Some(s) = self.remove(key) {
                 self.stats.evicted += 1;
                 if s.flagged {
                     self.stats.evicted_stuck += 1;
