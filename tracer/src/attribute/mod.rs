@@ -334,4 +334,4 @@ fn listener_of<'a>(diag: &'a [DiagSocket], ends: &Endpoints) -> Option<&'a DiagS
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -77,7 +77,8 @@ fn diag(cookie: u64, ends: Endpoints, state: TcpState, inode: u64) -> DiagSocket
     }
 }
 
-fn java(pid: u32) -> ProcessInfo {
+/// A java broker's process facts; the output tests use it too.
+pub(crate) fn java(pid: u32) -> ProcessInfo {
     ProcessInfo {
         pid,
         comm: "java".into(),

@@ -943,7 +943,7 @@ mod tests {
     }
 
     fn leaked() -> (Socket, Ownership) {
-        use crate::{aggregate::Endpoints, attribute::procfs::ProcessInfo};
+        use crate::{aggregate::Endpoints, attribute::tests::java as java_process};
         let socket = Socket {
             id: 1,
             ends: Endpoints {
@@ -961,14 +961,7 @@ mod tests {
             flagged: true,
         };
         let java = |pid, fd| Owner {
-            process: ProcessInfo {
-                pid,
-                comm: "java".into(),
-                cmdline: "java -jar activemq.jar".into(),
-                uid: 1000,
-                fd_limit: Some(1024),
-                cgroup: Some("/system.slice/activemq.service".into()),
-            },
+            process: java_process(pid),
             fds: vec![fd],
             fd_count: 1013,
         };
