@@ -81,6 +81,11 @@ impl Comm {
         }
     }
 
+    /// The name's bytes, without the NUL padding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
     /// The name as text; bytes that are not UTF-8 are replaced.
     pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.bytes[..self.len as usize])

@@ -13,4 +13,5 @@ pub mod cli;
 pub mod decode;
 pub mod output;
 pub mod probe;
+pub mod record;
 pub mod watch;

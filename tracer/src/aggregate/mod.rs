@@ -24,6 +24,19 @@ pub struct Endpoints {
     pub dport: u16,
 }
 
+impl Endpoints {
+    /// The endpoints of the socket a transition is about.
+    pub fn of(t: &Transition) -> Self {
+        Endpoints {
+            family: t.family,
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+        }
+    }
+}
+
 /// How the table knows a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SocketKey {
@@ -198,13 +211,7 @@ impl Table {
     /// Applies one transition; returns the resolution of a flagged socket leaving its state.
     pub fn apply(&mut self, t: &Transition) -> Option<Resolved> {
         let key = SocketKey::Sk(t.sk);
-        let ends = Endpoints {
-            family: t.family,
-            saddr: t.saddr,
-            sport: t.sport,
-            daddr: t.daddr,
-            dport: t.dport,
-        };
+        let ends = Endpoints::of(t);
         let hint = runs_in_caller(t.old, t.new).then_some(PidHint {
             pid: t.pid,
             comm: t.comm,

@@ -1,0 +1,282 @@
+//! Reads a recording segment back, entry by entry, recovering what a crash or damage left.
+//!
+//! An entry is accepted only when its whole frame is there and its CRC matches. Anything
+//! else is damage: the reader notes where and how many bytes, then looks for the next
+//! valid entry byte by byte. A file that ends inside an entry (a crash, SIGKILL, or a
+//! recording still being written) has a torn tail; every entry before it is returned.
+
+use std::io::{self, Read};
+
+use super::{Entry, ENTRY_KINDS, FRAME_LEN, MAGIC, MAX_PAYLOAD, PROLOGUE_LEN, VERSION};
+
+/// Why a file cannot be read as a recording at all.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot read it: {0}")]
+    Io(#[from] io::Error),
+    #[error("it is empty")]
+    Empty,
+    #[error("it is not a tracer recording (it does not start with the recording's magic bytes)")]
+    NotARecording,
+    #[error("it ends inside its 12-byte prologue: the recording was cut before its first entry")]
+    Truncated,
+    #[error(
+        "it is a recording of format {major}.{minor}, newer than this tracer reads ({}.x); \
+         report it with a newer tracer",
+        VERSION.0
+    )]
+    Newer { major: u16, minor: u16 },
+}
+
+/// Bytes that did not hold valid entries; the reader went on past them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// Invalid bytes at `offset`, skipped up to the next valid entry (or the end).
+    Corrupt { offset: u64, bytes: u64 },
+    /// The file ends inside an entry starting at `offset`: cut by a crash, or still being
+    /// written.
+    TornTail { offset: u64, bytes: u64 },
+}
+
+/// What the reader met so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Valid entries returned.
+    pub entries: u64,
+    /// Valid entries of kinds this build does not know (from a newer tracer), skipped.
+    pub unknown: u64,
+    /// Damaged stretches, in file order.
+    pub damage: Vec<Damage>,
+}
+
+impl ReadStats {
+    /// Bytes lost to damage.
+    pub fn damaged_bytes(&self) -> u64 {
+        self.damage
+            .iter()
+            .map(|d| match d {
+                Damage::Corrupt { bytes, .. } | Damage::TornTail { bytes, .. } => *bytes,
+            })
+            .sum()
+    }
+}
+
+/// How much is read from the file at a time.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Reads the entries of one segment from `src`.
+pub struct Reader<R> {
+    src: R,
+    /// Bytes read and not yet consumed start at `buf[start]`.
+    buf: Vec<u8>,
+    start: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    version: (u16, u16),
+    stats: ReadStats,
+}
+
+/// What the bytes at the read position hold.
+enum Frame {
+    /// A valid entry of `len` payload bytes.
+    Valid(usize),
+    /// Fewer bytes than the frame says are left in the file, which is otherwise plausible.
+    Incomplete,
+    Invalid,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the prologue of `src`.
+    pub fn new(src: R) -> Result<Self, OpenError> {
+        let mut r = Reader {
+            src,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            base: 0,
+            eof: false,
+            version: (0, 0),
+            stats: ReadStats::default(),
+        };
+        if !r.fill(PROLOGUE_LEN)? {
+            let got = r.available();
+            return Err(match got {
+                0 => OpenError::Empty,
+                _ if r.buf[..got.min(MAGIC.len())] != MAGIC[..got.min(MAGIC.len())] => {
+                    OpenError::NotARecording
+                }
+                _ => OpenError::Truncated,
+            });
+        }
+        if r.buf[..MAGIC.len()] != MAGIC {
+            return Err(OpenError::NotARecording);
+        }
+        let major = u16::from_le_bytes([r.buf[8], r.buf[9]]);
+        let minor = u16::from_le_bytes([r.buf[10], r.buf[11]]);
+        if major != VERSION.0 {
+            return Err(OpenError::Newer { major, minor });
+        }
+        r.version = (major, minor);
+        r.start = PROLOGUE_LEN;
+        Ok(r)
+    }
+
+    /// The format version of the file.
+    pub fn version(&self) -> (u16, u16) {
+        self.version
+    }
+
+    /// What was read so far.
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    /// The next valid entry, or `None` at the end of the file. Damage is skipped and noted
+    /// in [`Reader::stats`]; only a failing read of the file is an error.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        loop {
+            match self.frame()? {
+                Frame::Valid(len) => {
+                    let at = self.offset();
+                    let payload = &self.buf[self.start + FRAME_LEN..self.start + FRAME_LEN + len];
+                    let kind = variant_index(payload);
+                    let entry = if kind.is_some_and(|k| k >= ENTRY_KINDS) {
+                        None
+                    } else {
+                        Some(postcard::from_bytes::<Entry>(payload))
+                    };
+                    self.start += FRAME_LEN + len;
+                    match entry {
+                        None => self.stats.unknown += 1,
+                        Some(Ok(e)) => {
+                            self.stats.entries += 1;
+                            return Ok(Some(e));
+                        }
+                        // A sound frame around a payload this build cannot decode.
+                        Some(Err(_)) => self.stats.damage.push(Damage::Corrupt {
+                            offset: at,
+                            bytes: (FRAME_LEN + len) as u64,
+                        }),
+                    }
+                }
+                Frame::Incomplete | Frame::Invalid if self.available() == 0 => return Ok(None),
+                first => {
+                    if !self.resync(matches!(first, Frame::Incomplete))? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Skips bytes from the read position to the next valid entry, noting the damage.
+    /// Returns false when the file ended first.
+    fn resync(&mut self, incomplete: bool) -> io::Result<bool> {
+        let offset = self.offset();
+        let mut skipped = 0u64;
+        loop {
+            self.start += 1;
+            skipped += 1;
+            if !self.fill(1)? {
+                // Nothing valid up to the end: a cut if the first bad frame only lacked
+                // its end (or was too short to hold a frame at all).
+                let torn = incomplete || skipped < FRAME_LEN as u64;
+                self.stats.damage.push(if torn {
+                    Damage::TornTail {
+                        offset,
+                        bytes: skipped,
+                    }
+                } else {
+                    Damage::Corrupt {
+                        offset,
+                        bytes: skipped,
+                    }
+                });
+                return Ok(false);
+            }
+            if let Frame::Valid(_) = self.frame()? {
+                self.stats.damage.push(Damage::Corrupt {
+                    offset,
+                    bytes: skipped,
+                });
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Looks at the frame at the read position, reading as much of it as the file has.
+    fn frame(&mut self) -> io::Result<Frame> {
+        if !self.fill(FRAME_LEN)? {
+            return Ok(Frame::Incomplete);
+        }
+        let b = &self.buf[self.start..];
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        // Every entry has at least one byte (its kind): a run of zeros is not a frame.
+        if len == 0 || len > MAX_PAYLOAD {
+            return Ok(Frame::Invalid);
+        }
+        if !self.fill(FRAME_LEN + len)? {
+            return Ok(Frame::Incomplete);
+        }
+        let payload = &self.buf[self.start + FRAME_LEN..self.start + FRAME_LEN + len];
+        Ok(if crc32fast::hash(payload) == crc {
+            Frame::Valid(len)
+        } else {
+            Frame::Invalid
+        })
+    }
+
+    fn available(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// File offset of the read position.
+    fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    /// Reads until `need` bytes are available from the read position; false if the file
+    /// ends first.
+    fn fill(&mut self, need: usize) -> io::Result<bool> {
+        while self.available() < need && !self.eof {
+            if self.start > 0 && self.start >= self.buf.len() / 2 {
+                self.buf.drain(..self.start);
+                self.base += self.start as u64;
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            let want = (need - self.available()).max(READ_CHUNK);
+            self.buf.resize(len + want, 0);
+            let got = loop {
+                match self.src.read(&mut self.buf[len..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            match got {
+                Ok(n) => {
+                    self.buf.truncate(len + n);
+                    self.eof = n == 0;
+                }
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.available() >= need)
+    }
+}
+
+/// The enum variant index postcard writes first: a varint.
+fn variant_index(payload: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for (i, &b) in payload.iter().take(5).enumerate() {
+        v |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}

@@ -1,0 +1,462 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::{
+    reader::{Damage, OpenError, Reader},
+    writer::{encode, prologue, segment_path, Recorder, RecordError, SEGMENTS},
+    *,
+};
+use crate::{
+    aggregate::{Endpoints, Origin, PidHint, Socket, SocketKey},
+    attribute::tests::java,
+    decode::{Comm, Family, IoOp, LastIo, State, Transition},
+};
+use tracer_common::TcpState;
+
+fn header(segment: u32) -> Header {
+    Header {
+        recording: 0x1234_5678_9abc_def0,
+        segment,
+        tracer_version: "0.1.0".into(),
+        kernel: "6.18.0".into(),
+        hostname: "broker-1".into(),
+        clock_offset_ns: 1_795_586_400_000_000_000,
+        started_ns: 5_000_000_000,
+        thresholds: vec![(TcpState::CloseWait as u8, 30_000)],
+        ports: vec![61616],
+        pid: None,
+        family: Some(FamilyEntry::Ipv6),
+        states: vec![],
+        max_sockets: 262_144,
+        checkpoint: 0,
+    }
+}
+
+fn transition(i: u64) -> Transition {
+    Transition {
+        ts_ns: 6_000_000_000 + i,
+        sk: 0xffff_8880_0abc_d000 + i * 0x100,
+        pid: 4242,
+        tid: 4243,
+        comm: Comm::from("java"),
+        family: if i.is_multiple_of(2) {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        },
+        saddr: if i.is_multiple_of(2) {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        },
+        sport: 61616,
+        daddr: if i.is_multiple_of(2) {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))
+        } else {
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 5).to_ipv6_mapped())
+        },
+        dport: 40000 + i as u16,
+        old: TcpState::Established.into(),
+        new: TcpState::CloseWait.into(),
+    }
+}
+
+fn socket(i: u64) -> Socket {
+    let t = transition(i);
+    Socket {
+        id: 0,
+        ends: Endpoints::of(&t),
+        state: TcpState::CloseWait.into(),
+        since_ns: t.ts_ns,
+        since_is_lower_bound: i.is_multiple_of(3),
+        origin: Origin::Accepted,
+        hint: Some(PidHint {
+            pid: 77,
+            comm: Comm::from("a-very-long-comm"),
+        }),
+        flagged: false,
+    }
+}
+
+fn ownership() -> Ownership {
+    Ownership {
+        held_by: crate::attribute::HeldBy::Fd,
+        owners: vec![crate::attribute::Owner {
+            process: java(4242),
+            fds: vec![12, 14],
+            fd_count: 1013,
+        }],
+        last_io: Some(LastIo {
+            ts_ns: 5_500_000_000,
+            pid: 4242,
+            comm: Comm::from("java"),
+            op: IoOp::Eof,
+        }),
+    }
+}
+
+/// One entry of every kind.
+fn every_kind() -> Vec<Entry> {
+    let s = socket(1);
+    vec![
+        Entry::Header(header(0)),
+        Entry::Socket(SocketEntry::new(SocketKey::Snapshot(99), &s)),
+        Entry::Transition((&transition(0)).into()),
+        Entry::Transition((&transition(1)).into()),
+        Entry::Owners(OwnersEntry::new(7_000_000_000, &s, &ownership())),
+        Entry::Stuck(StuckEntry {
+            ts_ns: 36_000_000_000,
+            key: KeyEntry::Sk(0xffff_8880_0abc_d100),
+            ends: s.ends.into(),
+            state: 8,
+            since_ns: 6_000_000_001,
+            threshold_ms: 30_000,
+        }),
+        Entry::Resolved(ResolvedEntry {
+            ts_ns: 40_000_000_000,
+            key: KeyEntry::Snapshot(99),
+            ends: s.ends.into(),
+            state: 8,
+            since_ns: 6_000_000_001,
+            new: 9,
+        }),
+        Entry::Lost {
+            ts_ns: 41_000_000_000,
+            total: 3,
+        },
+        Entry::Gap { entries: 1000 },
+        Entry::Stop(StopEntry {
+            ts_ns: 42_000_000_000,
+            events: 2,
+            lost: 3,
+            unrecorded: 1000,
+        }),
+    ]
+}
+
+fn file_of(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = prologue();
+    let mut ends = Vec::new();
+    for e in entries {
+        encode(e, &mut bytes);
+        ends.push(bytes.len());
+    }
+    (bytes, ends)
+}
+
+fn read_all(bytes: &[u8]) -> Result<(Vec<Entry>, super::reader::ReadStats), OpenError> {
+    let mut r = Reader::new(bytes)?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry().expect("reading a slice cannot fail") {
+        out.push(e);
+    }
+    Ok((out, r.stats().clone()))
+}
+
+#[test]
+fn every_entry_kind_round_trips() {
+    let entries = every_kind();
+    assert_eq!(entries.len() as u32, ENTRY_KINDS + 1, "one of each kind");
+    let (bytes, _) = file_of(&entries);
+    let (read, stats) = read_all(&bytes).unwrap();
+    assert_eq!(read, entries);
+    assert_eq!(stats.entries, entries.len() as u64);
+    assert!(stats.damage.is_empty() && stats.unknown == 0);
+    // The domain values come back whole.
+    let Entry::Transition(t) = &read[3] else {
+        panic!("{:?}", read[3])
+    };
+    assert_eq!(Transition::from(t), transition(1));
+    let Entry::Owners(o) = &read[4] else {
+        panic!()
+    };
+    assert_eq!(o.ownership(), ownership());
+    let Entry::Socket(s) = &read[1] else { panic!() };
+    assert_eq!(s.socket(), (SocketKey::Snapshot(99), socket(1)));
+}
+
+#[test]
+fn transitions_are_compact() {
+    let mut v4 = Vec::new();
+    encode(&Entry::Transition((&transition(0)).into()), &mut v4);
+    let mut v6 = Vec::new();
+    encode(&Entry::Transition((&transition(1)).into()), &mut v6);
+    // Frame included; a transition is 80 bytes in the ring buffer whatever its family.
+    assert!(v4.len() <= 52, "IPv4 transition takes {} bytes", v4.len());
+    assert!(v6.len() <= 76, "IPv6 transition takes {} bytes", v6.len());
+}
+
+#[test]
+fn a_cut_anywhere_keeps_every_complete_entry() {
+    let entries = every_kind();
+    let (bytes, ends) = file_of(&entries);
+    for cut in PROLOGUE_LEN..bytes.len() {
+        let (read, stats) = read_all(&bytes[..cut]).unwrap();
+        let complete = ends.iter().filter(|&&e| e <= cut).count();
+        assert_eq!(read, entries[..complete], "cut at {cut}");
+        let boundary = cut == PROLOGUE_LEN || ends.contains(&cut);
+        if boundary {
+            assert!(stats.damage.is_empty(), "cut at {cut}: {stats:?}");
+        } else {
+            let start = ends[..complete].last().copied().unwrap_or(PROLOGUE_LEN);
+            assert_eq!(
+                stats.damage,
+                vec![Damage::TornTail {
+                    offset: start as u64,
+                    bytes: (cut - start) as u64
+                }],
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupted_entry_is_skipped_and_the_rest_recovered() {
+    let entries = every_kind();
+    let (mut bytes, ends) = file_of(&entries);
+    // A flipped bit in the payload of the third entry.
+    bytes[ends[1] + FRAME_LEN + 3] ^= 0x10;
+    let (read, stats) = read_all(&bytes).unwrap();
+    let mut expected = entries.clone();
+    expected.remove(2);
+    assert_eq!(read, expected);
+    assert_eq!(
+        stats.damage,
+        vec![Damage::Corrupt {
+            offset: ends[1] as u64,
+            bytes: (ends[2] - ends[1]) as u64
+        }]
+    );
+}
+
+#[test]
+fn zeros_after_a_crash_are_damage_not_entries() {
+    let entries = every_kind();
+    let (mut bytes, _) = file_of(&entries);
+    let end = bytes.len();
+    bytes.extend_from_slice(&[0; 4096]);
+    let (read, stats) = read_all(&bytes).unwrap();
+    assert_eq!(read, entries);
+    assert_eq!(
+        stats.damage,
+        vec![Damage::Corrupt {
+            offset: end as u64,
+            bytes: 4096
+        }]
+    );
+    assert_eq!(stats.damaged_bytes(), 4096);
+}
+
+#[test]
+fn entries_of_a_newer_kind_are_skipped_and_counted() {
+    let mut bytes = prologue();
+    encode(&Entry::Gap { entries: 1 }, &mut bytes);
+    // Variant 200 with a payload: what a newer tracer might write.
+    let payload = [200u8, 1, 2, 3];
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    encode(&Entry::Gap { entries: 2 }, &mut bytes);
+    let (read, stats) = read_all(&bytes).unwrap();
+    assert_eq!(
+        read,
+        vec![Entry::Gap { entries: 1 }, Entry::Gap { entries: 2 }]
+    );
+    assert_eq!(stats.unknown, 1);
+    assert!(stats.damage.is_empty());
+}
+
+#[test]
+fn files_that_are_not_recordings_are_refused() {
+    let err = |b: &[u8]| read_all(b).unwrap_err().to_string();
+    assert_eq!(err(b""), "it is empty");
+    assert!(err(b"{\"type\":\"start\"}\n").contains("not a tracer recording"));
+    assert!(err(b"\x89tr").contains("cut before its first entry"));
+    assert!(err(b"\x89tracer\n\x01").contains("cut before its first entry"));
+    assert!(err(b"hello").contains("not a tracer recording"));
+    let mut newer = MAGIC.to_vec();
+    newer.extend_from_slice(&[2, 0, 7, 0]);
+    assert_eq!(
+        err(&newer),
+        "it is a recording of format 2.7, newer than this tracer reads (1.x); \
+         report it with a newer tracer"
+    );
+    // A prologue alone is a valid, empty recording.
+    assert_eq!(read_all(&prologue()).unwrap().0, vec![]);
+}
+
+/// A file in a fresh directory.
+fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+fn read_file(path: &std::path::Path) -> Vec<Entry> {
+    read_all(&std::fs::read(path).unwrap()).unwrap().0
+}
+
+#[test]
+fn recorder_writes_header_snapshot_entries_and_stop() {
+    let (_dir, path) = scratch("rec");
+    let snapshot = [SocketEntry::new(SocketKey::Snapshot(7), &socket(0))];
+    let mut r = Recorder::create(&path, None, header(0), &snapshot).unwrap();
+    r.transition(&transition(0));
+    r.owners(9, &socket(0), &ownership());
+    r.flush(10, std::iter::empty(), |_| None).unwrap();
+    r.transition(&transition(1));
+    let stop = StopEntry {
+        ts_ns: 11,
+        events: 2,
+        lost: 0,
+        unrecorded: 0,
+    };
+    r.finish(stop).unwrap();
+    let read = read_file(&path);
+    let mut h = header(0);
+    h.checkpoint = 1;
+    assert_eq!(
+        read,
+        vec![
+            Entry::Header(h),
+            Entry::Socket(snapshot[0]),
+            Entry::Transition((&transition(0)).into()),
+            Entry::Owners(OwnersEntry::new(9, &socket(0), &ownership())),
+            Entry::Transition((&transition(1)).into()),
+            Entry::Stop(stop),
+        ]
+    );
+}
+
+#[test]
+fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
+    let (_dir, path) = scratch("rec");
+    let budget = 64 << 10;
+    let mut r = Recorder::create(&path, Some(budget), header(0), &[]).unwrap();
+    let (k0, s0) = (SocketKey::Sk(1), socket(0));
+    let mut flagged = s0;
+    flagged.flagged = true;
+    let (k1, s1) = (SocketKey::Snapshot(5), flagged);
+    let o = ownership();
+    for i in 0..20_000 {
+        r.transition(&transition(i));
+        if i % 100 == 99 {
+            let table = [(k0, &s0), (k1, &s1)];
+            r.flush(i, table.into_iter(), |s| s.flagged.then_some(&o))
+                .unwrap();
+        }
+    }
+    r.finish(StopEntry {
+        ts_ns: 1,
+        events: 20_000,
+        lost: 0,
+        unrecorded: 0,
+    })
+    .unwrap();
+    assert!(!segment_path(&path, SEGMENTS).exists(), "at most {SEGMENTS} files");
+    let mut total = 0;
+    let mut segments = Vec::new();
+    for n in (0..SEGMENTS).rev() {
+        let p = if n == 0 {
+            path.clone()
+        } else {
+            segment_path(&path, n)
+        };
+        let len = std::fs::metadata(&p).unwrap().len();
+        total += len;
+        // A segment may pass its quarter by the last chunk (100 transitions here).
+        assert!(len <= budget / SEGMENTS + (8 << 10), "{} is {len} bytes", p.display());
+        let entries = read_file(&p);
+        let Entry::Header(h) = &entries[0] else {
+            panic!("{} starts with {:?}", p.display(), entries[0])
+        };
+        segments.push(h.segment);
+        if h.segment > 0 {
+            assert_eq!(h.checkpoint, 2);
+            assert_eq!(entries[1], Entry::Socket(SocketEntry::new(k0, &s0)));
+            assert_eq!(entries[2], Entry::Socket(SocketEntry::new(k1, &s1)));
+            assert!(matches!(&entries[3], Entry::Owners(e) if e.ownership() == o));
+        }
+    }
+    assert!(total <= budget + (32 << 10), "{total} bytes in all");
+    let first = segments[0];
+    assert!(first >= 3, "rotated several times: {segments:?}");
+    assert_eq!(segments, (first..first + 4).collect::<Vec<_>>());
+    assert!(matches!(
+        read_file(&path).last(),
+        Some(Entry::Stop(s)) if s.events == 20_000
+    ));
+}
+
+#[test]
+fn recorder_refuses_to_overwrite_other_files() {
+    let (_dir, path) = scratch("notes.txt");
+    std::fs::write(&path, "precious").unwrap();
+    let err = Recorder::create(&path, None, header(0), &[]).err().unwrap();
+    assert!(matches!(err, RecordError::NotARecording { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    // A sibling that rotation would overwrite counts too.
+    let (_dir, path) = scratch("rec");
+    std::fs::write(segment_path(&path, 2), "precious").unwrap();
+    assert!(Recorder::create(&path, Some(1 << 20), header(0), &[]).is_err());
+    // An earlier recording is replaced, its segments removed.
+    let (_dir, path) = scratch("rec");
+    std::fs::write(segment_path(&path, 1), prologue()).unwrap();
+    Recorder::create(&path, None, header(0), &[])
+        .unwrap()
+        .finish(StopEntry {
+            ts_ns: 0,
+            events: 0,
+            lost: 0,
+            unrecorded: 0,
+        })
+        .unwrap();
+    assert!(!segment_path(&path, 1).exists());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any bytes after a prologue: the reader ends, never panics, and accounts for every
+    /// byte as an entry or as damage.
+    #[test]
+    fn reader_survives_arbitrary_bytes(tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut bytes = prologue();
+        bytes.extend_from_slice(&tail);
+        let mut r = Reader::new(&bytes[..]).unwrap();
+        while r.next_entry().unwrap().is_some() {}
+        prop_assert!(r.stats().damaged_bytes() <= tail.len() as u64);
+    }
+
+    /// A valid recording with bytes overwritten: entries away from the damage come back
+    /// unchanged, and nothing that was not written comes back.
+    #[test]
+    fn reader_recovers_around_damage(
+        hits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let entries = every_kind();
+        let (mut bytes, ends) = file_of(&entries);
+        let body = bytes.len() - PROLOGUE_LEN;
+        let mut hit_at = Vec::new();
+        for (at, v) in &hits {
+            let at = PROLOGUE_LEN + at.index(body);
+            bytes[at] = *v;
+            hit_at.push(at);
+        }
+        let cut = PROLOGUE_LEN + cut.index(body + 1);
+        let (read, _) = read_all(&bytes[..cut]).unwrap();
+        for e in &read {
+            prop_assert!(entries.contains(e), "{e:?} was never written");
+        }
+        let mut start = PROLOGUE_LEN;
+        for (e, &end) in entries.iter().zip(&ends) {
+            if end <= cut && !hit_at.iter().any(|&h| (start..end).contains(&h)) {
+                prop_assert!(read.contains(e), "lost an intact entry {e:?}");
+            }
+            start = end;
+        }
+    }
+}
