@@ -1,7 +1,7 @@
 //! The command line: what users can ask for, and parsing of its values (durations, states,
 //! families). Every parse failure becomes a clap usage error: one line, exit status 2.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tracer_common::{TcpState, MAX_PORTS};
@@ -77,7 +77,21 @@ pub struct WatchArgs {
     /// notes for a quarter as many (104 bytes each).
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_sockets: u32,
+
+    /// Also record every transition, the sockets open at start, the owners found and every
+    /// stuck/resolved decision to FILE, for `tracer report` (see the README).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Disk space the recording may use, e.g. 256MiB or 10GiB (`off` for no limit). It is
+    /// split into 4 files, FILE and FILE.1 to FILE.3; the oldest is deleted as it rotates.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_record_size, requires = "record")]
+    pub record_max_size: RecordSize,
 }
+
+/// `--record-max-size`: a size in bytes, or no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSize(pub Option<u64>);
 
 /// `--close-wait`: a duration, or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,9 +190,9 @@ pub fn parse_stuck(s: &str) -> Result<(TcpState, Duration), String> {
     Ok((state, parse_duration(duration)?))
 }
 
-/// Parses a ring buffer size: `4096`, `64KiB`, `16MiB`, `1GiB` (also `K`, `M`, `G`, all
-/// binary). The kernel needs a power of two and a multiple of the page size.
-pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
+/// Parses a size in bytes: `4096`, `64KiB`, `16MiB`, `1GiB`, `2TiB` (also `K`, `M`, `G`,
+/// `T`, all binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -187,13 +201,34 @@ pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
         "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
         _ => return Err(format!("`{s}` is not a size like 64KiB, 16MiB or 1GiB")),
     };
-    let bytes = digits
+    digits
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_shl(shift).filter(|b| b >> shift == n))
-        .ok_or_else(|| format!("`{s}` is not a size like 64KiB, 16MiB or 1GiB"))?;
+        .ok_or_else(|| format!("`{s}` is not a size like 64KiB, 16MiB or 1GiB"))
+}
+
+/// Parses `--record-max-size`: a size of at least 4MiB (1MiB per file), or `off`.
+pub fn parse_record_size(s: &str) -> Result<RecordSize, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(RecordSize(None));
+    }
+    let bytes = parse_size(s)?;
+    if bytes < 4 << 20 {
+        return Err(format!(
+            "`{s}` is too small: a recording needs at least 4MiB (1MiB per file)"
+        ));
+    }
+    Ok(RecordSize(Some(bytes)))
+}
+
+/// Parses a ring buffer size (see [`parse_size`]). The kernel needs a power of two and a
+/// multiple of the page size.
+pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
+    let bytes = parse_size(s)?;
     if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
         return Err(format!("`{s}` must be a power of two from 4KiB to 1GiB"));
     }
@@ -260,6 +295,22 @@ mod tests {
         assert!(parse_buffer_size("99999999999999999999G")
             .unwrap_err()
             .contains("not a size"));
+        assert!(parse_buffer_size("1TiB")
+            .unwrap_err()
+            .contains("power of two"));
+    }
+
+    #[test]
+    fn record_options() {
+        let w = parse(&["watch", "--record", "/var/tmp/incident.rec"]).unwrap();
+        assert_eq!(w.record, Some(PathBuf::from("/var/tmp/incident.rec")));
+        assert_eq!(w.record_max_size, RecordSize(Some(1 << 30)));
+        let w = parse(&["watch", "--record", "r", "--record-max-size", "10GiB"]).unwrap();
+        assert_eq!(w.record_max_size, RecordSize(Some(10 << 30)));
+        let w = parse(&["watch", "--record", "r", "--record-max-size", "off"]).unwrap();
+        assert_eq!(w.record_max_size, RecordSize(None));
+        assert!(parse_record_size("1MiB").unwrap_err().contains("too small"));
+        assert_eq!(parse_record_size("3000000000"), Ok(RecordSize(Some(3_000_000_000))));
     }
 
     #[test]
@@ -367,6 +418,8 @@ mod tests {
             &["watch", "--stuck", "FIN_WAIT2:1s"],
             &["watch", "--summary-interval", "0s"],
             &["watch", "--max-sockets", "10"],
+            &["watch", "--record-max-size", "1GiB"],
+            &["watch", "--record", "r", "--record-max-size", "1000"],
             &["frobnicate"],
             &[
                 "watch", "--port=1", "--port=2", "--port=3", "--port=4", "--port=5", "--port=6",

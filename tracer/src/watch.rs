@@ -20,10 +20,13 @@ use crate::{
     cli::{Format, WatchArgs},
     decode::{self, Family, LastIo},
     output::{
-        monotonic_ns, summary, Attached, FilterInfo, Output, Rfc3339, SocketReport, StartInfo,
-        StopInfo, StopReason, WallClock,
+        monotonic_ns, summary, Attached, FilterInfo, Output, RecordInfo, Rfc3339, SocketReport,
+        StartInfo, StopInfo, StopReason, WallClock,
     },
     probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
+    record::{
+        writer::Recorder, Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
+    },
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -82,6 +85,35 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     table.seed(snapshot);
 
     let clock = WallClock::now();
+    let recorder = match &args.record {
+        Some(path) => {
+            let header = Header {
+                recording: random_id(),
+                segment: 0,
+                tracer_version: env!("CARGO_PKG_VERSION").to_owned(),
+                kernel: kernel_release(),
+                hostname: hostname(),
+                clock_offset_ns: clock.offset_ns() as i64,
+                started_ns: monotonic_ns(),
+                thresholds: thresholds
+                    .iter()
+                    .map(|(s, d)| (s as u8, d.as_millis() as u64))
+                    .collect(),
+                ports: filters.ports.clone(),
+                pid: filters.pid,
+                family: filters.family.map(Into::into),
+                states: filters.states.iter().map(|&s| s as u8).collect(),
+                max_sockets: args.max_sockets,
+                checkpoint: 0,
+            };
+            let snapshot: Vec<SocketEntry> = table
+                .sockets()
+                .map(|(k, s)| SocketEntry::new(k, s))
+                .collect();
+            Some(Recorder::create(path, args.record_max_size.0, header, &snapshot)?)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let color = args.format == Format::Text
         && io::stdout().is_terminal()
@@ -103,6 +135,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         next_attribution_ns: 0,
         attribution_failed: false,
         io_failed: false,
+        recorder,
         counts: Counts::default(),
     };
     let start = StartInfo {
@@ -142,6 +175,10 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         summary_interval_ms: args.summary_interval.as_millis() as u64,
         max_sockets: args.max_sockets as usize,
         existing_sockets,
+        record: args.record.as_ref().map(|p| RecordInfo {
+            path: p.display().to_string(),
+            max_bytes: args.record_max_size.0,
+        }),
     };
     if quiet_on_broken_pipe(session.output.start(&start))? {
         return Ok(());
@@ -191,7 +228,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             _ = flag_timer => session
                 .drain(ring.get_mut())
                 .and_then(|()| session.flag_due(&probe)),
-            _ = summaries.tick() => session.summary("interval"),
+            _ = summaries.tick() => session.summary("interval", monotonic_ns()),
         };
         if quiet_on_broken_pipe(step)? {
             return Ok(());
@@ -201,10 +238,13 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // Detach first: then the ring and the drop counter are final, and the totals account
     // for every transition the probe saw.
     probe.detach().context("detaching the probe failed")?;
+    let end_ns = monotonic_ns();
     let last = session
         .drain(ring.get_mut())
         .and_then(|()| session.check_lost(&probe))
-        .and_then(|()| session.summary("stop"));
+        .and_then(|()| session.summary("stop", end_ns));
+    // The recording is finished even when stdout has gone away.
+    let unrecorded = session.finish_recording(end_ns);
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
@@ -224,6 +264,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         peak_tracked: stats.peak,
         evicted: stats.evicted,
         evicted_stuck: stats.evicted_stuck,
+        unrecorded,
     };
     quiet_on_broken_pipe(session.output.stop(&stop))?;
     Ok(())
@@ -257,6 +298,8 @@ struct Session<W: Write, E: Write> {
     attribution_failed: bool,
     /// Reading the probe's last send/receive failed once (warned about).
     io_failed: bool,
+    /// `--record`: dropped (with a warning) if writing fails.
+    recorder: Option<Recorder>,
     counts: Counts,
 }
 
@@ -270,6 +313,9 @@ impl<W: Write, E: Write> Session<W, E> {
             match decode::decode(&item) {
                 Ok(t) => {
                     self.counts.events += 1;
+                    if let Some(r) = &mut self.recorder {
+                        r.transition(&t);
+                    }
                     if self.events {
                         self.output.transition(&t)?;
                     }
@@ -288,9 +334,42 @@ impl<W: Write, E: Write> Session<W, E> {
             }
         }
         if read_any {
-            self.output.flush()?;
+            self.flush()?;
         }
         Ok(())
+    }
+
+    /// Pushes output, and the recording's pending entries, out.
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(r) = &mut self.recorder {
+            let owners = &self.owners;
+            let flushed = r.flush(monotonic_ns(), self.table.sockets(), |s| {
+                owners.get(&s.id)
+            });
+            if let Err(e) = flushed {
+                eprintln!("tracer: warning: {e}; the live trace goes on");
+                self.recorder = None;
+            }
+        }
+        self.output.flush()
+    }
+
+    /// Writes the stop entry and closes the recording; returns the entries it left out.
+    fn finish_recording(&mut self, end_ns: u64) -> u64 {
+        let Some(r) = self.recorder.take() else {
+            return 0;
+        };
+        let unrecorded = r.unrecorded();
+        let stop = StopEntry {
+            ts_ns: end_ns,
+            events: self.counts.events,
+            lost: self.counts.lost,
+            unrecorded,
+        };
+        if let Err(e) = r.finish(stop) {
+            eprintln!("tracer: warning: {e}");
+        }
+        unrecorded
     }
 
     fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
@@ -298,6 +377,16 @@ impl<W: Write, E: Write> Session<W, E> {
             return Ok(());
         };
         self.counts.resolved += 1;
+        if let Some(rec) = &mut self.recorder {
+            rec.push(&Entry::Resolved(ResolvedEntry {
+                ts_ns: r.left_ns,
+                key: r.key.into(),
+                ends: r.socket.ends.into(),
+                state: r.socket.state.0,
+                since_ns: r.socket.since_ns,
+                new: r.new.0,
+            }));
+        }
         if !self.shown(&ownership, &r.socket) {
             return Ok(());
         }
@@ -360,12 +449,23 @@ impl<W: Write, E: Write> Session<W, E> {
             }
             ownership.last_io = self.last_io(probe, s.key.sk());
             self.counts.flagged += 1;
+            let threshold = self
+                .table
+                .thresholds()
+                .get(s.socket.state)
+                .unwrap_or_default();
+            if let Some(r) = &mut self.recorder {
+                r.push(&Entry::Stuck(StuckEntry {
+                    ts_ns: now,
+                    key: s.key.into(),
+                    ends: s.socket.ends.into(),
+                    state: s.socket.state.0,
+                    since_ns: s.socket.since_ns,
+                    threshold_ms: threshold.as_millis() as u64,
+                }));
+                r.owners(now, &s.socket, &ownership);
+            }
             if self.shown(&ownership, &s.socket) {
-                let threshold = self
-                    .table
-                    .thresholds()
-                    .get(s.socket.state)
-                    .unwrap_or_default();
                 let report = SocketReport {
                     key: s.key,
                     socket: &s.socket,
@@ -375,7 +475,7 @@ impl<W: Write, E: Write> Session<W, E> {
             }
             self.owners.insert(s.socket.id, ownership);
         }
-        self.output.flush()
+        self.flush()
     }
 
     /// The last send or receive on the socket at `sk`, if the probe saw one.
@@ -392,9 +492,8 @@ impl<W: Write, E: Write> Session<W, E> {
         }
     }
 
-    /// Writes the summary of the sockets stuck now.
-    fn summary(&mut self, reason: &'static str) -> io::Result<()> {
-        let now = monotonic_ns();
+    /// Writes the summary of the sockets stuck at monotonic `now`.
+    fn summary(&mut self, reason: &'static str, now: u64) -> io::Result<()> {
         let stuck: Vec<&Socket> = self.table.stuck().map(|(_, s)| s).collect();
         // Sockets evicted while flagged have no resolution to wait for.
         let live: HashSet<u64> = stuck.iter().map(|s| s.id).collect();
@@ -416,7 +515,7 @@ impl<W: Write, E: Write> Session<W, E> {
             .collect();
         self.output
             .summary(reason, &groups, self.table.stats(), states, now)?;
-        self.output.flush()
+        self.flush()
     }
 
     fn shown(&self, o: &Ownership, s: &Socket) -> bool {
@@ -427,9 +526,15 @@ impl<W: Write, E: Write> Session<W, E> {
     fn check_lost(&mut self, probe: &Probe) -> io::Result<()> {
         let total = probe.lost().map_err(io::Error::other)?;
         if total > self.counts.lost {
+            if let Some(r) = &mut self.recorder {
+                r.push(&Entry::Lost {
+                    ts_ns: monotonic_ns(),
+                    total,
+                });
+            }
             self.output.lost(total - self.counts.lost, total)?;
             self.counts.lost = total;
-            self.output.flush()?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -464,6 +569,20 @@ fn quiet_on_broken_pipe(r: io::Result<()>) -> anyhow::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
         Err(e) => Err(anyhow::Error::new(e).context("writing output failed")),
     }
+}
+
+/// A number that tells one recording's files from another's.
+fn random_id() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new()
+        .hash_one((SystemTime::now(), std::process::id()))
+}
+
+/// The machine's host name, for the recording's header.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The running kernel's release, as `uname -r` prints it.

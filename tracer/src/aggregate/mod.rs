@@ -297,10 +297,12 @@ impl Table {
 
     /// The sockets flagged now.
     pub fn stuck(&self) -> impl Iterator<Item = (SocketKey, &Socket)> {
-        self.sockets
-            .iter()
-            .filter(|(_, s)| s.flagged)
-            .map(|(k, s)| (*k, s))
+        self.sockets().filter(|(_, s)| s.flagged)
+    }
+
+    /// Every socket tracked.
+    pub fn sockets(&self) -> impl Iterator<Item = (SocketKey, &Socket)> {
+        self.sockets.iter().map(|(k, s)| (*k, s))
     }
 
     /// The socket under `key`.

@@ -42,12 +42,16 @@ impl WallClock {
         }
     }
 
-    /// A clock whose monotonic zero is `epoch_ns`.
-    #[cfg(test)]
+    /// A clock whose monotonic zero is `epoch_ns` (a recording's clock, in reports).
     pub fn with_offset(epoch_ns: i128) -> Self {
         Self {
             offset_ns: epoch_ns,
         }
+    }
+
+    /// Wall-clock time at monotonic zero, in ns since the epoch.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
     }
 
     /// The wall-clock time of monotonic `ts_ns`.
@@ -130,6 +134,16 @@ pub struct StartInfo {
     pub max_sockets: usize,
     /// Sockets found open at start (the snapshot).
     pub existing_sockets: usize,
+    /// The recording being written, if any.
+    pub record: Option<RecordInfo>,
+}
+
+/// Where `--record` writes.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordInfo {
+    pub path: String,
+    /// The disk budget of all its files; `null` for no limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// The probe's attachment.
@@ -192,6 +206,9 @@ pub struct StopInfo {
     pub peak_tracked: usize,
     pub evicted: u64,
     pub evicted_stuck: u64,
+    /// Entries the recording left out because the disk could not keep up (0 without
+    /// `--record`).
+    pub unrecorded: u64,
 }
 
 /// One line of JSON output.
@@ -666,6 +683,13 @@ impl<W: Write, E: Write> Output<W, E> {
                     "tracer: {watched}; {} open at start",
                     plural(info.existing_sockets, "socket")
                 )?;
+                if let Some(r) = &info.record {
+                    let budget = match r.max_bytes {
+                        Some(b) => format!("at most {} MiB in 4 files", b >> 20),
+                        None => "no size limit".to_owned(),
+                    };
+                    writeln!(self.status, "tracer: recording to {} ({budget})", r.path)?;
+                }
                 if info.mode == "events" {
                     writeln!(
                         self.out,
@@ -1158,6 +1182,7 @@ mod tests {
             peak_tracked: 12,
             evicted: 0,
             evicted_stuck: 0,
+            unrecorded: 0,
         };
         let (out, status) = render(Format::Json, |o| {
             o.lost(3, 3).unwrap();
@@ -1175,7 +1200,7 @@ mod tests {
         assert_eq!(
             lines[1],
             serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,"undecodable":0,"duration_ms":1500,
-                "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0})
+                "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0,"unrecorded":0})
         );
         assert!(
             status.starts_with("tracer: warning: 3 transitions lost (3 in all)"),

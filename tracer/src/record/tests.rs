@@ -10,7 +10,7 @@ use super::{
 use crate::{
     aggregate::{Endpoints, Origin, PidHint, Socket, SocketKey},
     attribute::tests::java,
-    decode::{Comm, Family, IoOp, LastIo, State, Transition},
+    decode::{Comm, Family, IoOp, LastIo, Transition},
 };
 use tracer_common::TcpState;
 
