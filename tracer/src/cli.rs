@@ -1,12 +1,15 @@
 //! The command line: what users can ask for, and parsing of its values (durations, states,
 //! families). Every parse failure becomes a clap usage error: one line, exit status 2.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tracer_common::{TcpState, MAX_PORTS};
 
-use crate::decode::Family;
+use crate::{decode::Family, report::replay::Target};
 
 /// Traces TCP state transitions with eBPF and finds the processes that leak sockets.
 #[derive(Debug, Parser)]
@@ -21,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Attach to the kernel and follow TCP sockets live (needs root).
     Watch(WatchArgs),
+    /// Rebuild an incident from a recording made with `watch --record` (no root needed).
+    Report(ReportArgs),
 }
 
 /// Options of `tracer watch`.
@@ -93,6 +98,61 @@ pub struct WatchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordSize(pub Option<u64>);
 
+/// Options of `tracer report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The recording (`watch --record FILE`); its rotated files FILE.1 to FILE.3 are read
+    /// with it.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Output format: human text, or JSON Lines with the live run's record types.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Flag sockets that stayed in CLOSE_WAIT this long (`off` to ignore it); default: the
+    /// live run's thresholds.
+    #[arg(long, value_name = "DURATION", value_parser = parse_threshold)]
+    pub close_wait: Option<Threshold>,
+
+    /// Also flag sockets that stayed in STATE this long, e.g. FIN_WAIT2=60s (repeatable).
+    #[arg(long, value_name = "STATE=DURATION", value_parser = parse_stuck)]
+    pub stuck: Vec<(TcpState, Duration)>,
+
+    /// Start of the window: a time (2026-11-25T03:00:00Z, UTC) or an offset from the
+    /// recording's start (10m).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub from: Option<TimeArg>,
+
+    /// End of the window, in the same forms as --from.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub to: Option<TimeArg>,
+
+    /// Keep sockets whose local or remote port is PORT (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Keep stuck sockets that process PID held, or last acted or sent/received on.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Print the whole life of one socket: its kernel address (0xffff...) or an ADDR:PORT
+    /// at either end ([::1]:61616 for IPv6).
+    #[arg(long, value_name = "SK|ADDR:PORT", value_parser = parse_target)]
+    pub timeline: Option<Target>,
+
+    /// How many worst offenders to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+/// `--from`/`--to`: a point in time, or an offset from the start of the recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeArg {
+    At(SystemTime),
+    After(Duration),
+}
+
 /// `--close-wait`: a duration, or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Threshold(pub Option<Duration>);
@@ -140,7 +200,9 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let cli = Cli::try_parse_from(args)?;
-        let Command::Watch(w) = &cli.command;
+        let Command::Watch(w) = &cli.command else {
+            return Ok(cli);
+        };
         if w.ports.len() > MAX_PORTS {
             return Err(Cli::command().error(
                 ErrorKind::TooManyValues,
@@ -235,6 +297,32 @@ pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
+/// Parses `--from`/`--to`: RFC 3339 in UTC (`2026-11-25T03:00:00Z`, `2026-11-25 03:00:00`)
+/// or a duration after the recording's start (`10m`).
+pub fn parse_time(s: &str) -> Result<TimeArg, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim()) {
+        return Ok(TimeArg::At(t));
+    }
+    humantime::parse_duration(s.trim())
+        .map(TimeArg::After)
+        .map_err(|_| {
+            format!("`{s}` is neither a time like 2026-11-25T03:00:00Z nor an offset like 10m")
+        })
+}
+
+/// Parses `--timeline`: `0x...` (a kernel address) or `ADDR:PORT`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let t = s.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16)
+            .map(Target::Sk)
+            .map_err(|_| format!("`{s}` is not a kernel address like 0xffff88800abcd000"));
+    }
+    t.parse()
+        .map(Target::Addr)
+        .map_err(|_| format!("`{s}` is neither a kernel address (0x...) nor ADDR:PORT"))
+}
+
 /// Parses a TCP state name: `CLOSE_WAIT`, `close-wait`, `TCP_CLOSE_WAIT` all work.
 pub fn parse_state(s: &str) -> Result<TcpState, String> {
     let norm = s.trim().to_ascii_uppercase().replace('-', "_");
@@ -253,9 +341,81 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<WatchArgs, clap::Error> {
-        let cli = Cli::try_parse_checked(std::iter::once("tracer").chain(args.iter().copied()))?;
-        let Command::Watch(w) = cli.command;
-        Ok(w)
+        match parse_cli(args)?.command {
+            Command::Watch(w) => Ok(w),
+            Command::Report(_) => panic!("{args:?} is not a watch command"),
+        }
+    }
+
+    fn parse_cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_checked(std::iter::once("tracer").chain(args.iter().copied()))
+    }
+
+    fn report(args: &[&str]) -> Result<ReportArgs, clap::Error> {
+        match parse_cli(args)?.command {
+            Command::Report(r) => Ok(r),
+            Command::Watch(_) => panic!("{args:?} is not a report command"),
+        }
+    }
+
+    #[test]
+    fn report_arguments() {
+        let r = report(&[
+            "report",
+            "rec",
+            "--format",
+            "json",
+            "--close-wait",
+            "5s",
+            "--stuck",
+            "FIN_WAIT2=1m",
+            "--from",
+            "2026-11-25T03:00:00Z",
+            "--to",
+            "15m",
+            "--port",
+            "61616",
+            "--pid",
+            "42",
+            "--timeline",
+            "[::1]:61616",
+        ])
+        .unwrap();
+        assert_eq!(r.file, PathBuf::from("rec"));
+        assert_eq!(r.format, Format::Json);
+        assert_eq!(r.close_wait, Some(Threshold(Some(Duration::from_secs(5)))));
+        assert_eq!(r.stuck, vec![(TcpState::FinWait2, Duration::from_secs(60))]);
+        assert_eq!(
+            r.from,
+            Some(TimeArg::At(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_575_600)
+            ))
+        );
+        assert_eq!(r.to, Some(TimeArg::After(Duration::from_secs(900))));
+        assert_eq!((r.ports, r.pid), (vec![61616], Some(42)));
+        assert_eq!(
+            r.timeline,
+            Some(Target::Addr("[::1]:61616".parse().unwrap()))
+        );
+        assert_eq!(r.top, 10);
+
+        let d = report(&["report", "rec"]).unwrap();
+        assert_eq!((d.close_wait, d.from, d.timeline), (None, None, None));
+        assert_eq!(
+            parse_target("0xffff88800abcd000"),
+            Ok(Target::Sk(0xffff_8880_0abc_d000))
+        );
+        for bad in [
+            &["report"][..],
+            &["report", "rec", "--timeline", "0xzz"],
+            &["report", "rec", "--timeline", "localhost"],
+            &["report", "rec", "--from", "yesterday"],
+            &["report", "rec", "--close-wait", "0s"],
+            &["report", "rec", "--port", "0"],
+        ] {
+            let err = parse_cli(bad).expect_err(&format!("{bad:?} must be refused"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -310,7 +470,10 @@ mod tests {
         let w = parse(&["watch", "--record", "r", "--record-max-size", "off"]).unwrap();
         assert_eq!(w.record_max_size, RecordSize(None));
         assert!(parse_record_size("1MiB").unwrap_err().contains("too small"));
-        assert_eq!(parse_record_size("3000000000"), Ok(RecordSize(Some(3_000_000_000))));
+        assert_eq!(
+            parse_record_size("3000000000"),
+            Ok(RecordSize(Some(3_000_000_000)))
+        );
     }
 
     #[test]

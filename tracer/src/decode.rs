@@ -38,7 +38,7 @@ impl Family {
 
 /// A TCP state as the kernel numbers it; numbers this build does not know are kept, not
 /// rejected, so a newer kernel's states still show up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct State(pub u8);
 
 impl State {

@@ -5,7 +5,8 @@
 //! [`probe`] (kernel program, ring buffer) -> [`decode`] (typed transitions) ->
 //! [`aggregate`] (the socket table; stuck sockets are decided in [`aggregate::stuck`]) ->
 //! [`attribute`] (owners from sock_diag and /proc) -> [`output`] (text or JSON Lines),
-//! driven by [`watch`]; [`cli`] is the command line.
+//! driven by [`watch`]; [`cli`] is the command line. With `--record`, [`record`] writes the
+//! transitions and decisions to disk, and [`report`] rebuilds an incident from them later.
 
 pub mod aggregate;
 pub mod attribute;
@@ -14,4 +15,5 @@ pub mod decode;
 pub mod output;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod watch;

@@ -24,9 +24,7 @@ use crate::{
         StartInfo, StopInfo, StopReason, WallClock,
     },
     probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
-    record::{
-        writer::Recorder, Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
-    },
+    record::{writer::Recorder, Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry},
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -110,7 +108,12 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 .sockets()
                 .map(|(k, s)| SocketEntry::new(k, s))
                 .collect();
-            Some(Recorder::create(path, args.record_max_size.0, header, &snapshot)?)
+            Some(Recorder::create(
+                path,
+                args.record_max_size.0,
+                header,
+                &snapshot,
+            )?)
         }
         None => None,
     };
@@ -343,9 +346,7 @@ impl<W: Write, E: Write> Session<W, E> {
     fn flush(&mut self) -> io::Result<()> {
         if let Some(r) = &mut self.recorder {
             let owners = &self.owners;
-            let flushed = r.flush(monotonic_ns(), self.table.sockets(), |s| {
-                owners.get(&s.id)
-            });
+            let flushed = r.flush(monotonic_ns(), self.table.sockets(), |s| owners.get(&s.id));
             if let Err(e) = flushed {
                 eprintln!("tracer: warning: {e}; the live trace goes on");
                 self.recorder = None;
@@ -503,7 +504,9 @@ impl<W: Write, E: Write> Session<W, E> {
             .into_iter()
             .filter_map(|s| {
                 let o = self.owners.get(&s.id)?;
-                shown(owner_pid, o, s).then_some((s, Some(o)))
+                owner_pid
+                    .is_none_or(|pid| o.involves(pid, s))
+                    .then_some((s, Some(o)))
             })
             .collect();
         let attributor = &mut self.attributor;
@@ -518,8 +521,9 @@ impl<W: Write, E: Write> Session<W, E> {
         self.flush()
     }
 
+    /// Whether `--pid` (in watch mode) lets a socket through.
     fn shown(&self, o: &Ownership, s: &Socket) -> bool {
-        shown(self.owner_pid, o, s)
+        self.owner_pid.is_none_or(|pid| o.involves(pid, s))
     }
 
     /// Reports growth of the probe's drop counter.
@@ -537,19 +541,6 @@ impl<W: Write, E: Write> Session<W, E> {
             self.flush()?;
         }
         Ok(())
-    }
-}
-
-/// Whether `--pid` (in watch mode) lets a socket through: the process holds it, or was
-/// the last to act on it or to send or receive on it.
-fn shown(owner_pid: Option<u32>, o: &Ownership, s: &Socket) -> bool {
-    match owner_pid {
-        None => true,
-        Some(pid) => {
-            o.owners.iter().any(|w| w.process.pid == pid)
-                || s.hint.is_some_and(|h| h.pid == pid)
-                || o.last_io.is_some_and(|io| io.pid == pid)
-        }
     }
 }
 
@@ -574,8 +565,7 @@ fn quiet_on_broken_pipe(r: io::Result<()>) -> anyhow::Result<bool> {
 /// A number that tells one recording's files from another's.
 fn random_id() -> u64 {
     use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new()
-        .hash_one((SystemTime::now(), std::process::id()))
+    std::collections::hash_map::RandomState::new().hash_one((SystemTime::now(), std::process::id()))
 }
 
 /// The machine's host name, for the recording's header.

@@ -306,9 +306,20 @@ impl Table {
     }
 
     /// The socket under `key`.
-    #[cfg(test)]
-    fn get(&self, key: SocketKey) -> Option<&Socket> {
+    pub fn get(&self, key: SocketKey) -> Option<&Socket> {
         self.sockets.get(&key)
+    }
+
+    /// Puts back a socket as a recording's checkpoint describes it (a snapshot socket
+    /// waits, as in [`Table::seed`], to be named by a transition).
+    pub fn restore(&mut self, key: SocketKey, socket: Socket) {
+        if let Some(old) = self.remove(key) {
+            self.compact(old.state);
+        }
+        if let SocketKey::Snapshot(cookie) = key {
+            self.unnamed.insert(socket.ends, cookie);
+        }
+        self.insert(key, socket);
     }
 
     /// Sockets tracked per state, for states that have any.

@@ -17,7 +17,7 @@ use std::{
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Endpoints, Origin, SnapshotSocket},
+    aggregate::{Endpoints, Origin, SnapshotSocket, Socket},
     decode::{Family, LastIo, State},
 };
 use procfs::{Holding, ProcFs, ProcessInfo};
@@ -129,6 +129,16 @@ pub struct Ownership {
     /// The last process seen sending or receiving on it (from the probe, not from here):
     /// a hint beside the holders, and the only name left when none is found.
     pub last_io: Option<LastIo>,
+}
+
+impl Ownership {
+    /// Whether process `pid` holds `socket`, or was the last to act on it from a system
+    /// call or to send or receive on it: what `--pid` selects stuck sockets by.
+    pub fn involves(&self, pid: u32, socket: &Socket) -> bool {
+        self.owners.iter().any(|w| w.process.pid == pid)
+            || socket.hint.is_some_and(|h| h.pid == pid)
+            || self.last_io.is_some_and(|io| io.pid == pid)
+    }
 }
 
 /// Names owners through a [`System`].

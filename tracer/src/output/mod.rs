@@ -639,8 +639,28 @@ impl<W: Write, E: Write> Output<W, E> {
     }
 
     fn json(&mut self, record: &Record<'_>) -> io::Result<()> {
+        self.write_json(record)
+    }
+
+    /// Writes one JSON line of a record type defined elsewhere (the report's own).
+    pub fn write_json<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")
+    }
+
+    /// The format being written.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The data stream, for text sections written elsewhere (the report's tables).
+    pub fn out(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// The clock records are dated by.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
     }
 
     /// Announces the attached probe; in text mode also prints the column header when
@@ -762,7 +782,7 @@ impl<W: Write, E: Write> Output<W, E> {
 }
 
 /// `06:33:10` of a wall-clock time (UTC).
-fn clock_of(t: SystemTime) -> String {
+pub(crate) fn clock_of(t: SystemTime) -> String {
     let s = Rfc3339(t).to_string();
     s.get(11..19).unwrap_or(&s).to_owned()
 }
@@ -788,7 +808,7 @@ fn at_least(lower_bound: bool) -> &'static str {
     }
 }
 
-fn plural(n: usize, what: &str) -> String {
+pub(crate) fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
@@ -796,7 +816,7 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-fn port_text(p: ServicePort) -> String {
+pub(crate) fn port_text(p: ServicePort) -> String {
     match p {
         ServicePort::Local(port) => format!(":{port}"),
         ServicePort::Remote(addr, port) => SocketAddr::new(addr, port).to_string(),
@@ -804,7 +824,7 @@ fn port_text(p: ServicePort) -> String {
 }
 
 /// `fds 1013/1024 (99%)`, or `fds 12 (no limit)`.
-fn fd_usage(count: usize, limit: Option<u64>) -> String {
+pub(crate) fn fd_usage(count: usize, limit: Option<u64>) -> String {
     match limit {
         Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
         _ => format!("fds {count} (no limit)"),
@@ -812,7 +832,7 @@ fn fd_usage(count: usize, limit: Option<u64>) -> String {
 }
 
 /// `127.0.0.1:61616 <- 127.0.0.1:40000`: the arrow points from the side that connected.
-fn endpoints(s: &Socket) -> String {
+pub(crate) fn endpoints(s: &Socket) -> String {
     let arrow = match s.origin {
         Origin::Accepted => "<-",
         Origin::Connected => "->",

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::{
     reader::{Damage, OpenError, Reader},
-    writer::{encode, prologue, segment_path, Recorder, RecordError, SEGMENTS},
+    writer::{encode, prologue, segment_path, RecordError, Recorder, SEGMENTS},
     *,
 };
 use crate::{
@@ -168,9 +168,7 @@ fn every_entry_kind_round_trips() {
         panic!("{:?}", read[3])
     };
     assert_eq!(Transition::from(t), transition(1));
-    let Entry::Owners(o) = &read[4] else {
-        panic!()
-    };
+    let Entry::Owners(o) = &read[4] else { panic!() };
     assert_eq!(o.ownership(), ownership());
     let Entry::Socket(s) = &read[1] else { panic!() };
     assert_eq!(s.socket(), (SocketKey::Snapshot(99), socket(1)));
@@ -355,7 +353,10 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
         unrecorded: 0,
     })
     .unwrap();
-    assert!(!segment_path(&path, SEGMENTS).exists(), "at most {SEGMENTS} files");
+    assert!(
+        !segment_path(&path, SEGMENTS).exists(),
+        "at most {SEGMENTS} files"
+    );
     let mut total = 0;
     let mut segments = Vec::new();
     for n in (0..SEGMENTS).rev() {
@@ -367,7 +368,11 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
         let len = std::fs::metadata(&p).unwrap().len();
         total += len;
         // A segment may pass its quarter by the last chunk (100 transitions here).
-        assert!(len <= budget / SEGMENTS + (8 << 10), "{} is {len} bytes", p.display());
+        assert!(
+            len <= budget / SEGMENTS + (8 << 10),
+            "{} is {len} bytes",
+            p.display()
+        );
         let entries = read_file(&p);
         let Entry::Header(h) = &entries[0] else {
             panic!("{} starts with {:?}", p.display(), entries[0])

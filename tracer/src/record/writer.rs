@@ -267,9 +267,7 @@ impl Recorder {
         match self.tx.as_ref().map(|tx| tx.try_send(msg)) {
             Some(Ok(())) => Ok(true),
             Some(Err(TrySendError::Full(_))) => Ok(false),
-            Some(Err(TrySendError::Disconnected(_))) | None => {
-                self.join().and(Err(self.stopped()))
-            }
+            Some(Err(TrySendError::Disconnected(_))) | None => self.join().and(Err(self.stopped())),
         }
     }
 

@@ -1,0 +1,160 @@
+//! Finds a recording's segments and reads their entries in order, saying what was damaged
+//! or missing instead of failing.
+
+use std::{
+    fs::File,
+    io::{self, BufReader},
+    path::{Path, PathBuf},
+};
+
+use crate::record::{
+    reader::{Damage, OpenError, ReadStats, Reader},
+    writer::{segment_path, SEGMENTS},
+    Entry, Header,
+};
+
+/// Why a recording cannot be reported at all.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot report {}: {source}", path.display())]
+    Open { path: PathBuf, source: OpenError },
+    #[error("cannot report {}: no entry could be read from it", path.display())]
+    NothingRead { path: PathBuf },
+    #[error(
+        "cannot report {}: its header entry is damaged, so its times cannot be placed",
+        path.display()
+    )]
+    NoHeader { path: PathBuf },
+    #[error("reading {} failed: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// One segment file, opened.
+pub struct Segment {
+    pub path: PathBuf,
+    pub header: Header,
+    reader: Reader<BufReader<File>>,
+    /// Whether it follows the previous segment read, so its checkpoint restates sockets
+    /// already known.
+    pub continues: bool,
+}
+
+/// The segments of the recording at `path`, oldest first: `path` and the rotated files
+/// beside it (`path.1` to `path.3`) that belong to the same recording. Unreadable rotated
+/// files are skipped with a warning in `warnings`.
+pub fn segments(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Segment>, InputError> {
+    let mut found = vec![open(path)?];
+    let recording = found[0].header.recording;
+    for n in 1..SEGMENTS {
+        let p = segment_path(path, n);
+        if !p.exists() {
+            continue;
+        }
+        match open(&p) {
+            Ok(s) if s.header.recording == recording => found.push(s),
+            Ok(_) => warnings.push(format!(
+                "{} belongs to another recording; left out",
+                p.display()
+            )),
+            Err(e) => warnings.push(format!("{e}; left out")),
+        }
+    }
+    found.sort_by_key(|s| s.header.segment);
+    for i in 0..found.len() {
+        let prev = i.checked_sub(1).map(|p| found[p].header.segment);
+        let seg = found[i].header.segment;
+        found[i].continues = prev.is_some_and(|p| p + 1 == seg);
+        if i == 0 && seg > 0 {
+            warnings.push(format!(
+                "the recording's first {seg} segment(s) were rotated away; it starts at {}",
+                found[i].path.display()
+            ));
+        } else if let Some(p) = prev.filter(|&p| p + 1 != seg) {
+            warnings.push(format!(
+                "segments {} to {} of the recording are missing; sockets are taken again from \
+                 the checkpoint of {}",
+                p + 1,
+                seg - 1,
+                found[i].path.display()
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Opens one segment and reads its header.
+fn open(path: &Path) -> Result<Segment, InputError> {
+    let file = File::open(path).map_err(|e| InputError::Open {
+        path: path.to_owned(),
+        source: OpenError::Io(e),
+    })?;
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|source| {
+        InputError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let first = reader.next_entry().map_err(|source| InputError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    match first {
+        Some(Entry::Header(header)) => Ok(Segment {
+            path: path.to_owned(),
+            header,
+            reader,
+            continues: false,
+        }),
+        Some(_) => Err(InputError::NoHeader {
+            path: path.to_owned(),
+        }),
+        None => Err(InputError::NothingRead {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+impl Segment {
+    /// The next entry after the header.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, InputError> {
+        self.reader.next_entry().map_err(|source| InputError::Read {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// What reading found, once done.
+    pub fn stats(&self) -> &ReadStats {
+        self.reader.stats()
+    }
+
+    /// One line per damaged stretch, for the warnings.
+    pub fn damage_report(&self) -> Vec<String> {
+        let stats = self.reader.stats();
+        let mut lines: Vec<String> = stats
+            .damage
+            .iter()
+            .map(|d| match *d {
+                Damage::TornTail { offset, bytes } => format!(
+                    "{} ends inside an entry ({bytes} bytes at offset {offset}): the recording \
+                     was cut (crash or kill) or is still being written; the {} entries before \
+                     it were recovered",
+                    self.path.display(),
+                    stats.entries
+                ),
+                Damage::Corrupt { offset, bytes } => format!(
+                    "{}: {bytes} damaged bytes at offset {offset} skipped; reading went on after them",
+                    self.path.display()
+                ),
+            })
+            .collect();
+        if stats.unknown > 0 {
+            lines.push(format!(
+                "{}: {} entries of kinds this tracer does not know (written by a newer one) skipped",
+                self.path.display(),
+                stats.unknown
+            ));
+        }
+        lines
+    }
+}

@@ -1,0 +1,509 @@
+//! The report over a synthetic recording with known answers, and over damaged files.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
+
+use serde_json::Value;
+use tracer_common::TcpState::{self, *};
+
+use crate::{
+    cli::{Cli, Command},
+    decode::{Comm, Family, Transition},
+    record::{
+        writer::{encode, prologue},
+        *,
+    },
+};
+
+const S: u64 = 1_000_000_000;
+/// 2026-11-25T06:00:00Z at monotonic zero.
+const EPOCH: i64 = 1_795_586_400 * 1_000_000_000;
+const A: u64 = 0xa0;
+const B: u64 = 0xb0;
+
+fn ends(dport: u16) -> EndsEntry {
+    EndsEntry {
+        family: FamilyEntry::Ipv4,
+        saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        sport: 61616,
+        daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+        dport,
+    }
+}
+
+fn tr(ts_ns: u64, sk: u64, dport: u16, old: TcpState, new: TcpState) -> Entry {
+    let e = ends(dport);
+    Entry::Transition(
+        (&Transition {
+            ts_ns,
+            sk,
+            pid: 0,
+            tid: 0,
+            comm: Comm::from("swapper/0"),
+            family: Family::Ipv4,
+            saddr: e.saddr,
+            sport: e.sport,
+            daddr: e.daddr,
+            dport: e.dport,
+            old: old.into(),
+            new: new.into(),
+        })
+            .into(),
+    )
+}
+
+fn owners(ts_ns: u64, dport: u16, since_ns: u64, fd: i32, eof: bool) -> Entry {
+    Entry::Owners(OwnersEntry {
+        ts_ns,
+        ends: ends(dport),
+        state: CloseWait as u8,
+        since_ns,
+        held_by: HeldByEntry::Fd,
+        owners: vec![OwnerEntry {
+            pid: 4242,
+            comm: "java".into(),
+            cmdline: "java -jar activemq.jar".into(),
+            uid: 1000,
+            fd_limit: Some(1024),
+            cgroup: None,
+            fds: vec![fd],
+            fd_count: 1013,
+        }],
+        last_io: eof.then_some(IoEntry {
+            ts_ns: since_ns + S / 2,
+            task: TaskEntry {
+                pid: 4242,
+                comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
+            op: IoOpEntry::Eof,
+        }),
+    })
+}
+
+/// A broker at :61616: a connection open before the start (41000), one that leaks in
+/// CLOSE_WAIT from 3s (A, 40001, whose EOF java read), one stuck from 4s to 40s (B, 40002).
+fn incident() -> Vec<Entry> {
+    vec![
+        Entry::Header(Header {
+            recording: 0xfeed,
+            segment: 0,
+            tracer_version: "0.1.0".into(),
+            kernel: "6.18.0".into(),
+            hostname: "broker-1".into(),
+            clock_offset_ns: EPOCH,
+            started_ns: S,
+            thresholds: vec![(CloseWait as u8, 30_000)],
+            ports: vec![],
+            pid: None,
+            family: None,
+            states: vec![],
+            max_sockets: 1024,
+            checkpoint: 1,
+        }),
+        Entry::Socket(SocketEntry {
+            key: KeyEntry::Snapshot(7),
+            ends: ends(41000),
+            state: Established as u8,
+            since_ns: S / 2,
+            since_is_lower_bound: true,
+            origin: OriginEntry::Accepted,
+            hint: None,
+        }),
+        tr(2 * S, A, 40001, SynRecv, Established),
+        tr(3 * S, A, 40001, Established, CloseWait),
+        tr(4 * S, B, 40002, Established, CloseWait),
+        Entry::Stuck(StuckEntry {
+            ts_ns: 33 * S + 200,
+            key: KeyEntry::Sk(A),
+            ends: ends(40001),
+            state: CloseWait as u8,
+            since_ns: 3 * S,
+            threshold_ms: 30_000,
+        }),
+        owners(33 * S + 200, 40001, 3 * S, 12, true),
+        owners(34 * S + 200, 40002, 4 * S, 14, false),
+        tr(40 * S, B, 40002, CloseWait, LastAck),
+        Entry::Resolved(ResolvedEntry {
+            ts_ns: 40 * S,
+            key: KeyEntry::Sk(B),
+            ends: ends(40002),
+            state: CloseWait as u8,
+            since_ns: 4 * S,
+            new: LastAck as u8,
+        }),
+        tr(40 * S + 1_000_000, B, 40002, LastAck, Close),
+        Entry::Stop(StopEntry {
+            ts_ns: 60 * S,
+            events: 5,
+            lost: 0,
+            unrecorded: 0,
+        }),
+    ]
+}
+
+fn bytes_of(entries: &[Entry]) -> Vec<u8> {
+    let mut b = prologue();
+    for e in entries {
+        encode(e, &mut b);
+    }
+    b
+}
+
+/// Runs `tracer report FILE ARGS --format json` on `bytes`; the records, or the error.
+fn report_bytes(bytes: &[u8], args: &[&str]) -> Result<Vec<Value>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    std::fs::write(&path, bytes).unwrap();
+    report_file(&path, args)
+}
+
+fn report_file(path: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
+    let path = path.to_str().unwrap();
+    let mut argv = vec!["tracer", "report", path, "--format", "json"];
+    argv.extend_from_slice(args);
+    let Command::Report(r) = Cli::try_parse_checked(argv).unwrap().command else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    super::run(&r, &mut out, io::sink()).map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
+}
+
+fn report(args: &[&str]) -> Vec<Value> {
+    report_bytes(&bytes_of(&incident()), args).unwrap()
+}
+
+fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == t).collect()
+}
+
+/// (dport, age_ms or stuck_ms) of the stuck or resolved records.
+fn sockets(records: &[Value], t: &str, ms: &str) -> Vec<(u64, u64)> {
+    of_type(records, t)
+        .iter()
+        .map(|r| (r["dport"].as_u64().unwrap(), r[ms].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn rebuilds_stuck_sockets_owners_and_durations() {
+    let r = report(&[]);
+    let types: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "report",
+            "stuck",
+            "stuck",
+            "resolved",
+            "summary",
+            "offender",
+            "transitions",
+            "state_times"
+        ]
+    );
+    let info = &r[0];
+    assert_eq!(info["host"], "broker-1");
+    assert_eq!(info["start"], "2026-11-25T06:00:01.000000000Z");
+    assert_eq!(info["end"], "2026-11-25T06:01:00.000000000Z");
+    assert_eq!(info["thresholds"], serde_json::json!({"CLOSE_WAIT": 30000}));
+    assert_eq!(info["live"]["stuck"], 1);
+    assert_eq!(info["live"]["stopped"], true);
+    assert_eq!(info["warnings"], serde_json::json!([]));
+
+    assert_eq!(
+        sockets(&r, "stuck", "age_ms"),
+        [(40001, 30_000), (40002, 30_000)]
+    );
+    let a = &r[1];
+    assert_eq!(a["time"], "2026-11-25T06:00:33.000000000Z");
+    assert_eq!(a["owner"]["pid"], 4242);
+    assert_eq!(a["owner"]["fds"], serde_json::json!([12]));
+    assert_eq!(a["last_io"]["op"], "eof");
+    assert_eq!(r[2]["owner"]["fds"], serde_json::json!([14]));
+    assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
+    assert_eq!(r[3]["new"], "LAST_ACK");
+
+    let summary = &r[4];
+    assert_eq!(summary["reason"], "end");
+    assert_eq!(summary["stuck"], 1);
+    assert_eq!(summary["groups"][0]["oldest_ms"], 57_000);
+    assert_eq!(summary["groups"][0]["eof_read"], 1);
+
+    let off = &r[5];
+    assert_eq!(
+        (
+            &off["pid"],
+            &off["stuck"],
+            &off["longest_ms"],
+            &off["eof_read"]
+        ),
+        (&4242.into(), &2.into(), &57_000.into(), &1.into())
+    );
+    assert_eq!(off["ports"], serde_json::json!([":61616"]));
+
+    let counts: Vec<(String, String, u64)> = r[6]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["old"].as_str().unwrap().to_owned(),
+                c["new"].as_str().unwrap().to_owned(),
+                c["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let c = |o: &str, n: &str, k| (o.to_owned(), n.to_owned(), k);
+    assert_eq!(
+        counts,
+        [
+            c("ESTABLISHED", "CLOSE_WAIT", 2),
+            c("SYN_RECV", "ESTABLISHED", 1),
+            c("CLOSE_WAIT", "LAST_ACK", 1),
+            c("LAST_ACK", "CLOSE", 1)
+        ]
+    );
+    let times = r[7]["states"].as_array().unwrap();
+    let stay = |state: &str| {
+        times
+            .iter()
+            .find(|t| t["state"] == state)
+            .map(|t| (t["stays"].as_u64().unwrap(), t["max_us"].as_u64().unwrap()))
+    };
+    // Within the histogram's 3 significant figures.
+    assert!(matches!(stay("ESTABLISHED"), Some((1, us)) if us.abs_diff(1_000_000) < 1000));
+    assert!(matches!(stay("CLOSE_WAIT"), Some((1, us)) if us.abs_diff(36_000_000) < 36_000));
+    assert!(matches!(stay("LAST_ACK"), Some((1, us)) if us.abs_diff(1000) < 2));
+    assert_eq!(times.len(), 3);
+}
+
+#[test]
+fn thresholds_are_chosen_at_report_time() {
+    let r = report(&["--close-wait", "5s"]);
+    assert_eq!(
+        sockets(&r, "stuck", "age_ms"),
+        [(40001, 5000), (40002, 5000)]
+    );
+    assert_eq!(r[1]["time"], "2026-11-25T06:00:08.000000000Z");
+    // The owners the live run found for the same stays.
+    assert_eq!(r[1]["owner"]["pid"], 4242);
+    assert_eq!(r[0]["recorded_thresholds"]["CLOSE_WAIT"], 30_000);
+
+    let r = report(&["--close-wait", "off", "--stuck", "ESTABLISHED=100ms"]);
+    assert_eq!(r[0]["thresholds"], serde_json::json!({"ESTABLISHED": 100}));
+    // The snapshot socket (a lower bound) and A, which stayed 1s.
+    let stuck = of_type(&r, "stuck");
+    assert_eq!(
+        stuck
+            .iter()
+            .map(|s| s["dport"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [41000, 40001]
+    );
+    assert_eq!(stuck[0]["age_is_lower_bound"], true);
+    assert_eq!(
+        stuck[1]["owner"],
+        Value::Null,
+        "the live run never flagged it"
+    );
+    assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40001, 1000)]);
+}
+
+#[test]
+fn window_and_filters() {
+    let r = report(&["--to", "35s"]);
+    assert_eq!(r[0]["end"], "2026-11-25T06:00:36.000000000Z");
+    assert_eq!(sockets(&r, "stuck", "age_ms").len(), 2);
+    assert!(of_type(&r, "resolved").is_empty());
+    let summary = of_type(&r, "summary")[0];
+    assert_eq!(summary["stuck"], 2);
+    assert_eq!(summary["groups"][0]["oldest_ms"], 33_000);
+
+    let r = report(&["--from", "2026-11-25T06:00:35Z"]);
+    assert!(of_type(&r, "stuck").is_empty());
+    assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
+    // Only transitions inside the window are counted.
+    assert_eq!(
+        of_type(&r, "transitions")[0]["counts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let r = report(&["--port", "40002"]);
+    assert_eq!(sockets(&r, "stuck", "age_ms"), [(40002, 30_000)]);
+    assert_eq!(of_type(&r, "summary")[0]["stuck"], 0);
+
+    let r = report(&["--pid", "999"]);
+    assert!(of_type(&r, "stuck").is_empty() && of_type(&r, "offender").is_empty());
+    let r = report(&["--pid", "4242"]);
+    assert_eq!(of_type(&r, "stuck").len(), 2);
+}
+
+#[test]
+fn timeline_of_one_socket() {
+    let r = report(&["--timeline", "0xb0"]);
+    let seen: Vec<String> = r[1..]
+        .iter()
+        .map(|r| match r["type"].as_str().unwrap() {
+            "transition" => format!(
+                "{}->{}",
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap()
+            ),
+            t => t.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "ESTABLISHED->CLOSE_WAIT",
+            "stuck",
+            "CLOSE_WAIT->LAST_ACK",
+            "resolved",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    assert_eq!(r[1]["sk"], "0xb0");
+
+    let r = report(&["--timeline", "10.0.0.9:41000"]);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1]["type"], "existing");
+    assert_eq!(r[1]["state"], "ESTABLISHED");
+}
+
+#[test]
+fn text_report_reads_like_the_live_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    std::fs::write(&path, bytes_of(&incident())).unwrap();
+    let argv = ["tracer", "report", path.to_str().unwrap()];
+    let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    super::run(&args, &mut out, io::sink()).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    for want in [
+        "(host broker-1, kernel 6.18.0, tracer 0.1.0)",
+        "2026-11-25T06:00:01.000000000Z to 2026-11-25T06:01:00.000000000Z (59s), 5 transitions, 0 lost",
+        "flagging CLOSE_WAIT after 30s (the live run: CLOSE_WAIT after 30s)",
+        "06:00:33 STUCK CLOSE_WAIT for 30s 127.0.0.1:61616 -- 10.0.0.9:40001 java[4242] fd 12, fds 1013/1024 (98%), uid 1000; java[4242] read end of stream 29s ago and kept the socket",
+        "06:00:40 RESOLVED CLOSE_WAIT -> LAST_ACK after 36s",
+        "java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest 57s), fds 1013/1024 (98%); read end of stream on 1 and kept them",
+        "1. java[4242]: 2 sockets stuck (2 CLOSE_WAIT) on :61616, longest 57s; read end of stream on 1 and kept them; fds 1013/1024 (98%)",
+        "  ESTABLISHED -> CLOSE_WAIT             2",
+        "  CLOSE_WAIT            1       36s       36s       36s       36s",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn damaged_recordings_give_what_they_hold() {
+    let full = bytes_of(&incident());
+    // Cut inside the stop entry, as SIGKILL during a write would.
+    let r = report_bytes(&full[..full.len() - 3], &[]).unwrap();
+    let warnings = r[0]["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("ends inside an entry")
+            && warnings[0]
+                .as_str()
+                .unwrap()
+                .contains("the 11 entries before it were recovered"),
+        "{warnings:?}"
+    );
+    assert!(warnings[1].as_str().unwrap().contains("no stop entry"));
+    // Without the stop, the recording ends at its last transition; A is still stuck.
+    assert_eq!(r[0]["end"], "2026-11-25T06:00:40.001000000Z");
+    assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
+
+    // Garbage in the middle costs the entries it hit, not the rest.
+    let mut hit = full.clone();
+    let at = hit.len() / 2;
+    hit[at..at + 4].copy_from_slice(b"\xde\xad\xbe\xef");
+    let r = report_bytes(&hit, &[]).unwrap();
+    assert!(r[0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("damaged bytes at offset"));
+    assert_eq!(r[0]["live"]["stopped"], true);
+
+    for (bytes, want) in [
+        (&b""[..], "it is empty"),
+        (b"CLOSE_WAIT 130\n", "it is not a tracer recording"),
+        (&full[..7], "cut before its first entry"),
+        (&full[..PROLOGUE_LEN + 5], "no entry could be read"),
+        (
+            b"\x89tracer\n\x02\x00\x00\x00",
+            "format 2.0, newer than this tracer reads",
+        ),
+    ] {
+        let err = report_bytes(bytes, &[]).unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert!(err.starts_with("cannot report "), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+    let err = report_file(Path::new("/nonexistent/incident.rec"), &[]).unwrap_err();
+    assert!(err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn rotated_segments_are_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    let all = incident();
+    // Segment 0 up to B's entry into CLOSE_WAIT; segment 1 restates the table and goes on.
+    let mut seg1 = vec![Entry::Header(Header {
+        segment: 1,
+        started_ns: 10 * S,
+        checkpoint: 2,
+        ..match &all[0] {
+            Entry::Header(h) => h.clone(),
+            _ => unreachable!(),
+        }
+    })];
+    for (sk, dport, since) in [(A, 40001, 3 * S), (B, 40002, 4 * S)] {
+        seg1.push(Entry::Socket(SocketEntry {
+            key: KeyEntry::Sk(sk),
+            ends: ends(dport),
+            state: CloseWait as u8,
+            since_ns: since,
+            since_is_lower_bound: false,
+            origin: OriginEntry::Unknown,
+            hint: None,
+        }));
+    }
+    seg1.extend_from_slice(&all[5..]);
+    std::fs::write(writer::segment_path(&path, 1), bytes_of(&all[..5])).unwrap();
+    std::fs::write(&path, bytes_of(&seg1)).unwrap();
+    let whole = report(&[]);
+    let r = report_file(&path, &[]).unwrap();
+    assert_eq!(r[0]["segments"], serde_json::json!([0, 1]));
+    assert_eq!(r[1..], whole[1..], "two segments report as one file");
+
+    // With the first segment rotated away, the checkpoint stands in for it.
+    std::fs::remove_file(writer::segment_path(&path, 1)).unwrap();
+    let r = report_file(&path, &[]).unwrap();
+    assert!(r[0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("first 1 segment(s) were rotated away"));
+    assert_eq!(
+        sockets(&r, "stuck", "age_ms"),
+        [(40001, 30_000), (40002, 30_000)]
+    );
+    assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
+}
