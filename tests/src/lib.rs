@@ -5,8 +5,8 @@
 //! are skipped and pass, except under CI (`CI` set), where skipping is a failure.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    net::{IpAddr, SocketAddr, TcpListener},
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -172,6 +172,12 @@ impl Tracer {
         (status, stderr)
     }
 
+    /// SIGKILL, as a crash would end it; returns the exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        wait_exit(&mut self.child)
+    }
+
     /// SIGINT, then checks a clean exit and the stop record; returns the records.
     pub fn stop(mut self) -> Vec<Value> {
         let (status, stderr) = self.stop_with(libc::SIGINT);
@@ -307,4 +313,36 @@ pub fn socket_of(seen: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> Str
         .unwrap_or_else(|| panic!("no transition for {what} in {seen:#?}"))
         .sk
         .clone()
+}
+
+/// A client that connects, reads the greeting, and closes. The server then reads the end
+/// of stream when `read_eof`, else only peeks at it.
+pub fn client_session(
+    ip: IpAddr,
+    port: u16,
+    listener: &TcpListener,
+    read_eof: bool,
+) -> (TcpStream, u16) {
+    let mut client = TcpStream::connect((ip, port)).expect("connect");
+    let client_port = client.local_addr().expect("client addr").port();
+    let (mut server, _) = listener.accept().expect("accept");
+    server.write_all(b"hi").expect("greet");
+    let mut buf = [0u8; 2];
+    client.read_exact(&mut buf).expect("read greeting");
+    drop(client);
+    // Reaching EOF proves the FIN arrived: the server side is in CLOSE_WAIT now.
+    if read_eof {
+        assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+    } else {
+        assert_eq!(server.peek(&mut buf).expect("peek EOF"), 0);
+    }
+    (server, client_port)
+}
+
+/// `count` leaked server sockets (CLOSE_WAIT, still open here) and their client ports.
+/// The server read the end of stream on the first and only peeked at it on the others.
+pub fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<(TcpStream, u16)> {
+    (0..count)
+        .map(|i| client_session(ip, port, listener, i == 0))
+        .collect()
 }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd,
     sync::mpsc,
@@ -14,44 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{bound_socket, finish, listen, privileged, spawn_tracer, Tracer, DEADLINE};
+use integration_tests::{
+    bound_socket, client_session, finish, leak, listen, privileged, spawn_tracer, Tracer, DEADLINE,
+};
 use serde_json::Value;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 const THRESHOLD_MS: u64 = 2000;
-
-/// A client that connects, reads the greeting, and closes. The server then reads the end
-/// of stream when `read_eof`, else only peeks at it.
-fn client_session(
-    ip: IpAddr,
-    port: u16,
-    listener: &TcpListener,
-    read_eof: bool,
-) -> (TcpStream, u16) {
-    let mut client = TcpStream::connect((ip, port)).expect("connect");
-    let client_port = client.local_addr().expect("client addr").port();
-    let (mut server, _) = listener.accept().expect("accept");
-    server.write_all(b"hi").expect("greet");
-    let mut buf = [0u8; 2];
-    client.read_exact(&mut buf).expect("read greeting");
-    drop(client);
-    // Reaching EOF proves the FIN arrived: the server side is in CLOSE_WAIT now.
-    if read_eof {
-        assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
-    } else {
-        assert_eq!(server.peek(&mut buf).expect("peek EOF"), 0);
-    }
-    (server, client_port)
-}
-
-/// `count` leaked server sockets (CLOSE_WAIT, still open here) and their client ports.
-/// The server read the end of stream on the first and only peeked at it on the others.
-fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<(TcpStream, u16)> {
-    (0..count)
-        .map(|i| client_session(ip, port, listener, i == 0))
-        .collect()
-}
 
 fn records_of<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == kind).collect()

@@ -13,7 +13,7 @@ use super::{Entry, ENTRY_KINDS, FRAME_LEN, MAGIC, MAX_PAYLOAD, PROLOGUE_LEN, VER
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot read it: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("it is empty")]
     Empty,
     #[error("it is not a tracer recording (it does not start with the recording's magic bytes)")]
@@ -26,6 +26,13 @@ pub enum OpenError {
         VERSION.0
     )]
     Newer { major: u16, minor: u16 },
+}
+
+// Not `#[from]`: that would also make the error its source, and the message says it already.
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
 }
 
 /// Bytes that did not hold valid entries; the reader went on past them.

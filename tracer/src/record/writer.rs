@@ -36,15 +36,15 @@ const SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// Why recording failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("cannot create the recording {}: {source}", path.display())]
-    Create { path: PathBuf, source: io::Error },
+    #[error("cannot create the recording {}: {error}", path.display())]
+    Create { path: PathBuf, error: io::Error },
     #[error(
         "{} exists and is not a tracer recording; refusing to overwrite it (choose another file)",
         path.display()
     )]
     NotARecording { path: PathBuf },
-    #[error("writing the recording {} failed: {source}; recording stopped", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
+    Write { path: PathBuf, error: io::Error },
 }
 
 /// Appends `entry` to `out` as one frame.
@@ -114,9 +114,9 @@ impl Recorder {
             refuse_foreign(&old)?;
             let _ = fs::remove_file(old);
         }
-        let file = File::create(path).map_err(|source| RecordError::Create {
+        let file = File::create(path).map_err(|error| RecordError::Create {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         header.checkpoint = snapshot.len() as u32;
         let mut first = prologue();
@@ -129,9 +129,9 @@ impl Recorder {
         let thread = thread::Builder::new()
             .name("tracer-record".into())
             .spawn(move || write_loop(&thread_path, file, rx))
-            .map_err(|source| RecordError::Create {
+            .map_err(|error| RecordError::Create {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         let mut r = Recorder {
             path: path.to_owned(),
@@ -284,16 +284,16 @@ impl Recorder {
     fn stopped(&self) -> RecordError {
         RecordError::Write {
             path: self.path.clone(),
-            source: io::Error::other("the writer thread ended"),
+            error: io::Error::other("the writer thread ended"),
         }
     }
 }
 
 /// The writer thread: appends chunks, syncs, rotates.
 fn write_loop(path: &Path, mut file: File, rx: Receiver<Msg>) -> Result<(), RecordError> {
-    let fail = |source| RecordError::Write {
+    let fail = |error| RecordError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut synced = Instant::now();
     let mut dirty = false;
@@ -355,10 +355,10 @@ fn refuse_foreign(path: &Path) -> Result<(), RecordError> {
     let n = match OpenOptions::new().read(true).open(path) {
         Ok(mut f) => f.read(&mut magic).unwrap_or(0),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
+        Err(error) => {
             return Err(RecordError::Create {
                 path: path.to_owned(),
-                source,
+                error,
             })
         }
     };

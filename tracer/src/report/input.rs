@@ -16,8 +16,8 @@ use crate::record::{
 /// Why a recording cannot be reported at all.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot report {}: {source}", path.display())]
-    Open { path: PathBuf, source: OpenError },
+    #[error("cannot report {}: {error}", path.display())]
+    Open { path: PathBuf, error: OpenError },
     #[error("cannot report {}: no entry could be read from it", path.display())]
     NothingRead { path: PathBuf },
     #[error(
@@ -25,8 +25,8 @@ pub enum InputError {
         path.display()
     )]
     NoHeader { path: PathBuf },
-    #[error("reading {} failed: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading {} failed: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
 }
 
 /// One segment file, opened.
@@ -86,17 +86,16 @@ pub fn segments(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Segment>,
 fn open(path: &Path) -> Result<Segment, InputError> {
     let file = File::open(path).map_err(|e| InputError::Open {
         path: path.to_owned(),
-        source: OpenError::Io(e),
+        error: OpenError::Io(e),
     })?;
-    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|source| {
-        InputError::Open {
+    let mut reader =
+        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|error| InputError::Open {
             path: path.to_owned(),
-            source,
-        }
-    })?;
-    let first = reader.next_entry().map_err(|source| InputError::Read {
+            error,
+        })?;
+    let first = reader.next_entry().map_err(|error| InputError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     match first {
         Some(Entry::Header(header)) => Ok(Segment {
@@ -117,9 +116,9 @@ fn open(path: &Path) -> Result<Segment, InputError> {
 impl Segment {
     /// The next entry after the header.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, InputError> {
-        self.reader.next_entry().map_err(|source| InputError::Read {
+        self.reader.next_entry().map_err(|error| InputError::Read {
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 

@@ -146,6 +146,15 @@ impl Replay {
     /// Applies one entry. `Socket` entries restore the checkpoint of a segment that does
     /// not follow the previous one; the caller skips them otherwise.
     pub fn entry(&mut self, entry: Entry, first_segment: bool) {
+        // Without a stop entry, the recording lasted at least to its latest entry.
+        let seen = match &entry {
+            Entry::Owners(o) => o.ts_ns,
+            Entry::Stuck(s) => s.ts_ns,
+            Entry::Resolved(r) => r.ts_ns,
+            Entry::Lost { ts_ns, .. } => *ts_ns,
+            _ => 0,
+        };
+        self.last_ns = self.last_ns.max(seen);
         match entry {
             Entry::Transition(e) => self.transition(Transition::from(&e)),
             Entry::Socket(s) => self.restore(&s, first_segment),

@@ -1,0 +1,407 @@
+//! Recording and reporting on real sockets: a live run records a leak, then `tracer report`
+//! run as an unprivileged user rebuilds the same stuck sockets, owners and durations. Also
+//! a recording cut by SIGKILL and a torn write, and rotation under real traffic.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream},
+    os::unix::{
+        fs::PermissionsExt,
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    bound_socket, client_session, leak, listen, privileged, tracer_bin, Tracer, DEADLINE,
+};
+use serde_json::Value;
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+/// The user the reports run as: no privileges at all.
+const NOBODY: u32 = 65534;
+
+/// A directory the unprivileged user can read.
+fn scratch_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    dir
+}
+
+/// `tracer report FILE --format json ARGS` as user `uid`: exit status, records, stderr.
+fn report_as(uid: u32, file: &Path, args: &[&str]) -> (ExitStatus, Vec<Value>, String) {
+    let out = Command::new(tracer_bin())
+        .arg("report")
+        .arg(file)
+        .args(["--format", "json"])
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("run tracer report");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 report");
+    let records = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("report line not JSON ({e}): {l}"))
+        })
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status, records, stderr)
+}
+
+fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == kind).collect()
+}
+
+/// What must agree between the live run and the report about one socket, by `sk`.
+fn by_socket(records: &[Value], kind: &str, fields: &[&str]) -> BTreeMap<String, Vec<Value>> {
+    of_type(records, kind)
+        .into_iter()
+        .map(|r| {
+            let sk = r["sk"].as_str().unwrap_or_else(|| panic!("sk in {r}"));
+            (
+                sk.to_owned(),
+                fields
+                    .iter()
+                    .map(|f| r.pointer(f).cloned().unwrap_or_default())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn report_matches_live_run(test: &str, ip: IpAddr) {
+    if !privileged(test) {
+        return;
+    }
+    let dir = scratch_dir();
+    let rec = dir.path().join("incident.rec");
+    let (socket, port) = bound_socket(ip);
+    let listener = listen(socket);
+    let mut tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--close-wait",
+        "1s",
+        "--summary-interval",
+        "1h",
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    assert_eq!(tracer.records[0]["record"]["path"], rec.to_str().unwrap());
+
+    // One session that behaves, three that leak; then the server closes one leak late.
+    let (server, _) = client_session(ip, port, &listener, true);
+    drop(server);
+    let mut leaked = leak(ip, port, &listener, 3);
+    tracer.wait_for("three stuck records", |r| of_type(r, "stuck").len() >= 3);
+    drop(leaked.remove(1));
+    tracer.wait_for("one resolution", |r| !of_type(r, "resolved").is_empty());
+    let live = tracer.stop();
+
+    let (status, report, stderr) = report_as(NOBODY, &rec, &[]);
+    assert!(status.success(), "report as nobody failed: {stderr}");
+    assert!(!stderr.contains("warning"), "a clean recording: {stderr}");
+    let info = &report[0];
+    assert_eq!(info["type"], "report");
+    assert_eq!(info["live"]["stopped"], true);
+    assert_eq!(info["warnings"], serde_json::json!([]));
+    let stop = live.last().unwrap();
+    assert_eq!(
+        info["transitions"], stop["events"],
+        "every transition recorded"
+    );
+
+    // The same stuck sockets with the same owners, fds and last send/receive.
+    let fields = [
+        "/dport",
+        "/owner/pid",
+        "/owner/fds",
+        "/held_by",
+        "/last_io/op",
+        "/last_io/pid",
+    ];
+    let live_stuck = by_socket(&live, "stuck", &fields);
+    assert_eq!(live_stuck.len(), 3, "{live:#?}");
+    assert_eq!(by_socket(&report, "stuck", &fields), live_stuck);
+    for r in of_type(&report, "stuck") {
+        assert_eq!(r["owner"]["pid"], std::process::id(), "{r}");
+        // The report dates a flag at the threshold; the live run a moment after it.
+        assert_eq!(r["age_ms"], 1000, "{r}");
+    }
+    for r in of_type(&live, "stuck") {
+        assert!(r["age_ms"].as_u64().unwrap() >= 1000, "{r}");
+    }
+    // The same resolution, to the millisecond.
+    let fields = ["/stuck_ms", "/new", "/owner/pid"];
+    let live_resolved = by_socket(&live, "resolved", &fields);
+    assert_eq!(live_resolved.len(), 1);
+    assert_eq!(by_socket(&report, "resolved", &fields), live_resolved);
+    // The same sockets still stuck at the end, as old.
+    let groups = |records: &[Value], reason: &str| {
+        let s = of_type(records, "summary")
+            .into_iter()
+            .rfind(|s| s["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} summary"))
+            .clone();
+        let g: Vec<_> = s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["pid"].clone(),
+                    g["count"].clone(),
+                    g["oldest_ms"].clone(),
+                    g["eof_read"].clone(),
+                    g["port"].clone(),
+                )
+            })
+            .collect();
+        g
+    };
+    let live_groups = groups(&live, "stop");
+    assert_eq!(live_groups.len(), 1);
+    assert_eq!(live_groups[0].1, 2);
+    assert_eq!(groups(&report, "end"), live_groups);
+
+    let offender = of_type(&report, "offender");
+    assert_eq!(offender[0]["pid"], std::process::id());
+    assert_eq!(offender[0]["stuck"], 3);
+    assert_eq!(
+        offender[0]["ports"],
+        serde_json::json!([format!(":{port}")])
+    );
+    let counts = &of_type(&report, "transitions")[0]["counts"];
+    let count = |old: &str, new: &str| {
+        counts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["old"] == old && c["new"] == new)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("ESTABLISHED", "CLOSE_WAIT"), 4, "{counts}");
+    assert_eq!(count("CLOSE_WAIT", "LAST_ACK"), 2, "{counts}");
+
+    // A lower threshold at report time finds the same leaks, and the owners of each stay.
+    let (status, low, _) = report_as(NOBODY, &rec, &["--close-wait", "100ms"]);
+    assert!(status.success());
+    let stuck = of_type(&low, "stuck");
+    assert_eq!(stuck.len(), 3, "{low:#?}");
+    assert!(stuck
+        .iter()
+        .all(|r| r["age_ms"] == 100 && r["owner"]["pid"] == std::process::id()));
+    // The timeline of the resolved socket: its whole life, in order.
+    let sk = live_resolved.keys().next().unwrap();
+    let (status, life, _) = report_as(NOBODY, &rec, &["--timeline", sk]);
+    assert!(status.success());
+    let steps: Vec<String> = life[1..]
+        .iter()
+        .map(|r| match r["type"].as_str().unwrap() {
+            "transition" => format!(
+                "{}->{}",
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap()
+            ),
+            t => t.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "stuck",
+            "CLOSE_WAIT->LAST_ACK",
+            "resolved",
+            "LAST_ACK->CLOSE"
+        ],
+        "{life:#?}"
+    );
+    drop(leaked);
+}
+
+#[test]
+fn report_as_nobody_matches_the_live_run_ipv4() {
+    report_matches_live_run("report_as_nobody_matches_the_live_run_ipv4", V4);
+}
+
+#[test]
+fn report_as_nobody_matches_the_live_run_ipv6() {
+    report_matches_live_run("report_as_nobody_matches_the_live_run_ipv6", V6);
+}
+
+/// Waits until `tracer report` of `rec` satisfies `done`; returns those records.
+fn wait_for_report(rec: &Path, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, records, stderr) = report_as(0, rec, &[]);
+        if done(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {DEADLINE:?} for {what} in the recording; stderr: {stderr}; {records:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_and_torn_recordings_keep_what_was_written() {
+    if !privileged("killed_and_torn_recordings_keep_what_was_written") {
+        return;
+    }
+    let dir = scratch_dir();
+    let rec = dir.path().join("killed.rec");
+    let (socket, port) = bound_socket(V4);
+    let listener = listen(socket);
+    let mut tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--close-wait",
+        "500ms",
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    let leaked = leak(V4, port, &listener, 1);
+    tracer.wait_for("the stuck record", |r| !of_type(r, "stuck").is_empty());
+    // The decision reaches the disk through the writer thread, a moment after stdout.
+    wait_for_report(&rec, "the stuck socket and its owner", |r| {
+        of_type(r, "stuck")
+            .first()
+            .is_some_and(|s| s["owner"]["pid"] == std::process::id())
+    });
+    let status = tracer.kill();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+
+    // A write cut in the middle of an entry, as a crash leaves it.
+    let len = fs::metadata(&rec).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&rec)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let (status, report, stderr) = report_as(NOBODY, &rec, &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("ends inside an entry"), "{stderr}");
+    assert!(stderr.contains("were recovered"), "{stderr}");
+    assert!(stderr.contains("no stop entry"), "{stderr}");
+    let stuck = of_type(&report, "stuck");
+    // The leak is still found from the transitions; its owners were the last entry, which
+    // the cut may have taken.
+    assert_eq!(stuck.len(), 1, "{report:#?}");
+    assert_eq!(stuck[0]["dport"], leaked[0].1);
+
+    // Nothing readable: one line, exit status 1.
+    let bad = dir.path().join("bad.rec");
+    for (bytes, want) in [
+        (&fs::read(&rec).unwrap()[..10], "cut before its first entry"),
+        (
+            &b"Proto Recv-Q Send-Q Local Address\n"[..],
+            "not a tracer recording",
+        ),
+    ] {
+        fs::write(&bad, bytes).unwrap();
+        fs::set_permissions(&bad, fs::Permissions::from_mode(0o644)).unwrap();
+        let (status, records, stderr) = report_as(NOBODY, &bad, &[]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(records.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("tracer: error: cannot report") && stderr.contains(want),
+            "{stderr}"
+        );
+    }
+}
+
+/// `FILE.n`.
+fn segment(rec: &Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", rec.display()))
+}
+
+#[test]
+fn rotation_bounds_the_recording_under_real_traffic() {
+    if !privileged("rotation_bounds_the_recording_under_real_traffic") {
+        return;
+    }
+    let dir = scratch_dir();
+    let rec = dir.path().join("week.rec");
+    let (socket, port) = bound_socket(V4);
+    let listener = listen(socket);
+    let budget: u64 = 4 << 20;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--record",
+        rec.to_str().unwrap(),
+        "--record-max-size",
+        "4MiB",
+    ]);
+    // Connections until a fifth segment has pushed the first one out (about 10k).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut connections = 0;
+    let first_segment = |rec: &Path| {
+        let (_, r, _) = report_as(0, &segment(rec, 3), &[]);
+        r.first().and_then(|i| i["segments"][0].as_u64())
+    };
+    while !segment(&rec, 3).exists() || first_segment(&rec).is_none_or(|s| s < 1) {
+        assert!(
+            Instant::now() < deadline && connections < 100_000,
+            "{connections} connections did not rotate the recording 4 times"
+        );
+        for _ in 0..500 {
+            let client = TcpStream::connect((V4, port)).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            drop(client);
+            drop(server);
+        }
+        connections += 500;
+    }
+    let live = tracer.stop();
+    let mut total = 0;
+    for n in 1..=3 {
+        total += fs::metadata(segment(&rec, n)).unwrap().len();
+    }
+    total += fs::metadata(&rec).unwrap().len();
+    assert!(!segment(&rec, 4).exists(), "at most 4 files");
+    // Each file may pass its quarter by the last chunk written before it rotated.
+    assert!(
+        total <= budget + (1 << 20),
+        "{total} bytes for a {budget}-byte budget"
+    );
+
+    let (status, report, stderr) = report_as(NOBODY, &rec, &[]);
+    assert!(status.success(), "{stderr}");
+    let segs: Vec<u64> = report[0]["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(segs.len(), 4, "{segs:?}");
+    assert!(
+        segs[0] >= 1 && segs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{segs:?}"
+    );
+    assert!(stderr.contains("rotated away"), "{stderr}");
+    assert!(
+        !stderr.contains("damaged") && !stderr.contains("inside an entry"),
+        "{stderr}"
+    );
+    assert_eq!(report[0]["live"]["stopped"], true);
+    let read = report[0]["transitions"].as_u64().unwrap();
+    let events = live.last().unwrap()["events"].as_u64().unwrap();
+    assert!(
+        read > 0 && read < events,
+        "the oldest transitions rotated away: {read} of {events}"
+    );
+}
