@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// little cost of their own while on).
     #[arg(long)]
     pub probe_cost: bool,
+    /// Also record everything to a file in the temporary directory (`--record`), and
+    /// report its size per transition.
+    #[arg(long)]
+    pub record: bool,
     /// Extra arguments for `tracer watch` (after `--`), e.g. `-- --events`.
     #[arg(last = true)]
     pub tracer_args: Vec<String>,
@@ -51,17 +55,21 @@ struct Traced {
     max_rss_kib: u64,
     /// Per program name: total run time (ns) and runs, with `--probe-cost`.
     programs: BTreeMap<String, (u64, u64)>,
+    /// With `--record`: the recording's size, and the entries it left out.
+    recorded_bytes: u64,
+    unrecorded: u64,
 }
 
 /// Runs the benchmark against the tracer binary at `tracer`.
 pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let period = Duration::from_secs(args.seconds);
     eprintln!(
-        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads and {} request(s) per connection, without and with `tracer watch --format json {}`",
+        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads and {} request(s) per connection, without and with `tracer watch --format json {}{}`",
         args.rounds,
         args.seconds,
         args.clients,
         args.requests,
+        if args.record { "--record FILE " } else { "" },
         args.tracer_args.join(" ")
     );
     isolate_network()?;
@@ -126,6 +134,15 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         p.0 += ns;
         p.1 += runs;
     }
+    if args.record {
+        let bytes: u64 = traced.iter().map(|t| t.recorded_bytes).sum();
+        let unrecorded: u64 = traced.iter().map(|t| t.unrecorded).sum();
+        println!(
+            "recording: {:.1} bytes per transition, {:.1} MiB/s, {unrecorded} entries left out",
+            bytes as f64 / events.max(1) as f64,
+            bytes as f64 / secs / f64::from(1 << 20)
+        );
+    }
     for (name, (ns, runs)) in programs {
         println!(
             "probe program {name}: {:.0} ns per run, {:.0} runs/s",
@@ -175,8 +192,14 @@ fn isolate_network() -> anyhow::Result<()> {
 
 /// Churns connections for `period` with the tracer attached and reads its totals.
 fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Result<Traced> {
-    let mut child = Command::new(tracer)
-        .args(["watch", "--format", "json"])
+    let record = std::env::temp_dir().join(format!("tracer-bench-{}.rec", std::process::id()));
+    let mut command = Command::new(tracer);
+    command.args(["watch", "--format", "json"]);
+    if args.record {
+        command.arg("--record").arg(&record);
+        command.args(["--record-max-size", "off"]);
+    }
+    let mut child = command
         .args(&args.tracer_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -205,6 +228,15 @@ fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Re
             .and_then(serde_json::Value::as_u64)
             .with_context(|| format!("stop record has no {name}"))
     };
+    let recorded_bytes = if args.record {
+        let len = std::fs::metadata(&record)
+            .with_context(|| format!("no recording at {}", record.display()))?
+            .len();
+        std::fs::remove_file(&record)?;
+        len
+    } else {
+        0
+    };
     Ok(Traced {
         connections,
         events: field("events")?,
@@ -212,6 +244,8 @@ fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Re
         cpu_seconds,
         max_rss_kib,
         programs,
+        recorded_bytes,
+        unrecorded: field("unrecorded")?,
     })
 }
 
