@@ -379,7 +379,7 @@ impl<W: Write, E: Write> Session<W, E> {
         };
         self.counts.resolved += 1;
         if let Some(rec) = &mut self.recorder {
-            rec.push(&Entry::Resolved(ResolvedEntry {
+            rec.push(Entry::Resolved(ResolvedEntry {
                 ts_ns: r.left_ns,
                 key: r.key.into(),
                 ends: r.socket.ends.into(),
@@ -456,7 +456,7 @@ impl<W: Write, E: Write> Session<W, E> {
                 .get(s.socket.state)
                 .unwrap_or_default();
             if let Some(r) = &mut self.recorder {
-                r.push(&Entry::Stuck(StuckEntry {
+                r.push(Entry::Stuck(StuckEntry {
                     ts_ns: now,
                     key: s.key.into(),
                     ends: s.socket.ends.into(),
@@ -531,7 +531,7 @@ impl<W: Write, E: Write> Session<W, E> {
         let total = probe.lost().map_err(io::Error::other)?;
         if total > self.counts.lost {
             if let Some(r) = &mut self.recorder {
-                r.push(&Entry::Lost {
+                r.push(Entry::Lost {
                     ts_ns: monotonic_ns(),
                     total,
                 });

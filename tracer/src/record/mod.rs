@@ -48,14 +48,15 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 /// the end only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Entry {
-    /// What was recorded, where, and how: first in every segment.
-    Header(Header),
+    /// What was recorded, where, and how: first in every segment. (Boxed, like `Owners`:
+    /// rare entries must not make every queued transition larger; the encoding is the same.)
+    Header(Box<Header>),
     /// A socket open when the recording (or the segment) started.
     Socket(SocketEntry),
     /// One state transition from the probe.
     Transition(TransitionEntry),
     /// The owners resolved for a socket the live run flagged.
-    Owners(OwnersEntry),
+    Owners(Box<OwnersEntry>),
     /// The live run flagged a socket as stuck.
     Stuck(StuckEntry),
     /// A socket the live run had flagged left its state.

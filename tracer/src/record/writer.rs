@@ -1,8 +1,8 @@
 //! Writes a recording while `tracer watch` runs, without slowing it down.
 //!
-//! The watch loop encodes entries into a chunk (a few hundred ns each) and hands each
-//! chunk to a writer thread, which owns the file: writes, `fdatasync` once a second, and
-//! rotation. If the disk cannot keep up and chunks pile up, a chunk is left out rather than
+//! The watch loop queues entries in a chunk (a copy each) and hands each chunk to a writer
+//! thread, which owns the file: encodes (about 140 ns per transition), writes, runs
+//! `fdatasync` once a second, and rotates. If the disk cannot keep up and chunks pile up, a chunk is left out rather than
 //! the loop stalled; a [`Entry::Gap`] in its place says how many entries are missing.
 //!
 //! With a size budget, the recording is split into [`SEGMENTS`] files: `FILE` is being
@@ -14,12 +14,16 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     path::{Path, PathBuf},
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, FRAME_LEN, MAGIC, VERSION};
+use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
 use crate::{
     aggregate::{Socket, SocketKey},
     attribute::Ownership,
@@ -49,17 +53,24 @@ pub enum RecordError {
 
 /// Appends `entry` to `out` as one frame.
 pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
-    let at = out.len();
-    out.extend_from_slice(&[0; FRAME_LEN]);
-    // Writing into a Vec cannot fail, and every entry type serializes.
-    if postcard::to_io(entry, &mut *out).is_err() {
-        out.truncate(at);
-        return;
-    }
-    let len = (out.len() - at - FRAME_LEN) as u32;
-    let crc = crc32fast::hash(&out[at + FRAME_LEN..]);
-    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    // Most entries fit a small stack buffer, which postcard fills faster than it appends
+    // to a Vec byte by byte; larger ones (owners with long command lines) take a Vec.
+    // Every entry type serializes: only the small buffer can be too small.
+    let mut small = [0u8; 256];
+    let large;
+    let payload = match postcard::to_slice(entry, &mut small) {
+        Ok(p) => &*p,
+        Err(_) => match postcard::to_stdvec(entry) {
+            Ok(v) => {
+                large = v;
+                &large[..]
+            }
+            Err(_) => return,
+        },
+    };
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// The 12 bytes every segment starts with.
@@ -72,29 +83,43 @@ pub fn prologue() -> Vec<u8> {
 
 /// What the writer thread is asked to do.
 enum Msg {
-    Append(Vec<u8>),
-    /// Close the current segment and start a new one with these bytes.
-    Rotate(Vec<u8>),
+    Append(Vec<Entry>),
+    /// Close the current segment and start the next with this header and checkpoint.
+    Rotate(Box<Header>, Vec<Entry>),
 }
 
-/// Records entries to a file through a writer thread.
+/// Sizes the writer thread keeps for the loop, which decides rotations.
+#[derive(Default)]
+struct Progress {
+    /// Bytes in the current segment, of which its header and checkpoint.
+    segment_bytes: AtomicU64,
+    checkpoint_bytes: AtomicU64,
+    /// The current segment's number.
+    segment: AtomicU32,
+    /// Messages handled, for tests that wait for the writer.
+    #[cfg(test)]
+    handled: AtomicU64,
+}
+
+/// Records entries to a file. The loop only queues entries; the writer thread encodes
+/// and writes them, so recording costs the loop a copy per entry.
 pub struct Recorder {
     path: PathBuf,
-    chunk: Vec<u8>,
+    chunk: Vec<Entry>,
     /// Entries in `chunk` (not counting a gap note).
     chunk_entries: u64,
     tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<Result<(), RecordError>>>,
-    /// Bytes handed over for the current segment, of which its header and checkpoint,
-    /// and its size limit.
-    segment_bytes: u64,
-    checkpoint_bytes: u64,
+    progress: Arc<Progress>,
     segment_limit: Option<u64>,
-    /// The header of the current segment, the template for the next.
+    /// The header of the newest segment asked for, the template for the next.
     header: Header,
     /// Entries left out so far, and since the last chunk that went through.
     unrecorded: u64,
     gap: u64,
+    /// Messages sent, for tests that wait for the writer.
+    #[cfg(test)]
+    sent: u64,
 }
 
 impl Recorder {
@@ -114,58 +139,67 @@ impl Recorder {
             refuse_foreign(&old)?;
             let _ = fs::remove_file(old);
         }
-        let file = File::create(path).map_err(|error| RecordError::Create {
+        let create_error = |error| RecordError::Create {
             path: path.to_owned(),
             error,
-        })?;
+        };
+        let mut file = File::create(path).map_err(create_error)?;
         header.checkpoint = snapshot.len() as u32;
-        let mut first = prologue();
-        encode(&Entry::Header(header.clone()), &mut first);
-        for s in snapshot {
-            encode(&Entry::Socket(*s), &mut first);
-        }
+        let first = segment_start(&header, snapshot.iter().map(|s| Entry::Socket(*s)));
+        // Written here, so that a disk that refuses it is an error at start.
+        file.write_all(&first).map_err(create_error)?;
+        let progress = Arc::new(Progress::default());
+        progress.segment_bytes.store(first.len() as u64, Relaxed);
+        progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
         let thread_path = path.to_owned();
+        let thread_progress = Arc::clone(&progress);
         let thread = thread::Builder::new()
             .name("tracer-record".into())
-            .spawn(move || write_loop(&thread_path, file, rx))
-            .map_err(|error| RecordError::Create {
-                path: path.to_owned(),
-                error,
-            })?;
-        let mut r = Recorder {
+            .spawn(move || write_loop(&thread_path, file, rx, &thread_progress))
+            .map_err(create_error)?;
+        Ok(Recorder {
             path: path.to_owned(),
-            chunk: Vec::with_capacity(1 << 16),
+            chunk: Vec::with_capacity(4096),
             chunk_entries: 0,
             tx: Some(tx),
             thread: Some(thread),
-            segment_bytes: 0,
-            checkpoint_bytes: 0,
+            progress,
             segment_limit: max_bytes.map(|m| (m / SEGMENTS).max(1)),
             header,
             unrecorded: 0,
             gap: 0,
-        };
-        r.segment_bytes = first.len() as u64;
-        r.checkpoint_bytes = r.segment_bytes;
-        r.send(Msg::Append(first))?;
-        Ok(r)
+            #[cfg(test)]
+            sent: 0,
+        })
     }
 
-    /// Adds `entry` to the chunk being built.
-    pub fn push(&mut self, entry: &Entry) {
-        encode(entry, &mut self.chunk);
+    /// Waits until the writer thread has handled every message sent.
+    #[cfg(test)]
+    pub(super) fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.progress.handled.load(Relaxed) < self.sent {
+            assert!(Instant::now() < deadline, "the writer thread is stuck");
+            thread::yield_now();
+        }
+    }
+
+    /// Queues `entry`.
+    pub fn push(&mut self, entry: Entry) {
+        self.chunk.push(entry);
         self.chunk_entries += 1;
     }
 
-    /// Adds a transition.
+    /// Queues a transition.
     pub fn transition(&mut self, t: &Transition) {
-        self.push(&Entry::Transition(t.into()));
+        self.push(Entry::Transition(t.into()));
     }
 
-    /// Adds the owners resolved at `ts_ns` for a flagged socket.
+    /// Queues the owners resolved at `ts_ns` for a flagged socket.
     pub fn owners(&mut self, ts_ns: u64, socket: &Socket, ownership: &Ownership) {
-        self.push(&Entry::Owners(OwnersEntry::new(ts_ns, socket, ownership)));
+        self.push(Entry::Owners(Box::new(OwnersEntry::new(
+            ts_ns, socket, ownership,
+        ))));
     }
 
     /// Entries left out so far because the disk was too slow.
@@ -173,9 +207,9 @@ impl Recorder {
         self.unrecorded
     }
 
-    /// Hands the chunk to the writer thread. When the segment is full, starts the next
-    /// one with a checkpoint of `sockets` and the `owners` of the flagged ones, at
-    /// monotonic `now_ns`.
+    /// Hands the queued entries to the writer thread. When the segment is full, starts
+    /// the next one with a checkpoint of `sockets` and the `owners` of the flagged ones,
+    /// at monotonic `now_ns`.
     pub fn flush<'a>(
         &mut self,
         now_ns: u64,
@@ -183,10 +217,8 @@ impl Recorder {
         owners: impl Fn(&Socket) -> Option<&'a Ownership>,
     ) -> Result<(), RecordError> {
         if !self.chunk.is_empty() {
-            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(1 << 16));
-            let len = chunk.len() as u64;
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(4096));
             if self.try_send(Msg::Append(chunk))? {
-                self.segment_bytes += len;
                 self.chunk_entries = 0;
                 self.gap = 0;
             } else {
@@ -194,17 +226,27 @@ impl Recorder {
                 self.unrecorded += self.chunk_entries;
                 self.gap += self.chunk_entries;
                 self.chunk_entries = 0;
-                encode(&Entry::Gap { entries: self.gap }, &mut self.chunk);
+                self.chunk.push(Entry::Gap { entries: self.gap });
             }
         }
-        // A checkpoint larger than the limit must not make every flush rotate: a segment
-        // holds at least half a limit of new entries.
-        if self.segment_limit.is_some_and(|limit| {
-            self.segment_bytes >= limit && self.segment_bytes - self.checkpoint_bytes >= limit / 2
-        }) {
+        if self.rotation_due() {
             self.rotate(now_ns, sockets, owners)?;
         }
         Ok(())
+    }
+
+    /// Whether the current segment is full and the last rotation asked for is done. A
+    /// checkpoint larger than the limit must not make every flush rotate: a segment holds
+    /// at least half a limit of new entries.
+    fn rotation_due(&self) -> bool {
+        let Some(limit) = self.segment_limit else {
+            return false;
+        };
+        let p = &self.progress;
+        let bytes = p.segment_bytes.load(Relaxed);
+        p.segment.load(Relaxed) == self.header.segment
+            && bytes >= limit
+            && bytes - p.checkpoint_bytes.load(Relaxed) >= limit / 2
     }
 
     fn rotate<'a>(
@@ -213,32 +255,22 @@ impl Recorder {
         sockets: impl Iterator<Item = (SocketKey, &'a Socket)>,
         owners: impl Fn(&Socket) -> Option<&'a Ownership>,
     ) -> Result<(), RecordError> {
-        let mut body = Vec::new();
-        let mut checkpoint = 0u32;
+        let mut checkpoint = Vec::new();
         let mut flagged = Vec::new();
         for (key, s) in sockets {
-            encode(&Entry::Socket(SocketEntry::new(key, s)), &mut body);
-            checkpoint += 1;
+            checkpoint.push(Entry::Socket(SocketEntry::new(key, s)));
             if let Some(o) = owners(s) {
-                flagged.push(OwnersEntry::new(now_ns, s, o));
+                flagged.push(Entry::Owners(Box::new(OwnersEntry::new(now_ns, s, o))));
             }
-        }
-        for o in flagged {
-            encode(&Entry::Owners(o), &mut body);
         }
         let mut header = self.header.clone();
         header.segment += 1;
         header.started_ns = now_ns;
-        header.checkpoint = checkpoint;
-        let mut first = prologue();
-        encode(&Entry::Header(header.clone()), &mut first);
-        first.extend_from_slice(&body);
-        let len = first.len() as u64;
+        header.checkpoint = checkpoint.len() as u32;
+        checkpoint.extend(flagged);
         // A full backlog postpones the rotation to a later flush.
-        if self.try_send(Msg::Rotate(first))? {
+        if self.try_send(Msg::Rotate(Box::new(header.clone()), checkpoint))? {
             self.header = header;
-            self.segment_bytes = len;
-            self.checkpoint_bytes = len;
         }
         Ok(())
     }
@@ -246,26 +278,30 @@ impl Recorder {
     /// Writes the stop entry and waits for the writer thread to put everything on disk.
     pub fn finish(mut self, mut stop: StopEntry) -> Result<(), RecordError> {
         stop.unrecorded = self.unrecorded;
-        self.push(&Entry::Stop(stop));
+        self.push(Entry::Stop(stop));
         let chunk = std::mem::take(&mut self.chunk);
-        self.send(Msg::Append(chunk))?;
-        self.tx = None;
-        self.join()
-    }
-
-    fn send(&mut self, msg: Msg) -> Result<(), RecordError> {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok());
+        let sent = self
+            .tx
+            .take()
+            .is_some_and(|tx| tx.send(Msg::Append(chunk)).is_ok());
+        let joined = self.join();
         if sent {
-            Ok(())
+            joined
         } else {
-            self.join().and(Err(self.stopped()))
+            joined.and(Err(self.stopped()))
         }
     }
 
     /// Sends without waiting; false when the backlog is full.
     fn try_send(&mut self, msg: Msg) -> Result<bool, RecordError> {
         match self.tx.as_ref().map(|tx| tx.try_send(msg)) {
-            Some(Ok(())) => Ok(true),
+            Some(Ok(())) => {
+                #[cfg(test)]
+                {
+                    self.sent += 1;
+                }
+                Ok(true)
+            }
             Some(Err(TrySendError::Full(_))) => Ok(false),
             Some(Err(TrySendError::Disconnected(_))) | None => self.join().and(Err(self.stopped())),
         }
@@ -289,12 +325,28 @@ impl Recorder {
     }
 }
 
-/// The writer thread: appends chunks, syncs, rotates.
-fn write_loop(path: &Path, mut file: File, rx: Receiver<Msg>) -> Result<(), RecordError> {
+/// The bytes a segment starts with: prologue, header, checkpoint.
+fn segment_start(header: &Header, checkpoint: impl Iterator<Item = Entry>) -> Vec<u8> {
+    let mut bytes = prologue();
+    encode(&Entry::Header(Box::new(header.clone())), &mut bytes);
+    for e in checkpoint {
+        encode(&e, &mut bytes);
+    }
+    bytes
+}
+
+/// The writer thread: encodes and appends entries, syncs, rotates.
+fn write_loop(
+    path: &Path,
+    mut file: File,
+    rx: Receiver<Msg>,
+    progress: &Progress,
+) -> Result<(), RecordError> {
     let fail = |error| RecordError::Write {
         path: path.to_owned(),
         error,
     };
+    let mut buf = Vec::with_capacity(1 << 20);
     let mut synced = Instant::now();
     let mut dirty = false;
     loop {
@@ -303,20 +355,33 @@ fn write_loop(path: &Path, mut file: File, rx: Receiver<Msg>) -> Result<(), Reco
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        #[cfg(test)]
+        let msg_handled = msg.is_some();
         match msg {
-            Some(Msg::Append(bytes)) => {
-                file.write_all(&bytes).map_err(fail)?;
+            Some(Msg::Append(entries)) => {
+                buf.clear();
+                for e in &entries {
+                    encode(e, &mut buf);
+                }
+                file.write_all(&buf).map_err(fail)?;
+                progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
                 dirty = true;
             }
-            Some(Msg::Rotate(bytes)) => {
+            Some(Msg::Rotate(header, checkpoint)) => {
                 file.sync_data().map_err(fail)?;
                 shift_segments(path).map_err(fail)?;
                 file = File::create(path).map_err(fail)?;
-                file.write_all(&bytes).map_err(fail)?;
+                let first = segment_start(&header, checkpoint.into_iter());
+                file.write_all(&first).map_err(fail)?;
+                progress.segment_bytes.store(first.len() as u64, Relaxed);
+                progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
+                progress.segment.store(header.segment, Relaxed);
                 dirty = true;
             }
             None => {}
         }
+        #[cfg(test)]
+        progress.handled.fetch_add(u64::from(msg_handled), Relaxed);
         if dirty && synced.elapsed() >= SYNC_PERIOD {
             file.sync_data().map_err(fail)?;
             synced = Instant::now();

@@ -100,7 +100,7 @@ fn open(path: &Path) -> Result<Segment, InputError> {
     match first {
         Some(Entry::Header(header)) => Ok(Segment {
             path: path.to_owned(),
-            header,
+            header: *header,
             reader,
             continues: false,
         }),

@@ -56,7 +56,7 @@ fn tr(ts_ns: u64, sk: u64, dport: u16, old: TcpState, new: TcpState) -> Entry {
 }
 
 fn owners(ts_ns: u64, dport: u16, since_ns: u64, fd: i32, eof: bool) -> Entry {
-    Entry::Owners(OwnersEntry {
+    Entry::Owners(Box::new(OwnersEntry {
         ts_ns,
         ends: ends(dport),
         state: CloseWait as u8,
@@ -80,14 +80,14 @@ fn owners(ts_ns: u64, dport: u16, since_ns: u64, fd: i32, eof: bool) -> Entry {
             },
             op: IoOpEntry::Eof,
         }),
-    })
+    }))
 }
 
 /// A broker at :61616: a connection open before the start (41000), one that leaks in
 /// CLOSE_WAIT from 3s (A, 40001, whose EOF java read), one stuck from 4s to 40s (B, 40002).
 fn incident() -> Vec<Entry> {
     vec![
-        Entry::Header(Header {
+        Entry::Header(Box::new(Header {
             recording: 0xfeed,
             segment: 0,
             tracer_version: "0.1.0".into(),
@@ -102,7 +102,7 @@ fn incident() -> Vec<Entry> {
             states: vec![],
             max_sockets: 1024,
             checkpoint: 1,
-        }),
+        })),
         Entry::Socket(SocketEntry {
             key: KeyEntry::Snapshot(7),
             ends: ends(41000),
@@ -466,15 +466,15 @@ fn rotated_segments_are_read_in_order() {
     let path = dir.path().join("incident.rec");
     let all = incident();
     // Segment 0 up to B's entry into CLOSE_WAIT; segment 1 restates the table and goes on.
-    let mut seg1 = vec![Entry::Header(Header {
+    let mut seg1 = vec![Entry::Header(Box::new(Header {
         segment: 1,
         started_ns: 10 * S,
         checkpoint: 2,
         ..match &all[0] {
-            Entry::Header(h) => h.clone(),
+            Entry::Header(h) => (**h).clone(),
             _ => unreachable!(),
         }
-    })];
+    }))];
     for (sk, dport, since) in [(A, 40001, 3 * S), (B, 40002, 4 * S)] {
         seg1.push(Entry::Socket(SocketEntry {
             key: KeyEntry::Sk(sk),
