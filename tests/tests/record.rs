@@ -225,6 +225,34 @@ fn report_matches_live_run(test: &str, ip: IpAddr) {
         ],
         "{life:#?}"
     );
+    // By address: the client's port names both ends of the connection, and the client's
+    // life starts at its connect(), before it had that port.
+    let client_port = of_type(&live, "resolved")[0]["dport"].as_u64().unwrap();
+    let addr = std::net::SocketAddr::new(ip, client_port as u16).to_string();
+    let (status, both, _) = report_as(NOBODY, &rec, &["--timeline", &addr]);
+    assert!(status.success());
+    let client: Vec<String> = both[1..]
+        .iter()
+        .filter(|r| r["type"] == "transition" && r["sk"] != sk.as_str())
+        .map(|r| {
+            format!(
+                "{}->{}",
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        client,
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ],
+        "{both:#?}"
+    );
     drop(leaked);
 }
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use tracer_common::TcpState;
 
 use crate::{
     aggregate::{stuck::Thresholds, Endpoints, Resolved, Socket, SocketKey, Table},
@@ -118,6 +119,8 @@ pub struct Replay {
     pub last_ns: u64,
     /// Transitions read (in and out of the window).
     pub transitions_read: u64,
+    /// `--timeline ADDR:PORT`: births of sockets not yet known to match, by address.
+    births: HashMap<u64, Transition>,
 }
 
 impl Replay {
@@ -134,6 +137,7 @@ impl Replay {
             start_ns: header.started_ns,
             last_ns: header.started_ns,
             transitions_read: 0,
+            births: HashMap::new(),
         }
     }
 
@@ -211,17 +215,29 @@ impl Replay {
                 }
             }
         }
-        if self
-            .options
-            .timeline
-            .is_some_and(|target| target.matches(Some(t.sk), &ends))
-        {
-            self.events.push(Event::Transition(t.clone()));
+        if let Some(target) = self.options.timeline {
+            self.follow(target, &t, &ends);
         }
         if let Some(r) = self.table.apply(&t) {
             if self.options.in_window(r.left_ns) && self.followed(r.key, &r.socket) {
                 self.events.push(Event::Resolved(r));
             }
+        }
+    }
+
+    /// Keeps the transitions of the `--timeline` socket. A socket that connect() opens has
+    /// no local port yet at CLOSE -> SYN_SENT, so that birth is held until a later
+    /// transition of the same socket matches an ADDR:PORT.
+    fn follow(&mut self, target: Target, t: &Transition, ends: &Endpoints) {
+        if target.matches(Some(t.sk), ends) {
+            if let Some(birth) = self.births.remove(&t.sk) {
+                self.events.push(Event::Transition(birth));
+            }
+            self.events.push(Event::Transition(t.clone()));
+        } else if t.new == TcpState::Close.into() {
+            self.births.remove(&t.sk);
+        } else if t.old == TcpState::Close.into() && matches!(target, Target::Addr(_)) {
+            self.births.insert(t.sk, t.clone());
         }
     }
 

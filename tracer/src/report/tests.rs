@@ -507,3 +507,32 @@ fn rotated_segments_are_read_in_order() {
     );
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
 }
+
+#[test]
+fn timeline_by_address_includes_the_connect_before_the_port() {
+    let mut entries = incident();
+    let Entry::Transition(mut born) = tr(5 * S, 0xc0, 40003, Close, SynSent) else {
+        unreachable!()
+    };
+    born.ends.dport = 0;
+    entries.insert(5, Entry::Transition(born));
+    // Another socket born meanwhile does not join the timeline.
+    entries.insert(6, tr(5 * S + 1, 0xd0, 1, Close, SynSent));
+    entries.insert(7, tr(5 * S + 2, 0xd0, 1, SynSent, Close));
+    entries.insert(8, tr(5 * S + 3, 0xc0, 40003, SynSent, Established));
+    let r = report_bytes(&bytes_of(&entries), &["--timeline", "10.0.0.9:40003"]).unwrap();
+    let seen: Vec<(&str, &str, u64)> = r[1..]
+        .iter()
+        .map(|r| {
+            (
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap(),
+                r["dport"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("CLOSE", "SYN_SENT", 0), ("SYN_SENT", "ESTABLISHED", 40003)]
+    );
+}
