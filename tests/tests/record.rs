@@ -169,6 +169,25 @@ fn report_matches_live_run(test: &str, ip: IpAddr) {
     assert_eq!(live_groups.len(), 1);
     assert_eq!(live_groups[0].1, 2);
     assert_eq!(groups(&report, "end"), live_groups);
+    // Each stuck record of the report says how long it stayed stuck in all.
+    for r in of_type(&report, "stuck") {
+        let sk = r["sk"].as_str().unwrap();
+        match live_resolved.get(sk) {
+            Some(resolved) => {
+                assert_eq!(
+                    (&r["stuck_ms"], &r["still_stuck"]),
+                    (&resolved[0], &false.into())
+                )
+            }
+            None => assert_eq!(r["still_stuck"], true, "{r}"),
+        }
+    }
+    let longest = of_type(&report, "stuck")
+        .iter()
+        .filter(|r| r["still_stuck"] == true)
+        .map(|r| r["stuck_ms"].as_u64().unwrap())
+        .max();
+    assert_eq!(longest, live_groups[0].2.as_u64());
 
     let offender = of_type(&report, "offender");
     assert_eq!(offender[0]["pid"], std::process::id());

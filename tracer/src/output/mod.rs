@@ -258,13 +258,17 @@ pub struct SocketRecord<'a> {
     pub age_is_lower_bound: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_ms: Option<u64>,
-    /// `resolved`: how long it was stuck in all, and the state it went to.
+    /// `resolved` (and `stuck` in a report): how long it was stuck in all, and the state
+    /// it went to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stuck_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stuck_is_lower_bound: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<State>,
+    /// `stuck` in a report: whether it was still stuck at the end of the report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub still_stuck: Option<bool>,
     pub family: &'static str,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -385,6 +389,7 @@ impl<'a> SocketReport<'a> {
             stuck_ms: None,
             stuck_is_lower_bound: None,
             new: None,
+            still_stuck: None,
             family: s.ends.family.name(),
             saddr: s.ends.saddr,
             sport: s.ends.sport,
@@ -483,6 +488,29 @@ impl<W: Write, E: Write> Output<W, E> {
         now_ns: u64,
         threshold: Duration,
     ) -> io::Result<()> {
+        self.stuck_record(r, now_ns, threshold, None)
+    }
+
+    /// Reports a stuck socket in hindsight (in a report): also how long it stayed stuck
+    /// in all, and whether it was still stuck at the end.
+    pub fn stuck_with_outcome(
+        &mut self,
+        r: &SocketReport<'_>,
+        at_ns: u64,
+        threshold: Duration,
+        total: Duration,
+        still_stuck: bool,
+    ) -> io::Result<()> {
+        self.stuck_record(r, at_ns, threshold, Some((total, still_stuck)))
+    }
+
+    fn stuck_record(
+        &mut self,
+        r: &SocketReport<'_>,
+        now_ns: u64,
+        threshold: Duration,
+        outcome: Option<(Duration, bool)>,
+    ) -> io::Result<()> {
         let age = Duration::from_nanos(now_ns.saturating_sub(r.socket.since_ns));
         match self.format {
             Format::Json => {
@@ -490,14 +518,31 @@ impl<W: Write, E: Write> Output<W, E> {
                 rec.age_ms = Some(age.as_millis() as u64);
                 rec.age_is_lower_bound = Some(r.socket.since_is_lower_bound);
                 rec.threshold_ms = Some(threshold.as_millis() as u64);
+                if let Some((total, still)) = outcome {
+                    rec.stuck_ms = Some(total.as_millis() as u64);
+                    rec.stuck_is_lower_bound = Some(r.socket.since_is_lower_bound);
+                    rec.still_stuck = Some(still);
+                }
                 self.json(&Record::Stuck(&rec))
             }
             Format::Text => {
                 let at_least = at_least(r.socket.since_is_lower_bound);
                 let head = self.paint(RED, "STUCK");
+                let outcome = match outcome {
+                    Some((total, true)) => {
+                        format!(
+                            "; still stuck at the end, {at_least}{} in all",
+                            human_duration(total)
+                        )
+                    }
+                    Some((total, false)) => {
+                        format!("; left after {at_least}{}", human_duration(total))
+                    }
+                    None => String::new(),
+                };
                 writeln!(
                     self.out,
-                    "{} {head} {} for {at_least}{} {} {}{}",
+                    "{} {head} {} for {at_least}{} {} {}{}{outcome}",
                     clock_of(self.clock.at(now_ns)),
                     r.socket.state,
                     human_duration(age),

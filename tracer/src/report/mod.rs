@@ -29,7 +29,7 @@ use crate::{
     },
     record::Entry,
 };
-use replay::{Event, Options, Replay};
+use replay::{Event, Options, Replay, Stay};
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
 pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow::Result<()> {
@@ -116,10 +116,22 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         },
         warnings: &warnings,
     };
+    let resolutions = replay
+        .events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Resolved(r) => Some((
+                (r.socket.ends, r.socket.state, r.socket.since_ns),
+                r.left_ns,
+            )),
+            _ => None,
+        })
+        .collect();
     let written = Report {
         args,
         replay: &replay,
         end_ns,
+        resolutions,
     }
     .write(&mut output, &info);
     match written.and_then(|()| output.flush()) {
@@ -291,6 +303,8 @@ struct Report<'a> {
     args: &'a ReportArgs,
     replay: &'a Replay,
     end_ns: u64,
+    /// When each stay that resolved in the window ended.
+    resolutions: HashMap<Stay, u64>,
 }
 
 /// Stands in for the owners of a stuck socket the live run never flagged.
@@ -406,7 +420,8 @@ impl Report<'_> {
                     socket,
                     ownership: self.ownership(socket),
                 };
-                o.stuck(&r, *at_ns, *threshold)
+                let (total, still_stuck) = self.outcome(socket);
+                o.stuck_with_outcome(&r, *at_ns, *threshold, total, still_stuck)
             }
             Event::Resolved(r) if self.kept(&r.socket) => {
                 let report = SocketReport {
@@ -437,29 +452,37 @@ impl Report<'_> {
         o.summary("end", &groups, table.stats(), states, self.end_ns)
     }
 
+    /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
+    fn outcome(&self, s: &Socket) -> (Duration, bool) {
+        match self.resolutions.get(&(s.ends, s.state, s.since_ns)) {
+            Some(&left_ns) => (
+                Duration::from_nanos(left_ns.saturating_sub(s.since_ns)),
+                false,
+            ),
+            None => (
+                Duration::from_nanos(self.end_ns.saturating_sub(s.since_ns)),
+                true,
+            ),
+        }
+    }
+
     /// Processes ranked by the stuck sockets they held.
     fn offenders<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
-        // How long each socket stayed stuck: to its resolution, or to the end.
-        let mut stuck: HashMap<u64, (&Socket, u64)> = HashMap::new();
+        // Every stay shown stuck (flagged in the window, or resolved in it).
+        let mut stuck: HashMap<Stay, &Socket> = HashMap::new();
         for ev in &self.replay.events {
-            match ev {
-                Event::Stuck { socket, .. } if self.kept(socket) => {
-                    stuck.insert(
-                        socket.id,
-                        (socket, self.end_ns.saturating_sub(socket.since_ns)),
-                    );
-                }
-                Event::Resolved(r) if self.kept(&r.socket) => {
-                    stuck.insert(
-                        r.socket.id,
-                        (&r.socket, r.left_ns.saturating_sub(r.socket.since_ns)),
-                    );
-                }
-                _ => {}
+            let s = match ev {
+                Event::Stuck { socket, .. } => socket,
+                Event::Resolved(r) => &r.socket,
+                _ => continue,
+            };
+            if self.kept(s) {
+                stuck.insert((s.ends, s.state, s.since_ns), s);
             }
         }
         let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();
-        for (s, stuck_ns) in stuck.into_values() {
+        for s in stuck.into_values() {
+            let stuck_ns = self.outcome(s).0.as_nanos() as u64;
             let ownership = self.ownership(s);
             let owner = ownership.owners.first();
             let pid = owner.map(|w| w.process.pid);

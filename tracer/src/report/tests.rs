@@ -228,6 +228,15 @@ fn rebuilds_stuck_sockets_owners_and_durations() {
     assert_eq!(a["owner"]["fds"], serde_json::json!([12]));
     assert_eq!(a["last_io"]["op"], "eof");
     assert_eq!(r[2]["owner"]["fds"], serde_json::json!([14]));
+    // How long each stayed stuck in all: A to the end, B to its resolution.
+    assert_eq!(
+        (&a["stuck_ms"], &a["still_stuck"]),
+        (&57_000.into(), &true.into())
+    );
+    assert_eq!(
+        (&r[2]["stuck_ms"], &r[2]["still_stuck"]),
+        (&36_000.into(), &false.into())
+    );
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
     assert_eq!(r[3]["new"], "LAST_ACK");
 
@@ -398,6 +407,8 @@ fn text_report_reads_like_the_live_alerts() {
         "2026-11-25T06:00:01.000000000Z to 2026-11-25T06:01:00.000000000Z (59s), 5 transitions, 0 lost",
         "flagging CLOSE_WAIT after 30s (the live run: CLOSE_WAIT after 30s)",
         "06:00:33 STUCK CLOSE_WAIT for 30s 127.0.0.1:61616 -- 10.0.0.9:40001 java[4242] fd 12, fds 1013/1024 (98%), uid 1000; java[4242] read end of stream 29s ago and kept the socket",
+        "read end of stream 29s ago and kept the socket; still stuck at the end, 57s in all\n",
+        "10.0.0.9:40002 java[4242] fd 14, fds 1013/1024 (98%), uid 1000; left after 36s\n",
         "06:00:40 RESOLVED CLOSE_WAIT -> LAST_ACK after 36s",
         "java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest 57s), fds 1013/1024 (98%); read end of stream on 1 and kept them",
         "1. java[4242]: 2 sockets stuck (2 CLOSE_WAIT) on :61616, longest 57s; read end of stream on 1 and kept them; fds 1013/1024 (98%)",
