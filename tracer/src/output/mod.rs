@@ -56,7 +56,10 @@ impl WallClock {
 
     /// The wall-clock time of monotonic `ts_ns`.
     pub fn at(&self, ts_ns: u64) -> SystemTime {
-        let ns = (self.offset_ns + ts_ns as i128).max(0) as u128;
+        // Within what RFC 3339 can write (years 1970 to 9999): a recording's header may
+        // hold any offset.
+        const MAX_NS: i128 = 253_402_300_799_999_999_999;
+        let ns = (self.offset_ns + ts_ns as i128).clamp(0, MAX_NS) as u128;
         UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
     }
 }

@@ -547,3 +547,105 @@ fn timeline_by_address_includes_the_connect_before_the_port() {
         [("CLOSE", "SYN_SENT", 0), ("SYN_SENT", "ESTABLISHED", 40003)]
     );
 }
+
+#[test]
+fn any_clock_in_a_header_is_reported_without_panic() {
+    for offset in [i64::MAX, i64::MIN, 0] {
+        let mut entries = incident();
+        if let Entry::Header(h) = &mut entries[0] {
+            h.clock_offset_ns = offset;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.rec");
+        std::fs::write(&path, bytes_of(&entries)).unwrap();
+        for format in ["text", "json"] {
+            let argv = [
+                "tracer",
+                "report",
+                path.to_str().unwrap(),
+                "--format",
+                format,
+            ];
+            let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
+                unreachable!()
+            };
+            super::run(&args, io::sink(), io::sink()).unwrap();
+        }
+    }
+}
+
+/// One arbitrary entry over small domains, so that sockets, states and times collide.
+fn any_entry() -> impl proptest::strategy::Strategy<Value = Entry> {
+    use proptest::prelude::*;
+    let transition =
+        (0u64..100, 0u64..4, 0u16..3, 0u8..16, 0u8..16).prop_map(|(ts, sk, port, old, new)| {
+            let Entry::Transition(mut e) = tr(ts * S / 10, sk, 40000 + port, Close, Close) else {
+                unreachable!()
+            };
+            (e.old, e.new) = (old, new);
+            Entry::Transition(e)
+        });
+    let socket = (0u64..3, 0u16..3, 0u8..16, 0u64..100, any::<bool>()).prop_map(
+        |(key, port, state, since, named)| {
+            Entry::Socket(SocketEntry {
+                key: if named {
+                    KeyEntry::Sk(key)
+                } else {
+                    KeyEntry::Snapshot(key)
+                },
+                ends: ends(40000 + port),
+                state,
+                since_ns: since * S / 10,
+                since_is_lower_bound: !named,
+                origin: OriginEntry::Unknown,
+                hint: None,
+            })
+        },
+    );
+    let owners =
+        (0u64..100, 0u16..3, 0u64..100, any::<bool>()).prop_map(|(ts, port, since, eof)| {
+            owners(ts * S / 10, 40000 + port, since * S / 10, 3, eof)
+        });
+    let other = prop_oneof![
+        (0u64..100, 0u64..5).prop_map(|(ts, total)| Entry::Lost {
+            ts_ns: ts * S / 10,
+            total
+        }),
+        (0u64..5).prop_map(|entries| Entry::Gap { entries }),
+        (0u64..200).prop_map(|ts| Entry::Stop(StopEntry {
+            ts_ns: ts * S / 10,
+            events: 0,
+            lost: 0,
+            unrecorded: 0
+        })),
+    ];
+    prop_oneof![6 => transition, 2 => socket, 1 => owners, 1 => other]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
+
+    /// Whatever valid entries a recording holds, in whatever order, the report is written.
+    #[test]
+    fn report_survives_arbitrary_entries(
+        body in proptest::collection::vec(any_entry(), 0..60),
+        close_wait in 1u64..20,
+    ) {
+        let mut entries = vec![incident().remove(0)];
+        entries.extend(body);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("any.rec");
+        std::fs::write(&path, bytes_of(&entries)).unwrap();
+        let cw = format!("{}00ms", close_wait);
+        for extra in [&["--stuck", "FIN_WAIT2=1s"][..], &["--timeline", "10.0.0.9:40001"], &["--to", "5s"]] {
+            for format in ["text", "json"] {
+                let mut argv = vec!["tracer", "report", path.to_str().unwrap(), "--format", format, "--close-wait", &cw];
+                argv.extend_from_slice(extra);
+                let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
+                    unreachable!()
+                };
+                super::run(&args, io::sink(), io::sink()).unwrap();
+            }
+        }
+    }
+}
