@@ -24,7 +24,10 @@ use crate::{
         StartInfo, StopInfo, StopReason, WallClock,
     },
     probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
-    record::{writer::Recorder, Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry},
+    record::{
+        writer::{self, Recorder},
+        Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
+    },
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -56,6 +59,12 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         Some(v) if v == "copy" => RecordAccess::Copy,
         _ => RecordAccess::Auto,
     };
+    // The recording's file comes first: a path that cannot be written fails before the
+    // probe is loaded.
+    let record_file = match &args.record {
+        Some(path) => Some((path, writer::prepare(path)?)),
+        None => None,
+    };
     let (mut probe, ring) = Probe::attach(&filters, ring_config, access, io_sockets(args))?;
     if let Some(why) = &probe.io_off {
         eprintln!(
@@ -83,8 +92,8 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     table.seed(snapshot);
 
     let clock = WallClock::now();
-    let recorder = match &args.record {
-        Some(path) => {
+    let recorder = match record_file {
+        Some((path, file)) => {
             let header = Header {
                 recording: random_id(),
                 segment: 0,
@@ -108,8 +117,9 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 .sockets()
                 .map(|(k, s)| SocketEntry::new(k, s))
                 .collect();
-            Some(Recorder::create(
+            Some(Recorder::start(
                 path,
+                file,
                 args.record_max_size.0,
                 header,
                 &snapshot,

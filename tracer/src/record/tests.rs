@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::{
     reader::{Damage, OpenError, Reader},
-    writer::{encode, prologue, segment_path, RecordError, Recorder, SEGMENTS},
+    writer::{encode, prepare, prologue, segment_path, RecordError, Recorder, SEGMENTS},
     *,
 };
 use crate::{
@@ -311,7 +311,8 @@ fn read_file(path: &std::path::Path) -> Vec<Entry> {
 fn recorder_writes_header_snapshot_entries_and_stop() {
     let (_dir, path) = scratch("rec");
     let snapshot = [SocketEntry::new(SocketKey::Snapshot(7), &socket(0))];
-    let mut r = Recorder::create(&path, None, header(0), &snapshot).unwrap();
+    let mut r =
+        Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &snapshot).unwrap();
     r.transition(&transition(0));
     r.owners(9, &socket(0), &ownership());
     r.flush(10, std::iter::empty(), |_| None).unwrap();
@@ -343,7 +344,8 @@ fn recorder_writes_header_snapshot_entries_and_stop() {
 fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
     let (_dir, path) = scratch("rec");
     let budget = 64 << 10;
-    let mut r = Recorder::create(&path, Some(budget), header(0), &[]).unwrap();
+    let mut r =
+        Recorder::start(&path, prepare(&path).unwrap(), Some(budget), header(0), &[]).unwrap();
     let (k0, s0) = (SocketKey::Sk(1), socket(0));
     let mut flagged = s0;
     flagged.flagged = true;
@@ -413,17 +415,18 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
 fn recorder_refuses_to_overwrite_other_files() {
     let (_dir, path) = scratch("notes.txt");
     std::fs::write(&path, "precious").unwrap();
-    let err = Recorder::create(&path, None, header(0), &[]).err().unwrap();
+    let err = prepare(&path).unwrap_err();
     assert!(matches!(err, RecordError::NotARecording { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     // A sibling that rotation would overwrite counts too.
     let (_dir, path) = scratch("rec");
     std::fs::write(segment_path(&path, 2), "precious").unwrap();
-    assert!(Recorder::create(&path, Some(1 << 20), header(0), &[]).is_err());
+    assert!(prepare(&path).is_err());
+    assert_eq!(std::fs::read(segment_path(&path, 2)).unwrap(), b"precious");
     // An earlier recording is replaced, its segments removed.
     let (_dir, path) = scratch("rec");
     std::fs::write(segment_path(&path, 1), prologue()).unwrap();
-    Recorder::create(&path, None, header(0), &[])
+    Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &[])
         .unwrap()
         .finish(StopEntry {
             ts_ns: 0,

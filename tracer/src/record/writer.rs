@@ -122,28 +122,37 @@ pub struct Recorder {
     sent: u64,
 }
 
+/// Creates the recording's file at `path`, before anything else is set up, so that a
+/// bad path fails at once. An earlier recording there (and its rotated files) is replaced;
+/// any other file is refused, as are rotated names that hold something else.
+pub fn prepare(path: &Path) -> Result<File, RecordError> {
+    refuse_foreign(path)?;
+    for n in 1..SEGMENTS {
+        let old = segment_path(path, n);
+        refuse_foreign(&old)?;
+        let _ = fs::remove_file(old);
+    }
+    File::create(path).map_err(|error| RecordError::Create {
+        path: path.to_owned(),
+        error,
+    })
+}
+
 impl Recorder {
-    /// Starts a recording at `path` with `header` and the sockets open at start. With
-    /// `max_bytes`, the recording's files together stay within about that size.
-    pub fn create(
+    /// Starts recording to `file` (from [`prepare`] at `path`) with `header` and the
+    /// sockets open at start. With `max_bytes`, the recording's files together stay within
+    /// about that size.
+    pub fn start(
         path: &Path,
+        mut file: File,
         max_bytes: Option<u64>,
         mut header: Header,
         snapshot: &[SocketEntry],
     ) -> Result<Self, RecordError> {
-        refuse_foreign(path)?;
-        for n in 1..SEGMENTS {
-            // Segments of an earlier recording under this name go; other files stay, and
-            // rotation would overwrite them.
-            let old = segment_path(path, n);
-            refuse_foreign(&old)?;
-            let _ = fs::remove_file(old);
-        }
         let create_error = |error| RecordError::Create {
             path: path.to_owned(),
             error,
         };
-        let mut file = File::create(path).map_err(create_error)?;
         header.checkpoint = snapshot.len() as u32;
         let first = segment_start(&header, snapshot.iter().map(|s| Entry::Socket(*s)));
         // Written here, so that a disk that refuses it is an error at start.
