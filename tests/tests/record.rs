@@ -75,6 +75,20 @@ fn by_socket(records: &[Value], kind: &str, fields: &[&str]) -> BTreeMap<String,
         .collect()
 }
 
+/// A timeline as `OLD->NEW` for transitions and the record type for the rest.
+fn steps<'a>(records: impl Iterator<Item = &'a Value>) -> Vec<String> {
+    records
+        .map(|r| match r["type"].as_str().unwrap() {
+            "transition" => format!(
+                "{}->{}",
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap()
+            ),
+            t => t.to_owned(),
+        })
+        .collect()
+}
+
 fn report_matches_live_run(test: &str, ip: IpAddr) {
     if !privileged(test) {
         return;
@@ -220,19 +234,8 @@ fn report_matches_live_run(test: &str, ip: IpAddr) {
     let sk = live_resolved.keys().next().unwrap();
     let (status, life, _) = report_as(NOBODY, &rec, &["--timeline", sk]);
     assert!(status.success());
-    let steps: Vec<String> = life[1..]
-        .iter()
-        .map(|r| match r["type"].as_str().unwrap() {
-            "transition" => format!(
-                "{}->{}",
-                r["old"].as_str().unwrap(),
-                r["new"].as_str().unwrap()
-            ),
-            t => t.to_owned(),
-        })
-        .collect();
     assert_eq!(
-        steps,
+        steps(life[1..].iter()),
         [
             "LISTEN->SYN_RECV",
             "SYN_RECV->ESTABLISHED",
@@ -250,19 +253,11 @@ fn report_matches_live_run(test: &str, ip: IpAddr) {
     let addr = std::net::SocketAddr::new(ip, client_port as u16).to_string();
     let (status, both, _) = report_as(NOBODY, &rec, &["--timeline", &addr]);
     assert!(status.success());
-    let client: Vec<String> = both[1..]
+    let client = both[1..]
         .iter()
-        .filter(|r| r["type"] == "transition" && r["sk"] != sk.as_str())
-        .map(|r| {
-            format!(
-                "{}->{}",
-                r["old"].as_str().unwrap(),
-                r["new"].as_str().unwrap()
-            )
-        })
-        .collect();
+        .filter(|r| r["type"] == "transition" && r["sk"] != sk.as_str());
     assert_eq!(
-        client,
+        steps(client),
         [
             "CLOSE->SYN_SENT",
             "SYN_SENT->ESTABLISHED",
