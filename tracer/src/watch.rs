@@ -244,6 +244,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             _ = summaries.tick() => session.summary("interval", monotonic_ns()),
         };
         if quiet_on_broken_pipe(step)? {
+            session.finish_recording(monotonic_ns());
             return Ok(());
         }
     };

@@ -341,6 +341,19 @@ fn recorder_writes_header_snapshot_entries_and_stop() {
 }
 
 #[test]
+fn a_recorder_dropped_early_still_writes_what_it_queued() {
+    let (_dir, path) = scratch("rec");
+    let mut r = Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &[]).unwrap();
+    r.transition(&transition(0));
+    r.flush(1, std::iter::empty(), |_| None).unwrap();
+    r.transition(&transition(1));
+    drop(r);
+    let read = read_file(&path);
+    assert_eq!(read.len(), 3, "{read:?}");
+    assert_eq!(read[2], Entry::Transition((&transition(1)).into()));
+}
+
+#[test]
 fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
     let (_dir, path) = scratch("rec");
     let budget = 64 << 10;
