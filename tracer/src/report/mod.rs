@@ -46,10 +46,17 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         }
         TimeArg::After(d) => header.started_ns.saturating_add(d.as_nanos() as u64),
     };
+    let (from_ns, to_ns) = (
+        args.from.map_or(0, to_mono),
+        args.to.map_or(u64::MAX, to_mono),
+    );
+    if from_ns > to_ns {
+        anyhow::bail!("--from is after --to: the window is empty");
+    }
     let options = Options {
         thresholds,
-        from_ns: args.from.map_or(0, to_mono),
-        to_ns: args.to.map_or(u64::MAX, to_mono),
+        from_ns,
+        to_ns,
         ports: args.ports.clone(),
         timeline: args.timeline,
     };
@@ -324,7 +331,13 @@ impl Report<'_> {
         for ev in &self.replay.events {
             self.event(o, ev)?;
         }
-        if self.args.timeline.is_some() {
+        if let Some(target) = &info.timeline {
+            if self.replay.events.is_empty() && o.format() == Format::Text {
+                writeln!(
+                    o.out(),
+                    "no socket {target} in the recording (or the window)"
+                )?;
+            }
             return Ok(());
         }
         self.summary(o)?;

@@ -352,6 +352,8 @@ fn window_and_filters() {
     assert_eq!(sockets(&r, "stuck", "age_ms"), [(40002, 30_000)]);
     assert_eq!(of_type(&r, "summary")[0]["stuck"], 0);
 
+    let err = report_bytes(&bytes_of(&incident()), &["--from", "30s", "--to", "10s"]).unwrap_err();
+    assert_eq!(err, "--from is after --to: the window is empty");
     let r = report(&["--pid", "999"]);
     assert!(of_type(&r, "stuck").is_empty() && of_type(&r, "offender").is_empty());
     let r = report(&["--pid", "4242"]);
@@ -384,6 +386,11 @@ fn timeline_of_one_socket() {
     );
     assert_eq!(r[1]["sk"], "0xb0");
 
+    assert_eq!(
+        report(&["--timeline", "0xdead"]).len(),
+        1,
+        "only the report record"
+    );
     let r = report(&["--timeline", "10.0.0.9:41000"]);
     assert_eq!(r.len(), 2);
     assert_eq!(r[1]["type"], "existing");
