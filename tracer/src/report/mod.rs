@@ -292,7 +292,7 @@ struct Offender {
     pid: Option<u32>,
     comm: Option<String>,
     cmdline: Option<String>,
-    /// Sockets it held that were stuck, by state.
+    /// Stuck sockets it held, in all and per state.
     stuck: usize,
     states: BTreeMap<String, usize>,
     /// Service ports, as in the summary (`:61616`, `10.0.0.5:5432`).
