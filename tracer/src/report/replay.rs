@@ -150,12 +150,13 @@ impl Replay {
     /// Applies one entry. `Socket` entries restore the checkpoint of a segment that does
     /// not follow the previous one; the caller skips them otherwise.
     pub fn entry(&mut self, entry: Entry, first_segment: bool) {
-        // Without a stop entry, the recording lasted at least to its latest entry.
+        // The recording lasted at least to its latest entry (its stop, if it has one).
         let seen = match &entry {
             Entry::Owners(o) => o.ts_ns,
             Entry::Stuck(s) => s.ts_ns,
             Entry::Resolved(r) => r.ts_ns,
             Entry::Lost { ts_ns, .. } => *ts_ns,
+            Entry::Stop(s) => s.ts_ns,
             _ => 0,
         };
         self.last_ns = self.last_ns.max(seen);
@@ -170,10 +171,7 @@ impl Replay {
             Entry::Resolved(_) => self.live.resolved += 1,
             Entry::Lost { total, .. } => self.live.lost = self.live.lost.max(total),
             Entry::Gap { entries } => self.live.unrecorded += entries,
-            Entry::Stop(stop) => {
-                self.last_ns = self.last_ns.max(stop.ts_ns);
-                self.live.stop = Some(stop);
-            }
+            Entry::Stop(stop) => self.live.stop = Some(stop),
             // A later segment's header: the caller handles segments.
             Entry::Header(_) => {}
         }
