@@ -101,8 +101,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         start: Rfc3339(clock.at(replay.start_ns)),
         end: Rfc3339(clock.at(end_ns)),
         duration_ms: ms(end_ns.saturating_sub(replay.start_ns)),
-        from: args.from.map(|t| Rfc3339(clock.at(to_mono(t)))),
-        to: args.to.map(|t| Rfc3339(clock.at(to_mono(t)))),
+        from: args.from.map(|_| Rfc3339(clock.at(from_ns))),
+        to: args.to.map(|_| Rfc3339(clock.at(to_ns))),
         thresholds: threshold_map(replay.table.thresholds().iter()),
         recorded_thresholds: threshold_map(recorded.iter().copied()),
         ports: &args.ports,
@@ -127,10 +127,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         .events
         .iter()
         .filter_map(|ev| match ev {
-            Event::Resolved(r) => Some((
-                (r.socket.ends, r.socket.state, r.socket.since_ns),
-                r.left_ns,
-            )),
+            Event::Resolved(r) => Some((replay::stay(&r.socket), r.left_ns)),
             _ => None,
         })
         .collect();
@@ -467,7 +464,7 @@ impl Report<'_> {
 
     /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
     fn outcome(&self, s: &Socket) -> (Duration, bool) {
-        match self.resolutions.get(&(s.ends, s.state, s.since_ns)) {
+        match self.resolutions.get(&replay::stay(s)) {
             Some(&left_ns) => (
                 Duration::from_nanos(left_ns.saturating_sub(s.since_ns)),
                 false,
@@ -490,7 +487,7 @@ impl Report<'_> {
                 _ => continue,
             };
             if self.kept(s) {
-                stuck.insert((s.ends, s.state, s.since_ns), s);
+                stuck.insert(replay::stay(s), s);
             }
         }
         let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();

@@ -89,6 +89,11 @@ pub enum Event {
 /// The stay a live run resolved owners for: a socket's ends, state and entry time.
 pub type Stay = (Endpoints, State, u64);
 
+/// The current stay of `socket`.
+pub fn stay(socket: &Socket) -> Stay {
+    (socket.ends, socket.state, socket.since_ns)
+}
+
 /// Facts the live run recorded about itself.
 #[derive(Clone, Debug, Default)]
 pub struct Live {
@@ -278,7 +283,6 @@ impl Replay {
 
     /// The owners the live run resolved for `socket`'s current stay.
     pub fn owners_of(&self, socket: &Socket) -> Option<&Ownership> {
-        self.owners
-            .get(&(socket.ends, socket.state, socket.since_ns))
+        self.owners.get(&stay(socket))
     }
 }
