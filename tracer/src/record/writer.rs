@@ -106,9 +106,8 @@ struct Progress {
 /// and writes them, so recording costs the loop a copy per entry.
 pub struct Recorder {
     path: PathBuf,
+    /// Entries queued; while `gap` is not zero, the first is the note of that gap.
     chunk: Vec<Entry>,
-    /// Entries in `chunk` (not counting a gap note).
-    chunk_entries: u64,
     tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<Result<(), RecordError>>>,
     progress: Arc<Progress>,
@@ -171,7 +170,6 @@ impl Recorder {
         Ok(Recorder {
             path: path.to_owned(),
             chunk: Vec::with_capacity(4096),
-            chunk_entries: 0,
             tx: Some(tx),
             thread: Some(thread),
             progress,
@@ -197,7 +195,6 @@ impl Recorder {
     /// Queues `entry`.
     pub fn push(&mut self, entry: Entry) {
         self.chunk.push(entry);
-        self.chunk_entries += 1;
     }
 
     /// Queues a transition.
@@ -227,15 +224,15 @@ impl Recorder {
         owners: impl Fn(&Socket) -> Option<&'a Ownership>,
     ) -> Result<(), RecordError> {
         if !self.chunk.is_empty() {
+            // The entries in the chunk, its gap note aside.
+            let entries = self.chunk.len() as u64 - u64::from(self.gap > 0);
             let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(4096));
             if self.try_send(Msg::Append(chunk))? {
-                self.chunk_entries = 0;
                 self.gap = 0;
             } else {
                 // The disk is behind: leave this chunk out and say so in the next.
-                self.unrecorded += self.chunk_entries;
-                self.gap += self.chunk_entries;
-                self.chunk_entries = 0;
+                self.unrecorded += entries;
+                self.gap += entries;
                 self.chunk.push(Entry::Gap { entries: self.gap });
             }
         }
