@@ -526,7 +526,7 @@ impl<W: Write, E: Write> Output<W, E> {
                     rec.stuck_is_lower_bound = Some(r.socket.since_is_lower_bound);
                     rec.still_stuck = Some(still);
                 }
-                self.json(&Record::Stuck(&rec))
+                self.write_json(&Record::Stuck(&rec))
             }
             Format::Text => {
                 let at_least = at_least(r.socket.since_is_lower_bound);
@@ -566,7 +566,7 @@ impl<W: Write, E: Write> Output<W, E> {
                 rec.stuck_ms = Some(stuck.as_millis() as u64);
                 rec.stuck_is_lower_bound = Some(r.socket.since_is_lower_bound);
                 rec.new = Some(new);
-                self.json(&Record::Resolved(&rec))
+                self.write_json(&Record::Resolved(&rec))
             }
             Format::Text => {
                 let at_least = at_least(r.socket.since_is_lower_bound);
@@ -616,7 +616,7 @@ impl<W: Write, E: Write> Output<W, E> {
                         advice: summary::advice(g.state),
                     })
                     .collect();
-                self.json(&Record::Summary(&SummaryRecord {
+                self.write_json(&Record::Summary(&SummaryRecord {
                     time: Rfc3339(self.clock.at(now_ns)),
                     reason,
                     stuck,
@@ -686,11 +686,8 @@ impl<W: Write, E: Write> Output<W, E> {
         }
     }
 
-    fn json(&mut self, record: &Record<'_>) -> io::Result<()> {
-        self.write_json(record)
-    }
-
-    /// Writes one JSON line of a record type defined elsewhere (the report's own).
+    /// Writes one JSON line: a [`Record`], or a record type defined elsewhere (the
+    /// report's own).
     pub fn write_json<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")
@@ -716,7 +713,7 @@ impl<W: Write, E: Write> Output<W, E> {
     pub fn start(&mut self, info: &StartInfo) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                self.json(&Record::Start(info))?;
+                self.write_json(&Record::Start(info))?;
                 self.out.flush()
             }
             Format::Text => {
@@ -774,7 +771,7 @@ impl<W: Write, E: Write> Output<W, E> {
     /// Prints one transition.
     pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(&Record::transition(t, &self.clock)),
+            Format::Json => self.write_json(&Record::transition(t, &self.clock)),
             Format::Text => {
                 let time = Rfc3339(self.clock.at(t.ts_ns)).to_string();
                 // "2026-11-25T06:33:10.123456789Z" -> "06:33:10.123456"
@@ -802,7 +799,7 @@ impl<W: Write, E: Write> Output<W, E> {
         )?;
         if self.format == Format::Json {
             let time = Rfc3339(SystemTime::now());
-            self.json(&Record::Lost { time, lost, total })?;
+            self.write_json(&Record::Lost { time, lost, total })?;
         }
         Ok(())
     }
@@ -810,7 +807,7 @@ impl<W: Write, E: Write> Output<W, E> {
     /// Prints the totals; the last record of a run.
     pub fn stop(&mut self, info: &StopInfo) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(&Record::Stop(info))?,
+            Format::Json => self.write_json(&Record::Stop(info))?,
             Format::Text => writeln!(
                 self.status,
                 "tracer: stopped after {:.1}s: {} transitions, {} lost",
