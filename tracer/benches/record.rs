@@ -4,7 +4,8 @@
 use std::{net::Ipv4Addr, time::Instant};
 
 use tracer::{
-    decode::{Comm, Family, State, Transition},
+    decode::Transition,
+    model::{Comm, Family, State},
     record::{
         reader::Reader,
         writer::{encode, prologue},

@@ -8,7 +8,8 @@ use std::{
 
 use tracer::{
     aggregate::{stuck::Thresholds, Table},
-    decode::{Comm, Family, State, Transition},
+    decode::Transition,
+    model::{Comm, Family, State},
 };
 use tracer_common::TcpState;
 

@@ -9,7 +9,7 @@ use std::{
 use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tracer_common::{TcpState, MAX_PORTS};
 
-use crate::{decode::Family, report::replay::Target};
+use crate::model::{Family, Format, Target};
 
 /// Traces TCP state transitions with eBPF and finds the processes that leak sockets.
 #[derive(Debug, Parser)]
@@ -167,13 +167,6 @@ impl WatchArgs {
             .chain(self.stuck.iter().copied())
             .collect()
     }
-}
-
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
 }
 
 /// `--family` values.

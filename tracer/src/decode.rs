@@ -1,117 +1,13 @@
 //! Stage 2: turns the probe's raw records (ring-buffer transitions, per-socket last
 //! send/receive) into typed values.
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{
-    SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, IO_EOF, IO_RECV, IO_SEND,
-    TRANSITION_EVENT_SIZE,
+    SocketIo, TransitionEvent, AF_INET, AF_INET6, IO_EOF, IO_RECV, IO_SEND, TRANSITION_EVENT_SIZE,
 };
 
-/// Address family of a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    /// The name used on the command line and in JSON: `ipv4` or `ipv6`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        }
-    }
-
-    /// The kernel's `AF_*` number.
-    pub const fn af(self) -> u16 {
-        match self {
-            Family::Ipv4 => AF_INET,
-            Family::Ipv6 => AF_INET6,
-        }
-    }
-}
-
-/// A TCP state as the kernel numbers it; numbers this build does not know are kept, not
-/// rejected, so a newer kernel's states still show up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct State(pub u8);
-
-impl State {
-    /// The known state, if this number is one.
-    pub fn known(self) -> Option<TcpState> {
-        TcpState::from_u8(self.0)
-    }
-}
-
-impl From<TcpState> for State {
-    fn from(s: TcpState) -> Self {
-        State(s as u8)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.known() {
-            Some(s) => f.write_str(s.name()),
-            None => write!(f, "STATE_{}", self.0),
-        }
-    }
-}
-
-/// A task's command name as the kernel keeps it: at most 16 bytes, NUL-padded. Kept
-/// inline so that decoding an event allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Comm {
-    bytes: [u8; COMM_LEN],
-    len: u8,
-}
-
-impl Comm {
-    /// The name up to its first NUL.
-    pub fn new(raw: [u8; COMM_LEN]) -> Self {
-        let len = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        Self {
-            bytes: raw,
-            len: len as u8,
-        }
-    }
-
-    /// The name's bytes, without the NUL padding.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-
-    /// The name as text; bytes that are not UTF-8 are replaced.
-    pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.bytes[..self.len as usize])
-    }
-}
-
-impl From<&str> for Comm {
-    fn from(s: &str) -> Self {
-        let mut raw = [0u8; COMM_LEN];
-        let n = s.len().min(COMM_LEN);
-        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
-        Comm::new(raw)
-    }
-}
-
-impl fmt::Display for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.to_str_lossy())
-    }
-}
-
-impl fmt::Debug for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.to_str_lossy())
-    }
-}
+use crate::model::{Comm, Endpoints, Family, IoOp, LastIo, State};
 
 /// One TCP state change of one socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +29,19 @@ pub struct Transition {
     pub dport: u16,
     pub old: State,
     pub new: State,
+}
+
+impl Transition {
+    /// The endpoints of the socket it is about.
+    pub fn ends(&self) -> Endpoints {
+        Endpoints {
+            family: self.family,
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+        }
+    }
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -182,40 +91,6 @@ pub fn from_event(ev: &TransitionEvent) -> Result<Transition, DecodeError> {
     })
 }
 
-/// What a socket's last send or receive was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoOp {
-    /// A receive that returned data or an error.
-    Recv,
-    /// A send.
-    Send,
-    /// A receive that returned the peer's end of stream (0 bytes).
-    Eof,
-}
-
-impl IoOp {
-    /// The name used in JSON: `recv`, `send` or `eof`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            IoOp::Recv => "recv",
-            IoOp::Send => "send",
-            IoOp::Eof => "eof",
-        }
-    }
-}
-
-/// The last send or receive on a socket and the process that made it: a process that
-/// really uses the socket, unlike the task current at a softirq transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastIo {
-    /// Kernel monotonic time of the call, in nanoseconds.
-    pub ts_ns: u64,
-    pub pid: u32,
-    /// The process's command name when it first used the socket.
-    pub comm: Comm,
-    pub op: IoOp,
-}
-
 /// Converts the probe's per-socket note; `None` for an operation this build does not know.
 pub fn last_io(io: &SocketIo) -> Option<LastIo> {
     let op = match io.op {
@@ -239,6 +114,7 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::{TcpState, COMM_LEN};
 
     fn event(family: u16, saddr: [u8; 16], daddr: [u8; 16]) -> TransitionEvent {
         let mut comm = [0u8; COMM_LEN];

@@ -7,11 +7,14 @@
 //! [`attribute`] (owners from sock_diag and /proc) -> [`output`] (text or JSON Lines),
 //! driven by [`watch`]; [`cli`] is the command line. With `--record`, [`record`] writes the
 //! transitions and decisions to disk, and [`report`] rebuilds an incident from them later.
+//! [`model`] holds the types every stage shares; each module imports only from stages
+//! before it and from `model`.
 
 pub mod aggregate;
 pub mod attribute;
 pub mod cli;
 pub mod decode;
+pub mod model;
 pub mod output;
 pub mod probe;
 pub mod record;

@@ -15,10 +15,11 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{stuck::Thresholds, Resolved, Socket, Table},
-    attribute::{Attributor, HeldBy, Host, Ownership},
-    cli::{Format, WatchArgs},
-    decode::{self, Family, LastIo},
+    aggregate::{stuck::Thresholds, Resolved, Table},
+    attribute::{Attributor, Host},
+    cli::WatchArgs,
+    decode,
+    model::{Family, Format, HeldBy, LastIo, Ownership, Socket},
     output::{
         monotonic_ns, summary, Attached, FilterInfo, Output, RecordInfo, Rfc3339, SocketReport,
         StartInfo, StopInfo, StopReason, WallClock,

@@ -13,7 +13,7 @@ use std::{collections::VecDeque, time::Duration};
 use tracer_common::TcpState;
 
 use super::SocketKey;
-use crate::decode::State;
+use crate::model::State;
 
 /// Highest state number a threshold can be set for (the kernel's states are 1..=13).
 const STATES: usize = 16;

@@ -1,6 +1,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
+use crate::model::{Comm, Family};
 use TcpState::*;
 
 const SEC: u64 = 1_000_000_000;

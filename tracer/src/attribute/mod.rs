@@ -16,11 +16,10 @@ use std::{
 
 use tracer_common::TcpState;
 
-use crate::{
-    aggregate::{Endpoints, Origin, SnapshotSocket, Socket},
-    decode::{Family, LastIo, State},
+use crate::model::{
+    Endpoints, Family, HeldBy, Origin, Owner, Ownership, ProcessInfo, SnapshotSocket, State,
 };
-use procfs::{Holding, ProcFs, ProcessInfo};
+use procfs::{Holding, ProcFs};
 use sock_diag::DiagSocket;
 
 /// Where attribution gets its facts; [`Host`] reads the running kernel, tests use fakes.
@@ -78,67 +77,6 @@ impl System for Host {
 pub struct AttributeError {
     family: Family,
     source: io::Error,
-}
-
-/// A process holding a socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub process: ProcessInfo,
-    /// Its descriptors that refer to the socket (to the listener, for a socket still in
-    /// the accept queue).
-    pub fds: Vec<i32>,
-    /// How many descriptors it has open, to set against `process.fd_limit`.
-    pub fd_count: usize,
-}
-
-/// How a socket is held.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeldBy {
-    /// Through file descriptors: the owners hold it.
-    Fd,
-    /// Never accepted: it waits in the accept queue of a listener the owners hold.
-    AcceptQueue,
-    /// No descriptor refers to it any more: its process closed it and the kernel is
-    /// finishing the connection alone.
-    Orphan,
-    /// sock_diag no longer lists it (it closed while being looked up).
-    Gone,
-    /// It has an inode, but no process visible here holds it.
-    Unknown,
-}
-
-impl HeldBy {
-    /// The name used in JSON.
-    pub const fn name(self) -> &'static str {
-        match self {
-            HeldBy::Fd => "fd",
-            HeldBy::AcceptQueue => "accept_queue",
-            HeldBy::Orphan => "orphan",
-            HeldBy::Gone => "gone",
-            HeldBy::Unknown => "unknown",
-        }
-    }
-}
-
-/// Who owns one socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ownership {
-    pub held_by: HeldBy,
-    /// Every process holding it, in pid order; empty when none is known.
-    pub owners: Vec<Owner>,
-    /// The last process seen sending or receiving on it (from the probe, not from here):
-    /// a hint beside the holders, and the only name left when none is found.
-    pub last_io: Option<LastIo>,
-}
-
-impl Ownership {
-    /// Whether process `pid` holds `socket`, or was the last to act on it from a system
-    /// call or to send or receive on it: what `--pid` selects stuck sockets by.
-    pub fn involves(&self, pid: u32, socket: &Socket) -> bool {
-        self.owners.iter().any(|w| w.process.pid == pid)
-            || socket.hint.is_some_and(|h| h.pid == pid)
-            || self.last_io.is_some_and(|io| io.pid == pid)
-    }
 }
 
 /// Names owners through a [`System`].

@@ -13,6 +13,8 @@ use std::{
 
 use procfs::process::{LimitValue, Process};
 
+use crate::model::ProcessInfo;
+
 /// The descriptors that refer to sockets of interest in one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holding {
@@ -21,21 +23,6 @@ pub struct Holding {
     pub fds: Vec<(u64, i32)>,
     /// How many descriptors the process has open.
     pub fd_count: usize,
-}
-
-/// What is reported about a process that holds a socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    /// Arguments joined by spaces (empty for kernel threads).
-    pub cmdline: String,
-    /// Real uid.
-    pub uid: u32,
-    /// Soft RLIMIT_NOFILE; `None` when unlimited.
-    pub fd_limit: Option<u64>,
-    /// cgroup v2 path (or the first v1 one): tells the container or service.
-    pub cgroup: Option<String>,
 }
 
 /// A `/proc` tree.

@@ -17,7 +17,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::{aggregate::Endpoints, decode::Family, decode::State};
+use crate::model::{Endpoints, Family, State};
 
 /// One socket as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use std::{
 };
 
 use super::*;
+use crate::model::{Origin, ProcessInfo};
 use TcpState::*;
 
 /// A machine made of lists.

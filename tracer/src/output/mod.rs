@@ -18,10 +18,12 @@ use serde::{Serialize, Serializer};
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Origin, PidHint, Socket, SocketKey, TableStats},
-    attribute::{HeldBy, Owner, Ownership},
-    cli::Format,
-    decode::{Comm, IoOp, LastIo, State, Transition},
+    aggregate::TableStats,
+    decode::Transition,
+    model::{
+        Comm, Format, HeldBy, IoOp, LastIo, Origin, Owner, Ownership, PidHint, Socket, SocketKey,
+        State,
+    },
 };
 use summary::{Group, ServicePort};
 
@@ -966,7 +968,7 @@ fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Family;
+    use crate::model::Family;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use tracer_common::TcpState;
 
@@ -1032,7 +1034,7 @@ mod tests {
     }
 
     fn leaked() -> (Socket, Ownership) {
-        use crate::{aggregate::Endpoints, attribute::tests::java as java_process};
+        use crate::{attribute::tests::java as java_process, model::Endpoints};
         let socket = Socket {
             id: 1,
             ends: Endpoints {

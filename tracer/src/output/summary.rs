@@ -6,11 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use crate::{
-    aggregate::{Origin, Socket},
-    attribute::Ownership,
-    decode::{IoOp, State},
-};
+use crate::model::{IoOp, Origin, Ownership, Socket, State};
 
 /// The port that names the service a socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,11 +147,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{
-        aggregate::Endpoints,
-        attribute::{procfs::ProcessInfo, HeldBy, Owner},
-        decode::{Family, LastIo},
-    };
+    use crate::model::{Endpoints, Family, HeldBy, LastIo, Owner, ProcessInfo};
 
     fn socket(origin: Origin, sport: u16, dport: u16, since_ns: u64) -> Socket {
         Socket {

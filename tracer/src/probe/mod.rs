@@ -19,7 +19,7 @@ use tracer_common::{
 
 pub use tracefs::Tracefs;
 
-use crate::decode::{Family, State};
+use crate::model::{Family, State};
 
 /// The probe object built by `build.rs`; empty when no BPF toolchain was found at build time.
 static PROBE_OBJECT: &[u8] =

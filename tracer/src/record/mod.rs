@@ -27,9 +27,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{Endpoints, Origin, PidHint, Socket, SocketKey},
-    attribute::{procfs::ProcessInfo, HeldBy, Owner, Ownership},
-    decode::{Comm, Family, IoOp, LastIo, State, Transition},
+    decode::Transition,
+    model::{
+        Comm, Endpoints, Family, HeldBy, IoOp, LastIo, Origin, Owner, Ownership, PidHint,
+        ProcessInfo, Socket, SocketKey, State,
+    },
 };
 
 /// First bytes of every segment: non-ASCII first, a newline last, so that text-mode
@@ -298,7 +300,7 @@ impl From<&Transition> for TransitionEntry {
                 comm: comm_raw(&t.comm),
             },
             tid: t.tid,
-            ends: Endpoints::of(t).into(),
+            ends: t.ends().into(),
             old: t.old.0,
             new: t.new.0,
         }

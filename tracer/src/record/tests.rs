@@ -8,9 +8,9 @@ use super::{
     *,
 };
 use crate::{
-    aggregate::{Endpoints, Origin, PidHint, Socket, SocketKey},
     attribute::tests::java,
-    decode::{Comm, Family, IoOp, LastIo, Transition},
+    decode::Transition,
+    model::{Comm, Family, IoOp, LastIo, Origin, PidHint, Socket, SocketKey},
 };
 use tracer_common::TcpState;
 
@@ -66,7 +66,7 @@ fn socket(i: u64) -> Socket {
     let t = transition(i);
     Socket {
         id: 0,
-        ends: Endpoints::of(&t),
+        ends: t.ends(),
         state: TcpState::CloseWait.into(),
         since_ns: t.ts_ns,
         since_is_lower_bound: i.is_multiple_of(3),
@@ -81,8 +81,8 @@ fn socket(i: u64) -> Socket {
 
 fn ownership() -> Ownership {
     Ownership {
-        held_by: crate::attribute::HeldBy::Fd,
-        owners: vec![crate::attribute::Owner {
+        held_by: crate::model::HeldBy::Fd,
+        owners: vec![crate::model::Owner {
             process: java(4242),
             fds: vec![12, 14],
             fd_count: 1013,

@@ -26,9 +26,8 @@ use std::{
 
 use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
 use crate::{
-    aggregate::{Socket, SocketKey},
-    attribute::Ownership,
     decode::Transition,
+    model::{Ownership, Socket, SocketKey},
 };
 
 /// Files a size-bounded recording is split into: the budget is shared among them.

@@ -18,10 +18,9 @@ use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{stuck::Thresholds, Socket},
-    attribute::{HeldBy, Ownership},
-    cli::{Format, ReportArgs, TimeArg},
-    decode::{IoOp, State},
+    aggregate::stuck::Thresholds,
+    cli::{ReportArgs, TimeArg},
+    model::{Format, HeldBy, IoOp, Ownership, Socket, State, Target},
     output::{
         clock_of, human_duration, plural, port_text,
         summary::{self, ServicePort},
@@ -108,8 +107,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         ports: &args.ports,
         pid: args.pid,
         timeline: args.timeline.map(|t| match t {
-            replay::Target::Sk(sk) => format!("{sk:#x}"),
-            replay::Target::Addr(a) => a.to_string(),
+            Target::Sk(sk) => format!("{sk:#x}"),
+            Target::Addr(a) => a.to_string(),
         }),
         entries: read.entries,
         transitions: replay.transitions_read,

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddr,
     time::Duration,
 };
 
@@ -12,36 +11,14 @@ use hdrhistogram::Histogram;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{stuck::Thresholds, Endpoints, Resolved, Socket, SocketKey, Table},
-    attribute::Ownership,
-    decode::{State, Transition},
+    aggregate::{stuck::Thresholds, Resolved, Table},
+    decode::Transition,
+    model::{Endpoints, Ownership, Socket, SocketKey, State, Target},
     record::{Entry, Header, SocketEntry, StopEntry},
 };
 
 /// Longest stay the percentiles tell apart (about 52 days); longer ones count as that.
 const MAX_STAY_US: u64 = 1 << 42;
-
-/// The one socket `--timeline` follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Its kernel address.
-    Sk(u64),
-    /// An address and port at either end.
-    Addr(SocketAddr),
-}
-
-impl Target {
-    /// Whether a socket at `sk` (if known) with `ends` is the target.
-    pub fn matches(&self, sk: Option<u64>, ends: &Endpoints) -> bool {
-        match *self {
-            Target::Sk(want) => sk == Some(want),
-            Target::Addr(a) => {
-                (ends.saddr, ends.sport) == (a.ip(), a.port())
-                    || (ends.daddr, ends.dport) == (a.ip(), a.port())
-            }
-        }
-    }
-}
 
 /// What the report asked for.
 #[derive(Clone, Debug)]
@@ -203,7 +180,7 @@ impl Replay {
         self.last_ns = self.last_ns.max(t.ts_ns);
         // Flag what crossed its threshold before this transition could move it.
         self.advance(t.ts_ns.saturating_sub(1));
-        let ends = Endpoints::of(&t);
+        let ends = t.ends();
         let shown = self.options.in_window(t.ts_ns) && self.options.port_kept(&ends);
         if shown {
             *self.transitions.entry((t.old, t.new)).or_default() += 1;

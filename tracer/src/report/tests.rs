@@ -11,7 +11,8 @@ use tracer_common::TcpState::{self, *};
 
 use crate::{
     cli::{Cli, Command},
-    decode::{Comm, Family, Transition},
+    decode::Transition,
+    model::{Comm, Family},
     record::{
         writer::{encode, prologue},
         *,
