@@ -7,9 +7,9 @@ use std::{
 };
 
 use tracer::{
-    aggregate::{stuck::Thresholds, Table},
+    aggregate::Table,
     decode::Transition,
-    model::{Comm, Family, State},
+    model::{Comm, Family, State, Thresholds},
 };
 use tracer_common::TcpState;
 

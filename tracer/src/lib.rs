@@ -19,4 +19,5 @@ pub mod output;
 pub mod probe;
 pub mod record;
 pub mod report;
+pub mod stuck;
 pub mod watch;

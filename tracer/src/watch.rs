@@ -2,7 +2,7 @@
 //! output) until a signal, the `--duration` deadline, or a closed stdout.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     io::{self, IsTerminal, Write},
     time::{Duration, Instant, SystemTime},
 };
@@ -15,11 +15,11 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{stuck::Thresholds, Resolved, Table},
+    aggregate::Resolved,
     attribute::{Attributor, Host},
     cli::WatchArgs,
     decode,
-    model::{Family, Format, HeldBy, LastIo, Ownership, Socket},
+    model::{Family, Format, HeldBy, LastIo, Ownership, Socket, Thresholds},
     output::{
         monotonic_ns, summary, Attached, FilterInfo, Output, RecordInfo, Rfc3339, SocketReport,
         StartInfo, StopInfo, StopReason, WallClock,
@@ -27,8 +27,9 @@ use crate::{
     probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
     record::{
         writer::{self, Recorder},
-        Entry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
+        Entry, GoneEntry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
     },
+    stuck::{Decision, Engine, Flag},
 };
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -81,16 +82,20 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // The snapshot comes after attaching: a socket that changes state in between is then
     // named by its transition rather than missed.
     let thresholds = Thresholds::new(&args.thresholds());
-    let mut table = Table::new(thresholds.clone(), args.max_sockets as usize);
+    // The run begins with the snapshot: the engine dates no flag before it, and a
+    // recording's header carries the same instant, so a report agrees.
+    let start_ns = monotonic_ns();
+    let mut engine = Engine::new(thresholds.clone(), args.max_sockets as usize, start_ns);
     let mut attributor = Attributor::new(Host::default());
-    let mut snapshot = attributor.snapshot(monotonic_ns()).unwrap_or_else(|e| {
+    let mut snapshot = attributor.snapshot(start_ns).unwrap_or_else(|e| {
         eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
         Vec::new()
     });
     // The probe's filters hold for the snapshot too.
     snapshot.retain(|s| filters.admits_socket(s.ends.family, s.ends.sport, s.ends.dport, s.state));
     let existing_sockets = snapshot.len();
-    table.seed(snapshot);
+    let mut decisions = Vec::new();
+    engine.seed(snapshot, &mut decisions);
 
     let clock = WallClock::now();
     let recorder = match record_file {
@@ -102,7 +107,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 kernel: kernel_release(),
                 hostname: hostname(),
                 clock_offset_ns: clock.offset_ns() as i64,
-                started_ns: monotonic_ns(),
+                started_ns: start_ns,
                 thresholds: thresholds
                     .iter()
                     .map(|(s, d)| (s as u8, d.as_millis() as u64))
@@ -114,7 +119,8 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 max_sockets: args.max_sockets,
                 checkpoint: 0,
             };
-            let snapshot: Vec<SocketEntry> = table
+            let snapshot: Vec<SocketEntry> = engine
+                .table()
                 .sockets()
                 .map(|(k, s)| SocketEntry::new(k, s))
                 .collect();
@@ -141,9 +147,9 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     .with_color(color);
     let mut session = Session {
         output,
-        table,
+        engine,
         attributor,
-        owners: HashMap::new(),
+        pending: Vec::new(),
         events: args.events,
         owner_pid: args.pid.filter(|_| !args.events),
         next_attribution_ns: 0,
@@ -151,6 +157,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         io_failed: false,
         recorder,
         counts: Counts::default(),
+        decisions,
     };
     let start = StartInfo {
         time: Rfc3339(SystemTime::now()),
@@ -194,7 +201,11 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             max_bytes: args.record_max_size.0,
         }),
     };
-    if quiet_on_broken_pipe(session.output.start(&start))? {
+    if quiet_on_broken_pipe(written(session.output.start(&start)))? {
+        return Ok(());
+    }
+    // A table too small for the snapshot says so at once.
+    if quiet_on_broken_pipe(written(session.decide(&probe)))? {
         return Ok(());
     }
 
@@ -232,17 +243,19 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             _ = &mut deadline => break StopReason::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer failed")?;
-                let r = session.drain(guard.get_inner_mut());
+                let r = session.drain(guard.get_inner_mut(), &probe);
                 guard.clear_ready();
-                r
+                written(r)
             }
-            _ = poll.tick() => session.drain(ring.get_mut()),
+            _ = poll.tick() => written(session.drain(ring.get_mut(), &probe)),
             _ = lost_check.tick() => session.check_lost(&probe),
             // Drain first: a transition already in the ring may show the socket left in time.
-            _ = flag_timer => session
-                .drain(ring.get_mut())
-                .and_then(|()| session.flag_due(&probe)),
-            _ = summaries.tick() => session.summary("interval", monotonic_ns()),
+            _ = flag_timer => written(
+                session
+                    .drain(ring.get_mut(), &probe)
+                    .and_then(|()| session.flag_due(&probe, monotonic_ns())),
+            ),
+            _ = summaries.tick() => written(session.summary("interval", monotonic_ns())),
         };
         if quiet_on_broken_pipe(step)? {
             session.finish_recording(monotonic_ns());
@@ -254,16 +267,18 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // for every transition the probe saw.
     probe.detach().context("detaching the probe failed")?;
     let end_ns = monotonic_ns();
-    let last = session
-        .drain(ring.get_mut())
+    // Flags due by the end are decided and reported as a report of the recording would.
+    let last = written(session.drain(ring.get_mut(), &probe))
+        .and_then(|()| written(session.flag_due(&probe, end_ns)))
+        .and_then(|()| written(session.attribute(&probe)))
         .and_then(|()| session.check_lost(&probe))
-        .and_then(|()| session.summary("stop", end_ns));
+        .and_then(|()| written(session.summary("stop", end_ns)));
     // The recording is finished even when stdout has gone away.
     let unrecorded = session.finish_recording(end_ns);
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
-    let stats = session.table.stats();
+    let stats = session.engine.stats();
     let counts = &session.counts;
     let stop = StopInfo {
         time: Rfc3339(SystemTime::now()),
@@ -274,14 +289,14 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         duration_ms: started.elapsed().as_millis() as u64,
         flagged: counts.flagged,
         resolved: counts.resolved,
-        stuck: session.table.stuck().count(),
+        stuck: session.engine.table().stuck().count(),
         tracked: stats.tracked,
         peak_tracked: stats.peak,
         evicted: stats.evicted,
         evicted_stuck: stats.evicted_stuck,
         unrecorded,
     };
-    quiet_on_broken_pipe(session.output.stop(&stop))?;
+    quiet_on_broken_pipe(written(session.output.stop(&stop)))?;
     Ok(())
 }
 
@@ -295,20 +310,22 @@ struct Counts {
     resolved: u64,
 }
 
-/// The watch's state between the probe and the output: the table, the attribution of
-/// flagged sockets, and the counters.
+/// The live side of the data path around the [`Engine`]: feeds it from the ring buffer and
+/// the clock, resolves the owners of what it flags (the only side effects: /proc, sock_diag
+/// and the probe's last send/receive), and hands every decision to the output and the
+/// recorder.
 struct Session<W: Write, E: Write> {
     output: Output<W, E>,
-    table: Table,
+    engine: Engine,
     attributor: Attributor<Host>,
-    /// Owners of flagged sockets, by socket id.
-    owners: HashMap<u64, Ownership>,
+    /// Flags waiting for their owners: flags that fall due close together share one look
+    /// at /proc.
+    pending: Vec<Flag>,
     /// Print every transition (`--events`).
     events: bool,
     /// `--pid` in watch mode: report only sockets this process holds.
     owner_pid: Option<u32>,
-    /// Earliest time (monotonic ns) of the next attribution: flags that fall due close
-    /// together share one look at /proc.
+    /// Earliest time (monotonic ns) of the next attribution.
     next_attribution_ns: u64,
     attribution_failed: bool,
     /// Reading the probe's last send/receive failed once (warned about).
@@ -316,12 +333,14 @@ struct Session<W: Write, E: Write> {
     /// `--record`: dropped (with a warning) if writing fails.
     recorder: Option<Recorder>,
     counts: Counts,
+    /// Reused between batches.
+    decisions: Vec<Decision>,
 }
 
 impl<W: Write, E: Write> Session<W, E> {
-    /// Reads every pending record into the table; prints transitions in `--events` mode
-    /// and resolutions of stuck sockets.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+    /// Reads every pending record into the engine; prints transitions in `--events` mode
+    /// and what the engine decided.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, probe: &Probe) -> io::Result<()> {
         let mut read_any = false;
         while let Some(item) = ring.next() {
             read_any = true;
@@ -334,8 +353,10 @@ impl<W: Write, E: Write> Session<W, E> {
                     if self.events {
                         self.output.transition(&t)?;
                     }
-                    if let Some(r) = self.table.apply(&t) {
-                        self.resolve(&r)?;
+                    self.engine.transition(&t, &mut self.decisions);
+                    if !self.decisions.is_empty() {
+                        drop(item);
+                        self.decide(probe)?;
                     }
                 }
                 Err(e) => {
@@ -354,11 +375,33 @@ impl<W: Write, E: Write> Session<W, E> {
         Ok(())
     }
 
+    /// Handles the engine's decisions. A resolution waits for the owners of a flag still
+    /// pending, so that its stuck record comes first.
+    fn decide(&mut self, probe: &Probe) -> io::Result<()> {
+        let mut decisions = std::mem::take(&mut self.decisions);
+        for d in decisions.drain(..) {
+            match d {
+                Decision::Stuck(flag) => self.pending.push(flag),
+                Decision::Resolved(r) => {
+                    if self.pending.iter().any(|f| f.key == r.key) {
+                        self.attribute(probe)?;
+                    }
+                    self.resolve(&r)?;
+                }
+                Decision::Evicted { sockets, stuck } => self.output.evicted(sockets, stuck)?,
+            }
+        }
+        self.decisions = decisions;
+        Ok(())
+    }
+
     /// Pushes output, and the recording's pending entries, out.
     fn flush(&mut self) -> io::Result<()> {
         if let Some(r) = &mut self.recorder {
-            let owners = &self.owners;
-            let flushed = r.flush(monotonic_ns(), self.table.sockets(), |s| owners.get(&s.id));
+            let engine = &self.engine;
+            let flushed = r.flush(monotonic_ns(), engine.table().sockets(), |s| {
+                engine.owners_of(s)
+            });
             if let Err(e) = flushed {
                 eprintln!("tracer: warning: {e}; the live trace goes on");
                 self.recorder = None;
@@ -386,7 +429,8 @@ impl<W: Write, E: Write> Session<W, E> {
     }
 
     fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
-        let Some(ownership) = self.owners.remove(&r.socket.id) else {
+        let Some(ownership) = self.engine.owners_of(&r.socket) else {
+            // Flagged, then found gone: never reported.
             return Ok(());
         };
         self.counts.resolved += 1;
@@ -400,39 +444,50 @@ impl<W: Write, E: Write> Session<W, E> {
                 new: r.new.0,
             }));
         }
-        if !self.shown(&ownership, &r.socket) {
+        if !self.shown(ownership, &r.socket) {
             return Ok(());
         }
         let report = SocketReport {
             key: r.key,
             socket: &r.socket,
-            ownership: &ownership,
+            ownership,
         };
         self.output.resolved(&report, r.left_ns, r.new)
     }
 
     /// When the stuck timer should fire next (monotonic ns).
     fn next_flag_ns(&self) -> Option<u64> {
-        self.table
-            .next_deadline()
-            .map(|d| d.max(self.next_attribution_ns))
+        let next = match self.pending.is_empty() {
+            true => self.engine.next_deadline(),
+            false => Some(0),
+        };
+        next.map(|d| d.max(self.next_attribution_ns))
     }
 
-    /// Flags the sockets past their threshold, names their owners (and the last process
-    /// to send or receive on them) and reports them. The caller drains the ring first, so
-    /// a socket that left in time is not flagged.
-    fn flag_due(&mut self, probe: &Probe) -> io::Result<()> {
-        let now = monotonic_ns();
-        if now < self.next_attribution_ns {
+    /// Flags the sockets past their threshold at `now_ns` and, unless an attribution ran
+    /// too recently, reports them. The caller drains the ring first, so a socket that left
+    /// in time is not flagged.
+    fn flag_due(&mut self, probe: &Probe, now_ns: u64) -> io::Result<()> {
+        self.engine.tick(now_ns, &mut self.decisions);
+        self.decide(probe)?;
+        if monotonic_ns() >= self.next_attribution_ns {
+            self.attribute(probe)?;
+        }
+        self.flush()
+    }
+
+    /// Names the owners of the pending flags (and the last process to send or receive on
+    /// them) and reports them. A socket the kernel no longer has in its flagged state,
+    /// although the engine still holds it there, lost its transition: it is dropped, and
+    /// the recording says so.
+    fn attribute(&mut self, probe: &Probe) -> io::Result<()> {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let stuck = self.table.due(now);
-        if stuck.is_empty() {
-            return Ok(());
-        }
-        let query: Vec<_> = stuck
+        let flags = std::mem::take(&mut self.pending);
+        let query: Vec<_> = flags
             .iter()
-            .map(|s| (s.socket.ends, s.socket.state))
+            .map(|f| (f.socket.ends, f.socket.state))
             .collect();
         let owners = match self.attributor.owners(&query) {
             Ok(o) => o,
@@ -447,48 +502,50 @@ impl<W: Write, E: Write> Session<W, E> {
                         owners: Vec::new(),
                         last_io: None,
                     };
-                    stuck.len()
+                    flags.len()
                 ]
             }
         };
         self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
-        let now = monotonic_ns();
-        for (s, mut ownership) in stuck.into_iter().zip(owners) {
-            if ownership.held_by == HeldBy::Gone {
-                // The kernel no longer has it in that state: its transition was lost or
-                // is on its way. Not stuck.
-                self.table.forget(s.key);
+        for (flag, mut ownership) in flags.into_iter().zip(owners) {
+            let stay = flag.socket.stay();
+            if ownership.held_by == HeldBy::Gone && self.engine.current(&flag) {
+                self.engine.gone(flag.key, stay);
+                if let Some(r) = &mut self.recorder {
+                    r.push(Entry::Gone(GoneEntry {
+                        ts_ns: monotonic_ns(),
+                        key: flag.key.into(),
+                        ends: flag.socket.ends.into(),
+                        state: flag.socket.state.0,
+                        since_ns: flag.socket.since_ns,
+                    }));
+                }
                 continue;
             }
-            ownership.last_io = self.last_io(probe, s.key.sk());
+            ownership.last_io = self.last_io(probe, flag.key.sk());
             self.counts.flagged += 1;
-            let threshold = self
-                .table
-                .thresholds()
-                .get(s.socket.state)
-                .unwrap_or_default();
             if let Some(r) = &mut self.recorder {
                 r.push(Entry::Stuck(StuckEntry {
-                    ts_ns: now,
-                    key: s.key.into(),
-                    ends: s.socket.ends.into(),
-                    state: s.socket.state.0,
-                    since_ns: s.socket.since_ns,
-                    threshold_ms: threshold.as_millis() as u64,
+                    ts_ns: flag.at_ns,
+                    key: flag.key.into(),
+                    ends: flag.socket.ends.into(),
+                    state: flag.socket.state.0,
+                    since_ns: flag.socket.since_ns,
+                    threshold_ms: flag.threshold.as_millis() as u64,
                 }));
-                r.owners(now, &s.socket, &ownership);
+                r.owners(flag.at_ns, &flag.socket, &ownership);
             }
-            if self.shown(&ownership, &s.socket) {
+            if self.shown(&ownership, &flag.socket) {
                 let report = SocketReport {
-                    key: s.key,
-                    socket: &s.socket,
+                    key: flag.key,
+                    socket: &flag.socket,
                     ownership: &ownership,
                 };
-                self.output.stuck(&report, now, threshold)?;
+                self.output.stuck(&report, flag.at_ns, flag.threshold)?;
             }
-            self.owners.insert(s.socket.id, ownership);
+            self.engine.owned(stay, ownership);
         }
-        self.flush()
+        Ok(())
     }
 
     /// The last send or receive on the socket at `sk`, if the probe saw one.
@@ -507,15 +564,14 @@ impl<W: Write, E: Write> Session<W, E> {
 
     /// Writes the summary of the sockets stuck at monotonic `now`.
     fn summary(&mut self, reason: &'static str, now: u64) -> io::Result<()> {
-        let stuck: Vec<&Socket> = self.table.stuck().map(|(_, s)| s).collect();
-        // Sockets evicted while flagged have no resolution to wait for.
-        let live: HashSet<u64> = stuck.iter().map(|s| s.id).collect();
-        self.owners.retain(|id, _| live.contains(id));
+        // Sockets resolved or evicted while flagged have nothing more to report.
+        self.engine.prune_owners();
         let owner_pid = self.owner_pid;
-        let stuck: Vec<_> = stuck
-            .into_iter()
-            .filter_map(|s| {
-                let o = self.owners.get(&s.id)?;
+        let stuck: Vec<_> = self
+            .engine
+            .stuck()
+            .filter_map(|(_, s, o)| {
+                let o = o?;
                 owner_pid
                     .is_none_or(|pid| o.involves(pid, s))
                     .then_some((s, Some(o)))
@@ -524,12 +580,12 @@ impl<W: Write, E: Write> Session<W, E> {
         let attributor = &mut self.attributor;
         let groups = summary::group(stuck.into_iter(), |pid| attributor.fd_count(pid));
         let states = self
-            .table
+            .engine
             .per_state()
             .map(|(s, n)| (s.to_string(), n))
             .collect();
         self.output
-            .summary(reason, &groups, self.table.stats(), states, now)?;
+            .summary(reason, &groups, self.engine.stats(), states, now)?;
         self.flush()
     }
 
@@ -539,8 +595,10 @@ impl<W: Write, E: Write> Session<W, E> {
     }
 
     /// Reports growth of the probe's drop counter.
-    fn check_lost(&mut self, probe: &Probe) -> io::Result<()> {
-        let total = probe.lost().map_err(io::Error::other)?;
+    fn check_lost(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        let total = probe
+            .lost()
+            .context("reading the probe's count of lost transitions failed")?;
         if total > self.counts.lost {
             if let Some(r) = &mut self.recorder {
                 r.push(Entry::Lost {
@@ -548,9 +606,10 @@ impl<W: Write, E: Write> Session<W, E> {
                     total,
                 });
             }
-            self.output.lost(total - self.counts.lost, total)?;
+            let new = total - self.counts.lost;
             self.counts.lost = total;
-            self.flush()?;
+            written(self.output.lost(new, total))?;
+            written(self.flush())?;
         }
         Ok(())
     }
@@ -564,13 +623,23 @@ fn io_sockets(args: &WatchArgs) -> u32 {
     (args.max_sockets / 4).max(1024)
 }
 
+/// The result of writing output (or the recording), labelled as such.
+fn written(r: io::Result<()>) -> anyhow::Result<()> {
+    r.context("writing output failed")
+}
+
 /// A reader that went away (`tracer ... | head`) ends the run quietly and successfully,
 /// as it does for other Unix filters: `Ok(true)` means stop now.
-fn quiet_on_broken_pipe(r: io::Result<()>) -> anyhow::Result<bool> {
+fn quiet_on_broken_pipe(r: anyhow::Result<()>) -> anyhow::Result<bool> {
     match r {
         Ok(()) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
-        Err(e) => Err(anyhow::Error::new(e).context("writing output failed")),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -5,7 +5,7 @@
 //! Time is the kernel's monotonic clock in nanoseconds, passed in by the caller, so tests
 //! drive the table with a clock of their own.
 
-pub mod stuck;
+pub mod deadlines;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -13,9 +13,9 @@ use tracer_common::TcpState;
 
 use crate::{
     decode::Transition,
-    model::{Endpoints, Origin, PidHint, SnapshotSocket, Socket, SocketKey, State},
+    model::{Endpoints, Origin, PidHint, SnapshotSocket, Socket, SocketKey, State, Thresholds},
 };
-use stuck::{Deadlines, Thresholds};
+use deadlines::Deadlines;
 
 /// A socket that has just crossed its state's threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,11 @@
 
 use super::{Comm, Endpoints, State};
 
+/// One stay of a socket in a state: its ends, the state and when it entered it. Live and
+/// report both key what they learn about a flagged socket (its owners) by its stay, which
+/// a recording can name, unlike the table's own socket ids.
+pub type Stay = (Endpoints, State, u64);
+
 /// How the table knows a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SocketKey {
@@ -61,6 +66,13 @@ pub struct Socket {
     pub hint: Option<PidHint>,
     /// Flagged as stuck during its current stay in `state`.
     pub flagged: bool,
+}
+
+impl Socket {
+    /// Its current stay.
+    pub fn stay(&self) -> Stay {
+        (self.ends, self.state, self.since_ns)
+    }
 }
 
 /// A socket from the start-up snapshot.

@@ -242,6 +242,12 @@ pub enum Record<'a> {
         lost: u64,
         total: u64,
     },
+    /// The socket table was full and dropped `sockets` sockets, `stuck` of them flagged.
+    Evicted {
+        time: Rfc3339,
+        sockets: u64,
+        stuck: u64,
+    },
     /// A socket crossed its state's threshold.
     Stuck(&'a SocketRecord<'a>),
     /// A stuck socket left the state.
@@ -802,6 +808,24 @@ impl<W: Write, E: Write> Output<W, E> {
         if self.format == Format::Json {
             let time = Rfc3339(SystemTime::now());
             self.write_json(&Record::Lost { time, lost, total })?;
+        }
+        Ok(())
+    }
+
+    /// Reports that a full table dropped `sockets` sockets (`stuck` of them flagged).
+    pub fn evicted(&mut self, sockets: u64, stuck: u64) -> io::Result<()> {
+        writeln!(
+            self.status,
+            "tracer: warning: table full: {} not followed ({stuck} of them stuck); raise --max-sockets",
+            plural(sockets as usize, "socket")
+        )?;
+        if self.format == Format::Json {
+            let time = Rfc3339(SystemTime::now());
+            self.write_json(&Record::Evicted {
+                time,
+                sockets,
+                stuck,
+            })?;
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use crate::{
 /// transfers and files of other kinds are told apart at once.
 pub const MAGIC: [u8; 8] = *b"\x89tracer\n";
 /// Format version written: entries change only by additions within a major version.
-pub const VERSION: (u16, u16) = (1, 0);
+pub const VERSION: (u16, u16) = (1, 1);
 /// Size of the prologue: magic and version.
 pub const PROLOGUE_LEN: usize = 12;
 /// Size of an entry's frame before the payload: length and CRC.
@@ -69,10 +69,14 @@ pub enum Entry {
     Gap { entries: u64 },
     /// The live run ended normally.
     Stop(StopEntry),
+    /// A socket the live run flagged was no longer in that state when it looked for its
+    /// owners: its transition was lost. The live run dropped it without reporting it
+    /// (since 1.1).
+    Gone(GoneEntry),
 }
 
 /// Number of [`Entry`] kinds this build knows; higher variant indexes are skipped.
-pub const ENTRY_KINDS: u32 = 9;
+pub const ENTRY_KINDS: u32 = 10;
 
 /// The first entry of each segment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -482,6 +486,16 @@ pub struct ResolvedEntry {
     pub state: u8,
     pub since_ns: u64,
     pub new: u8,
+}
+
+/// A flagged stay the live run found gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoneEntry {
+    pub ts_ns: u64,
+    pub key: KeyEntry,
+    pub ends: EndsEntry,
+    pub state: u8,
+    pub since_ns: u64,
 }
 
 /// The end of a live run.

@@ -126,6 +126,13 @@ fn every_kind() -> Vec<Entry> {
             total: 3,
         },
         Entry::Gap { entries: 1000 },
+        Entry::Gone(GoneEntry {
+            ts_ns: 41_500_000_000,
+            key: KeyEntry::Sk(0xffff_8880_0abc_d200),
+            ends: s.ends.into(),
+            state: 8,
+            since_ns: 7_000_000_000,
+        }),
         Entry::Stop(StopEntry {
             ts_ns: 42_000_000_000,
             events: 2,

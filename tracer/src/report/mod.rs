@@ -18,9 +18,8 @@ use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::stuck::Thresholds,
     cli::{ReportArgs, TimeArg},
-    model::{Format, HeldBy, IoOp, Ownership, Socket, State, Target},
+    model::{Format, HeldBy, IoOp, Ownership, Socket, State, Stay, Target, Thresholds},
     output::{
         clock_of, human_duration, plural, port_text,
         summary::{self, ServicePort},
@@ -28,7 +27,7 @@ use crate::{
     },
     record::Entry,
 };
-use replay::{Event, Options, Replay, Stay};
+use replay::{Event, Options, Replay};
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
 pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow::Result<()> {
@@ -102,7 +101,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         duration_ms: ms(end_ns.saturating_sub(replay.start_ns)),
         from: args.from.map(|_| Rfc3339(clock.at(from_ns))),
         to: args.to.map(|_| Rfc3339(clock.at(to_ns))),
-        thresholds: threshold_map(replay.table.thresholds().iter()),
+        thresholds: threshold_map(replay.engine.thresholds().iter()),
         recorded_thresholds: threshold_map(recorded.iter().copied()),
         ports: &args.ports,
         pid: args.pid,
@@ -126,7 +125,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         .events
         .iter()
         .filter_map(|ev| match ev {
-            Event::Resolved(r) => Some((replay::stay(&r.socket), r.left_ns)),
+            Event::Resolved(r) => Some((r.socket.stay(), r.left_ns)),
             _ => None,
         })
         .collect();
@@ -418,19 +417,14 @@ impl Report<'_> {
                     socket.state
                 )
             }
-            Event::Stuck {
-                key,
-                socket,
-                at_ns,
-                threshold,
-            } if self.kept(socket) => {
+            Event::Stuck(f) if self.kept(&f.socket) => {
                 let r = SocketReport {
-                    key: *key,
-                    socket,
-                    ownership: self.ownership(socket),
+                    key: f.key,
+                    socket: &f.socket,
+                    ownership: self.ownership(&f.socket),
                 };
-                let (total, still_stuck) = self.outcome(socket);
-                o.stuck_with_outcome(&r, *at_ns, *threshold, total, still_stuck)
+                let (total, still_stuck) = self.outcome(&f.socket);
+                o.stuck_with_outcome(&r, f.at_ns, f.threshold, total, still_stuck)
             }
             Event::Resolved(r) if self.kept(&r.socket) => {
                 let report = SocketReport {
@@ -440,13 +434,13 @@ impl Report<'_> {
                 };
                 o.resolved(&report, r.left_ns, r.new)
             }
-            Event::Stuck { .. } | Event::Resolved(_) => Ok(()),
+            Event::Stuck(_) | Event::Resolved(_) => Ok(()),
         }
     }
 
     /// The sockets stuck at the end, grouped as the live summary groups them.
     fn summary<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
-        let table = &self.replay.table;
+        let table = self.replay.engine.table();
         let stuck = table
             .stuck()
             .map(|(_, s)| s)
@@ -463,7 +457,7 @@ impl Report<'_> {
 
     /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
     fn outcome(&self, s: &Socket) -> (Duration, bool) {
-        match self.resolutions.get(&replay::stay(s)) {
+        match self.resolutions.get(&s.stay()) {
             Some(&left_ns) => (
                 Duration::from_nanos(left_ns.saturating_sub(s.since_ns)),
                 false,
@@ -481,12 +475,12 @@ impl Report<'_> {
         let mut stuck: HashMap<Stay, &Socket> = HashMap::new();
         for ev in &self.replay.events {
             let s = match ev {
-                Event::Stuck { socket, .. } => socket,
+                Event::Stuck(f) => &f.socket,
                 Event::Resolved(r) => &r.socket,
                 _ => continue,
             };
             if self.kept(s) {
-                stuck.insert(replay::stay(s), s);
+                stuck.insert(s.stay(), s);
             }
         }
         let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();

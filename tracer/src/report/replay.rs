@@ -1,20 +1,19 @@
 //! Rebuilds an incident from a recording: the recorded transitions go through the same
-//! socket table and stuck decisions as a live run, under the report's thresholds, on the
-//! recording's clock. Owners come from what the live run resolved.
+//! [`Engine`] as a live run, under the report's thresholds, on the recording's clock.
+//! Owners come from what the live run resolved, and the stays the live run found gone
+//! (their transitions lost) are dropped as it dropped them.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hdrhistogram::Histogram;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{stuck::Thresholds, Resolved, Table},
+    aggregate::Resolved,
     decode::Transition,
-    model::{Endpoints, Ownership, Socket, SocketKey, State, Target},
+    model::{Endpoints, Ownership, Socket, SocketKey, State, Stay, Target, Thresholds},
     record::{Entry, Header, SocketEntry, StopEntry},
+    stuck::{Decision, Engine, Flag},
 };
 
 /// Longest stay the percentiles tell apart (about 52 days); longer ones count as that.
@@ -52,23 +51,23 @@ pub enum Event {
     Existing { key: SocketKey, socket: Socket },
     /// A transition (`--timeline` only).
     Transition(Transition),
-    /// A socket crossed its state's threshold at `at_ns`.
-    Stuck {
-        key: SocketKey,
-        socket: Socket,
-        at_ns: u64,
-        threshold: Duration,
-    },
+    /// A socket crossed its state's threshold.
+    Stuck(Flag),
     /// A stuck socket left its state.
     Resolved(Resolved),
 }
 
-/// The stay a live run resolved owners for: a socket's ends, state and entry time.
-pub type Stay = (Endpoints, State, u64);
-
-/// The current stay of `socket`.
-pub fn stay(socket: &Socket) -> Stay {
-    (socket.ends, socket.state, socket.since_ns)
+impl Event {
+    /// When it happened (monotonic ns); for a socket open at start, the lower bound of its
+    /// entry into its state.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Existing { socket, .. } => socket.since_ns,
+            Event::Transition(t) => t.ts_ns,
+            Event::Stuck(f) => f.at_ns,
+            Event::Resolved(r) => r.left_ns,
+        }
+    }
 }
 
 /// Facts the live run recorded about itself.
@@ -87,10 +86,11 @@ pub struct Live {
 /// The incident, rebuilt.
 pub struct Replay {
     pub options: Options,
-    pub table: Table,
+    /// The decisions, as the live run makes them.
+    pub engine: Engine,
     pub events: Vec<Event>,
-    /// Owners the live run resolved, by stay.
-    pub owners: HashMap<Stay, Ownership>,
+    /// Stays the live run flagged but found gone (their transitions lost): never reported.
+    gone: HashSet<Stay>,
     /// Transitions in the window by (old, new).
     pub transitions: BTreeMap<(State, State), u64>,
     /// Completed stays in the window per state, in µs.
@@ -103,16 +103,22 @@ pub struct Replay {
     pub transitions_read: u64,
     /// `--timeline ADDR:PORT`: births of sockets not yet known to match, by address.
     births: HashMap<u64, Transition>,
+    /// Reused for each transition.
+    decisions: Vec<Decision>,
 }
 
 impl Replay {
     /// An empty rebuild; `header` is the first segment's.
     pub fn new(options: Options, header: &Header) -> Self {
         Replay {
-            table: Table::new(options.thresholds.clone(), header.max_sockets as usize),
+            engine: Engine::new(
+                options.thresholds.clone(),
+                header.max_sockets as usize,
+                header.started_ns,
+            ),
             options,
             events: Vec::new(),
-            owners: HashMap::new(),
+            gone: HashSet::new(),
             transitions: BTreeMap::new(),
             stays: BTreeMap::new(),
             live: Live::default(),
@@ -120,13 +126,14 @@ impl Replay {
             last_ns: header.started_ns,
             transitions_read: 0,
             births: HashMap::new(),
+            decisions: Vec::new(),
         }
     }
 
     /// Starts over from a segment that does not follow the one before: its checkpoint is
     /// the truth from here on.
     pub fn restart(&mut self, header: &Header) {
-        self.table = Table::new(self.options.thresholds.clone(), header.max_sockets as usize);
+        self.engine.restart(header.max_sockets as usize);
     }
 
     /// Applies one entry. `Socket` entries restore the checkpoint of a segment that does
@@ -139,6 +146,7 @@ impl Replay {
             Entry::Resolved(r) => r.ts_ns,
             Entry::Lost { ts_ns, .. } => *ts_ns,
             Entry::Stop(s) => s.ts_ns,
+            Entry::Gone(g) => g.ts_ns,
             _ => 0,
         };
         self.last_ns = self.last_ns.max(seen);
@@ -147,7 +155,12 @@ impl Replay {
             Entry::Socket(s) => self.restore(&s, first_segment),
             Entry::Owners(o) => {
                 let stay = (o.ends.into(), State(o.state), o.since_ns);
-                self.owners.insert(stay, o.ownership());
+                self.engine.owned(stay, o.ownership());
+            }
+            Entry::Gone(g) => {
+                let stay = (g.ends.into(), State(g.state), g.since_ns);
+                self.engine.gone(g.key.into(), stay);
+                self.gone.insert(stay);
             }
             Entry::Stuck(_) => self.live.stuck += 1,
             Entry::Resolved(_) => self.live.resolved += 1,
@@ -169,7 +182,8 @@ impl Replay {
         {
             self.events.push(Event::Existing { key, socket });
         }
-        self.table.restore(key, socket);
+        self.engine.restore(key, socket, &mut self.decisions);
+        self.decide();
     }
 
     fn transition(&mut self, t: Transition) {
@@ -178,13 +192,11 @@ impl Replay {
             return;
         }
         self.last_ns = self.last_ns.max(t.ts_ns);
-        // Flag what crossed its threshold before this transition could move it.
-        self.advance(t.ts_ns.saturating_sub(1));
         let ends = t.ends();
         let shown = self.options.in_window(t.ts_ns) && self.options.port_kept(&ends);
         if shown {
             *self.transitions.entry((t.old, t.new)).or_default() += 1;
-            if let Some(s) = self.table.get(SocketKey::Sk(t.sk)) {
+            if let Some(s) = self.engine.table().get(SocketKey::Sk(t.sk)) {
                 // Stays of sockets first seen mid-stay have no true length.
                 if s.state != t.new && !s.since_is_lower_bound {
                     let us = t.ts_ns.saturating_sub(s.since_ns) / 1000;
@@ -198,10 +210,27 @@ impl Replay {
         if let Some(target) = self.options.timeline {
             self.follow(target, &t, &ends);
         }
-        if let Some(r) = self.table.apply(&t) {
-            if self.options.in_window(r.left_ns) && self.followed(r.key, &r.socket) {
-                self.events.push(Event::Resolved(r));
+        self.engine.transition(&t, &mut self.decisions);
+        self.decide();
+    }
+
+    /// Keeps what the engine decided that the report shows.
+    fn decide(&mut self) {
+        for d in std::mem::take(&mut self.decisions) {
+            let (key, socket, ts_ns) = match &d {
+                Decision::Stuck(f) => (f.key, &f.socket, f.at_ns),
+                Decision::Resolved(r) => (r.key, &r.socket, r.left_ns),
+                // The live run's evictions are in its summaries and stop entry.
+                Decision::Evicted { .. } => continue,
+            };
+            if !self.options.in_window(ts_ns) || !self.followed(key, socket) {
+                continue;
             }
+            self.events.push(match d {
+                Decision::Stuck(f) => Event::Stuck(f),
+                Decision::Resolved(r) => Event::Resolved(r),
+                Decision::Evicted { .. } => unreachable!("skipped above"),
+            });
         }
     }
 
@@ -221,29 +250,6 @@ impl Replay {
         }
     }
 
-    /// Flags every socket whose threshold passed by `now_ns`, at the time it passed.
-    fn advance(&mut self, now_ns: u64) {
-        for s in self.table.due(now_ns) {
-            let threshold = self
-                .table
-                .thresholds()
-                .get(s.socket.state)
-                .unwrap_or_default();
-            let at_ns = s
-                .socket
-                .since_ns
-                .saturating_add(threshold.as_nanos() as u64);
-            if self.options.in_window(at_ns) && self.followed(s.key, &s.socket) {
-                self.events.push(Event::Stuck {
-                    key: s.key,
-                    socket: s.socket,
-                    at_ns,
-                    threshold,
-                });
-            }
-        }
-    }
-
     /// Whether the report shows this socket's decisions: all, or the `--timeline` one's.
     fn followed(&self, key: SocketKey, socket: &Socket) -> bool {
         self.options
@@ -252,14 +258,25 @@ impl Replay {
     }
 
     /// Ends the rebuild at the end of the window or of the recording; returns that time.
+    /// Events come out in time order, without the stays the live run found gone.
     pub fn finish(&mut self) -> u64 {
         let end = self.last_ns.min(self.options.to_ns);
-        self.advance(end);
+        self.engine.tick(end, &mut self.decisions);
+        self.decide();
+        let gone = &self.gone;
+        self.events.retain(|e| match e {
+            Event::Stuck(f) => !gone.contains(&f.socket.stay()),
+            Event::Resolved(r) => !gone.contains(&r.socket.stay()),
+            _ => true,
+        });
+        // Sockets open at start come with the lower bounds of their entries, in no order;
+        // transitions from different CPUs may be a little out of order.
+        self.events.sort_by_key(Event::ts_ns);
         end
     }
 
     /// The owners the live run resolved for `socket`'s current stay.
     pub fn owners_of(&self, socket: &Socket) -> Option<&Ownership> {
-        self.owners.get(&stay(socket))
+        self.engine.owners_of(socket)
     }
 }

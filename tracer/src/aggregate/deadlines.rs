@@ -1,5 +1,5 @@
-//! Where stuck sockets are decided: the thresholds per state, and the deadline queues that
-//! raise a flag when a socket has stayed in a watched state for its threshold.
+//! The deadline queues that tell when a socket has stayed in a watched state for its
+//! threshold (what is done then is decided in [`crate::stuck`]).
 //!
 //! A socket that enters a watched state is queued with the time it entered. Times arrive in
 //! (nearly) increasing order and a state's threshold is fixed, so each state's queue is
@@ -8,44 +8,9 @@
 //! they outnumber the live ones, so a busy box churning through CLOSE_WAIT in microseconds
 //! costs one push per transition and bounded memory.
 
-use std::{collections::VecDeque, time::Duration};
+use std::collections::VecDeque;
 
-use tracer_common::TcpState;
-
-use super::SocketKey;
-use crate::model::State;
-
-/// Highest state number a threshold can be set for (the kernel's states are 1..=13).
-const STATES: usize = 16;
-
-/// How long a socket may stay in each watched state before it is flagged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Thresholds {
-    by_state: [Option<Duration>; STATES],
-}
-
-impl Thresholds {
-    /// Thresholds for `list`; a later entry for the same state wins.
-    pub fn new(list: &[(TcpState, Duration)]) -> Self {
-        let mut by_state = [None; STATES];
-        for &(state, d) in list {
-            by_state[state as usize] = Some(d);
-        }
-        Self { by_state }
-    }
-
-    /// The threshold of `state`, if it is watched.
-    pub fn get(&self, state: State) -> Option<Duration> {
-        self.by_state.get(state.0 as usize).copied().flatten()
-    }
-
-    /// Every watched state with its threshold, in kernel order.
-    pub fn iter(&self) -> impl Iterator<Item = (TcpState, Duration)> + '_ {
-        TcpState::ALL
-            .into_iter()
-            .filter_map(|s| Some((s, self.by_state[s as usize]?)))
-    }
-}
+use crate::model::{SocketKey, State, Thresholds};
 
 /// One queue per watched state of `(entered_ns, socket)`, oldest first.
 #[derive(Debug)]
