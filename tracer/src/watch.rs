@@ -375,17 +375,15 @@ impl<W: Write, E: Write> Session<W, E> {
         Ok(())
     }
 
-    /// Handles the engine's decisions. A resolution waits for the owners of a flag still
-    /// pending, so that its stuck record comes first.
+    /// Handles the engine's decisions. A resolution first reports the flags still waiting
+    /// for their owners, which are older: records come out in time order.
     fn decide(&mut self, probe: &Probe) -> io::Result<()> {
         let mut decisions = std::mem::take(&mut self.decisions);
         for d in decisions.drain(..) {
             match d {
                 Decision::Stuck(flag) => self.pending.push(flag),
                 Decision::Resolved(r) => {
-                    if self.pending.iter().any(|f| f.key == r.key) {
-                        self.attribute(probe)?;
-                    }
+                    self.attribute(probe)?;
                     self.resolve(&r)?;
                 }
                 Decision::Evicted { sockets, stuck } => self.output.evicted(sockets, stuck)?,
