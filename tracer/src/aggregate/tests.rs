@@ -267,3 +267,27 @@ fn thresholds_list_watched_states_in_kernel_order() {
     );
     assert_eq!(th.get(State(42)), None);
 }
+
+/// Before Linux 6.3 or so (Debian's 6.1 and 6.12 do it), an accepted socket's first record,
+/// LISTEN -> SYN_RECV, carries the listener's addresses: the kernel sets the state before
+/// it copies the peer. The next transition names the peer, and a stuck socket carries it.
+#[test]
+fn an_accepted_socket_takes_its_peer_from_the_transition_after_its_birth() {
+    let mut table = Table::new(close_wait_after(1), 100);
+    let listener = Transition {
+        daddr: Ipv4Addr::UNSPECIFIED.into(),
+        dport: 0,
+        ..t(SEC - 2, 0xa, Listen, SynRecv)
+    };
+    table.apply(&listener);
+    assert_eq!(table.get(SocketKey::Sk(0xa)).unwrap().ends.dport, 0);
+    table.apply(&t(SEC - 1, 0xa, SynRecv, Established));
+    table.apply(&t(SEC, 0xa, Established, CloseWait));
+    let stuck = table.due(2 * SEC);
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(
+        stuck[0].socket.ends,
+        t(0, 0xa, Established, CloseWait).ends()
+    );
+    assert_eq!(stuck[0].socket.origin, Origin::Accepted);
+}

@@ -235,8 +235,10 @@ impl Replay {
     }
 
     /// Keeps the transitions of the `--timeline` socket. A socket that connect() opens has
-    /// no local port yet at CLOSE -> SYN_SENT, so that birth is held until a later
-    /// transition of the same socket matches an ADDR:PORT.
+    /// no local port yet at CLOSE -> SYN_SENT, and before Linux 6.3 or so an accepted
+    /// socket's LISTEN -> SYN_RECV carries the listener's addresses (the state is set
+    /// before the peer is copied): such a birth is held until a later transition of the
+    /// same socket matches an ADDR:PORT.
     fn follow(&mut self, target: Target, t: &Transition, ends: &Endpoints) {
         if target.matches(Some(t.sk), ends) {
             if let Some(birth) = self.births.remove(&t.sk) {
@@ -245,7 +247,9 @@ impl Replay {
             self.events.push(Event::Transition(t.clone()));
         } else if t.new == TcpState::Close.into() {
             self.births.remove(&t.sk);
-        } else if t.old == TcpState::Close.into() && matches!(target, Target::Addr(_)) {
+        } else if matches!(target, Target::Addr(_))
+            && (t.old == TcpState::Close.into() || t.old == TcpState::Listen.into())
+        {
             self.births.insert(t.sk, t.clone());
         }
     }

@@ -556,6 +556,38 @@ fn timeline_by_address_includes_the_connect_before_the_port() {
     );
 }
 
+/// Before Linux 6.3 or so, an accepted socket's LISTEN -> SYN_RECV carries the listener's
+/// addresses; its timeline by the peer's address still starts there.
+#[test]
+fn timeline_by_address_includes_an_accept_recorded_with_the_listeners_addresses() {
+    let mut entries = incident();
+    let Entry::Transition(mut born) = tr(5 * S, 0xc0, 40003, Listen, SynRecv) else {
+        unreachable!()
+    };
+    born.ends.daddr = Ipv4Addr::UNSPECIFIED.into();
+    born.ends.dport = 0;
+    entries.insert(5, Entry::Transition(born));
+    entries.insert(6, tr(5 * S + 1, 0xc0, 40003, SynRecv, Established));
+    let r = report_bytes(&bytes_of(&entries), &["--timeline", "10.0.0.9:40003"]).unwrap();
+    let seen: Vec<(&str, &str, u64)> = r[1..]
+        .iter()
+        .map(|r| {
+            (
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap(),
+                r["dport"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("LISTEN", "SYN_RECV", 0),
+            ("SYN_RECV", "ESTABLISHED", 40003)
+        ]
+    );
+}
+
 #[test]
 fn any_clock_in_a_header_is_reported_without_panic() {
     for offset in [i64::MAX, i64::MIN, 0] {
