@@ -205,3 +205,51 @@ fn bad_arguments_exit_2_with_one_error_line() {
     assert!(help.wait().unwrap().success());
     assert!(text.contains("--events") && text.contains("--duration"));
 }
+
+/// A full table says what it dropped: a warning within a second, an `evicted` record, and
+/// the same count in the stop record.
+#[test]
+fn a_full_table_says_what_it_evicts() {
+    if !privileged("a_full_table_says_what_it_evicts") {
+        return;
+    }
+    // 600 open connections hold 1,200 descriptors here.
+    let limit = libc::rlimit {
+        rlim_cur: 4096,
+        rlim_max: 4096,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let (socket, port) = bound_socket(V4);
+    let listener = listen(socket);
+    let mut tracer = Tracer::start(&["--port", &port.to_string(), "--max-sockets", "1024"]);
+    let open: Vec<_> = (0..600)
+        .map(|_| {
+            let client = TcpStream::connect((V4, port)).expect("connect");
+            (client, listener.accept().expect("accept").0)
+        })
+        .collect();
+    tracer.wait_for("an evicted record", |r| {
+        r.iter().any(|r| r["type"] == "evicted")
+    });
+    let (status, stderr) = tracer.stop_with(libc::SIGTERM);
+    drop(open);
+    assert!(status.success(), "{status}: {stderr}");
+    let said: u64 = tracer
+        .records
+        .iter()
+        .filter(|r| r["type"] == "evicted")
+        .map(|r| r["sockets"].as_u64().unwrap())
+        .sum();
+    let stop = tracer.records.last().unwrap();
+    assert_eq!(stop["type"], "stop");
+    assert!(
+        said >= 1201 - 1024,
+        "{said} evicted of 1201 sockets in a 1024 table"
+    );
+    assert_eq!(stop["evicted"], said, "{stop}");
+    assert!(
+        stderr.contains("table full: ") && stderr.contains("raise --max-sockets"),
+        "{stderr}"
+    );
+}

@@ -158,6 +158,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         recorder,
         counts: Counts::default(),
         decisions,
+        evicted_unsaid: (0, 0),
     };
     let start = StartInfo {
         time: Rfc3339(SystemTime::now()),
@@ -204,7 +205,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if quiet_on_broken_pipe(written(session.output.start(&start)))? {
         return Ok(());
     }
-    // A table too small for the snapshot says so at once.
+    // What the snapshot made the engine decide (a table too small for it evicts).
     if quiet_on_broken_pipe(written(session.decide(&probe)))? {
         return Ok(());
     }
@@ -248,7 +249,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                 written(r)
             }
             _ = poll.tick() => written(session.drain(ring.get_mut(), &probe)),
-            _ = lost_check.tick() => session.check_lost(&probe),
+            _ = lost_check.tick() => session.check_losses(&probe),
             // Drain first: a transition already in the ring may show the socket left in time.
             _ = flag_timer => written(
                 session
@@ -271,7 +272,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let last = written(session.drain(ring.get_mut(), &probe))
         .and_then(|()| written(session.flag_due(&probe, end_ns)))
         .and_then(|()| written(session.attribute(&probe)))
-        .and_then(|()| session.check_lost(&probe))
+        .and_then(|()| session.check_losses(&probe))
         .and_then(|()| written(session.summary("stop", end_ns)));
     // The recording is finished even when stdout has gone away.
     let unrecorded = session.finish_recording(end_ns);
@@ -335,6 +336,8 @@ struct Session<W: Write, E: Write> {
     counts: Counts,
     /// Reused between batches.
     decisions: Vec<Decision>,
+    /// Sockets (and of them, flagged ones) evicted since the last warning.
+    evicted_unsaid: (u64, u64),
 }
 
 impl<W: Write, E: Write> Session<W, E> {
@@ -355,7 +358,6 @@ impl<W: Write, E: Write> Session<W, E> {
                     }
                     self.engine.transition(&t, &mut self.decisions);
                     if !self.decisions.is_empty() {
-                        drop(item);
                         self.decide(probe)?;
                     }
                 }
@@ -386,7 +388,12 @@ impl<W: Write, E: Write> Session<W, E> {
                     self.attribute(probe)?;
                     self.resolve(&r)?;
                 }
-                Decision::Evicted { sockets, stuck } => self.output.evicted(sockets, stuck)?,
+                // Said once a second at most (check_losses): a full table under churn
+                // evicts often.
+                Decision::Evicted { sockets, stuck } => {
+                    self.evicted_unsaid.0 += sockets;
+                    self.evicted_unsaid.1 += stuck;
+                }
             }
         }
         self.decisions = decisions;
@@ -592,21 +599,28 @@ impl<W: Write, E: Write> Session<W, E> {
         self.owner_pid.is_none_or(|pid| o.involves(pid, s))
     }
 
-    /// Reports growth of the probe's drop counter.
-    fn check_lost(&mut self, probe: &Probe) -> anyhow::Result<()> {
+    /// Reports what was not followed since the last check: transitions the probe dropped
+    /// and sockets a full table evicted.
+    fn check_losses(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        let (sockets, stuck) = std::mem::take(&mut self.evicted_unsaid);
+        if sockets > 0 {
+            written(self.output.evicted(sockets, stuck))?;
+        }
         let total = probe
             .lost()
             .context("reading the probe's count of lost transitions failed")?;
-        if total > self.counts.lost {
+        let lost = total.saturating_sub(self.counts.lost);
+        if lost > 0 {
             if let Some(r) = &mut self.recorder {
                 r.push(Entry::Lost {
                     ts_ns: monotonic_ns(),
                     total,
                 });
             }
-            let new = total - self.counts.lost;
             self.counts.lost = total;
-            written(self.output.lost(new, total))?;
+            written(self.output.lost(lost, total))?;
+        }
+        if sockets > 0 || lost > 0 {
             written(self.flush())?;
         }
         Ok(())
