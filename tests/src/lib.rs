@@ -35,6 +35,20 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// The running kernel's version as (major, minor), e.g. (6, 12), for the tests whose
+/// expectations differ by kernel.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    match (numbers.next(), numbers.next()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => panic!("kernel release {release:?} does not start with MAJOR.MINOR"),
+    }
+}
+
 /// The tracer binary under test: `$TRACER_BIN`, else the workspace's release build.
 pub fn tracer_bin() -> PathBuf {
     let path = std::env::var_os("TRACER_BIN")

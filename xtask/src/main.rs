@@ -4,7 +4,9 @@ mod bench;
 #[path = "../../tracer/build/bpf_toolchain.rs"]
 #[allow(dead_code)] // build.rs uses the part that builds the probe
 mod bpf_toolchain;
+mod kernel;
 mod setup;
+mod suite;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,10 +33,48 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run every check: format, lints, unit tests, and the privileged
-    /// integration tests that load the real probe (those need root; CI fails without it).
-    Test,
+    /// integration tests that load the real probe (those need root; CI fails without it),
+    /// on this host's kernel and/or on Debian's 6.1 and 6.12 kernels under QEMU.
+    Test {
+        /// Where the privileged tests run: `host` (this kernel, after format, lints and
+        /// unit tests), `6.1` or `6.12` (only the privileged tests, in a guest of that
+        /// kernel; root; installs QEMU and downloads the kernel the first time), or `all`
+        /// (host, then 6.1, then 6.12).
+        #[arg(long, value_enum, default_value_t = Kernels::Host)]
+        kernel: Kernels,
+    },
     /// Set up, build, and measure the tracer's cost on loopback connection churn.
     Bench(bench::BenchArgs),
+}
+
+/// The kernels `cargo xtask test` runs the privileged tests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kernels {
+    /// This machine's kernel.
+    Host,
+    /// Debian's 6.1 cloud kernel under QEMU.
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian's 6.12 cloud kernel under QEMU.
+    #[value(name = "6.12")]
+    V6_12,
+    /// Host, then 6.1, then 6.12.
+    All,
+}
+
+impl Kernels {
+    fn host(self) -> bool {
+        matches!(self, Kernels::Host | Kernels::All)
+    }
+
+    fn guests(self) -> Vec<kernel::Series> {
+        match self {
+            Kernels::Host => vec![],
+            Kernels::V6_1 => vec![kernel::Series::V6_1],
+            Kernels::V6_12 => vec![kernel::Series::V6_12],
+            Kernels::All => vec![kernel::Series::V6_1, kernel::Series::V6_12],
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -71,7 +111,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot run {}", tracer.display()))?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
         }
-        Task::Test => test()?,
+        Task::Test { kernel } => return test(kernel),
         Task::Bench(args) => {
             if !setup::is_root() {
                 bail!("the benchmark attaches the probe: run it as root");
@@ -111,6 +151,7 @@ pub fn run_step(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cmd` as a shell line, for messages.
 fn shown(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
@@ -137,43 +178,59 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(workspace().join("target/release/tracer"))
 }
 
-fn test() -> anyhow::Result<()> {
-    setup::ensure()?;
-    run_step(&mut cargo(&["fmt", "--all", "--check"]))?;
-    run_step(&mut cargo(&[
-        "clippy",
-        "--locked",
-        "--workspace",
-        "--exclude",
-        "tracer-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run_step(&mut cargo(&["test", "--locked"]))?;
-    let tracer = build_release()?;
+/// Whether this runs under CI (`CI` set), where tests that cannot run are failures.
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// `cargo xtask test --kernel KERNELS`: fails if any check or suite run failed.
+fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
+    let guests = kernels.guests();
     let privileged = setup::is_root();
-    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    if !guests.is_empty() && !privileged {
+        bail!("the kernel suites boot Debian kernels under QEMU and install what they need with apt-get: run them as root");
+    }
+    setup::ensure()?;
+    if kernels.host() {
+        run_step(&mut cargo(&["fmt", "--all", "--check"]))?;
+        run_step(&mut cargo(&[
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        run_step(&mut cargo(&["test", "--locked"]))?;
+    }
+    let tracer = build_release()?;
     if !privileged {
-        if in_ci {
+        if in_ci() {
             bail!("CI must run the privileged integration tests, but this is not root");
         }
         eprintln!("xtask: SKIPPING the privileged integration tests: they load the BPF probe and need root (run `sudo cargo xtask test`)");
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
-    // Kernel state (the tracepoint, loopback) is shared: one test at a time.
-    run_step(
-        cargo(&[
-            "test",
-            "--locked",
-            "--package",
-            "integration-tests",
-            "--",
-            "--test-threads=1",
-        ])
-        .env("TRACER_BIN", &tracer),
-    )?;
-    eprintln!("xtask: all checks passed");
-    Ok(())
+    let tests = suite::build()?;
+    let mut suites = Vec::new();
+    if kernels.host() {
+        suites.push(suite::run_on_host(&tests, &tracer));
+    }
+    let mut apt = setup::Apt::default();
+    for series in guests {
+        suites.push(kernel::run(series, &mut apt, &tests, &tracer, in_ci()));
+    }
+    suite::print_table(&suites);
+    if !suites.iter().all(suite::Suite::ok) {
+        return Ok(ExitCode::FAILURE);
+    }
+    if suites.iter().all(|s| s.outcome == suite::Outcome::Passed) {
+        eprintln!("xtask: all checks passed");
+    } else {
+        eprintln!("xtask: no check failed, but not every suite ran (see SKIPPED above)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -25,33 +25,17 @@ pub fn ensure() -> anyhow::Result<bpf_toolchain::BpfToolchain> {
         }
         Err(missing) => missing,
     };
-    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+    if !is_root() || !has_apt() {
         bail!("{missing}; run `cargo xtask setup` as root on Debian to install them, or install them yourself");
     }
     eprintln!("xtask: {missing}");
     eprintln!("xtask: installing the BPF toolchain once (later runs find it and install nothing)");
-    let mut updated = false;
-    let mut apt_install = |what: &str, packages: &[String]| -> anyhow::Result<()> {
-        eprintln!(
-            "xtask: installing {what} with apt-get: {}",
-            packages.join(" ")
-        );
-        if !updated {
-            run_step(Command::new("apt-get").args(["update", "-q"]))?;
-            updated = true;
-        }
-        run_step(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(packages)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
+    let mut apt = Apt::default();
 
     let compiler = match bpf_toolchain::find_compiler() {
         Some(compiler) => compiler,
         None => {
-            apt_install(
+            apt.install(
                 "Debian's Rust 1.96 compiler with its library source (builds `core` for the BPF target)",
                 &["rustc-web".into(), "rust-web-src".into()],
             )?;
@@ -73,7 +57,7 @@ pub fn ensure() -> anyhow::Result<bpf_toolchain::BpfToolchain> {
             bail!("the BPF rustc uses LLVM {major}; bpf-linker {BPF_LINKER_VERSION} supports LLVM {BPF_LINKER_LLVM:?}");
         }
         let prefix = format!("/usr/lib/llvm-{major}");
-        apt_install(
+        apt.install(
             &format!("LLVM {major} development files (bpf-linker links against the rustc's LLVM)"),
             &[
                 format!("llvm-{major}-dev"),
@@ -102,6 +86,45 @@ pub fn ensure() -> anyhow::Result<bpf_toolchain::BpfToolchain> {
         .map_err(|m| anyhow::anyhow!("still missing after installing: {m}"))?;
     eprintln!("xtask: BPF toolchain ready: {}", toolchain.describe());
     Ok(toolchain)
+}
+
+/// Debian's package manager, refreshing its package lists at most once per run.
+#[derive(Debug, Default)]
+pub struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    /// Refreshes the package lists, the first time only.
+    pub fn update(&mut self) -> anyhow::Result<()> {
+        if !self.updated {
+            run_step(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    /// Installs `packages`, saying on stderr what for (`what`).
+    pub fn install(&mut self, what: &str, packages: &[String]) -> anyhow::Result<()> {
+        eprintln!(
+            "xtask: installing {what} with apt-get: {}",
+            packages.join(" ")
+        );
+        self.update()?;
+        run_step(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                // A machine shared with other work may hold the lock for a while.
+                .args(["-o", "DPkg::Lock::Timeout=300"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    }
+}
+
+/// Whether this machine has Debian's package manager.
+pub fn has_apt() -> bool {
+    Path::new("/usr/bin/apt-get").exists()
 }
 
 /// Whether this process runs as root.
