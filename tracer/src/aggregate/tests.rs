@@ -268,7 +268,7 @@ fn thresholds_list_watched_states_in_kernel_order() {
     assert_eq!(th.get(State(42)), None);
 }
 
-/// Before Linux 6.3 or so (Debian's 6.1 and 6.12 do it), an accepted socket's first record,
+/// On Debian's 6.1 and 6.12 (6.18 copies the peer first), an accepted socket's first record,
 /// LISTEN -> SYN_RECV, carries the listener's addresses: the kernel sets the state before
 /// it copies the peer. The next transition names the peer, and a stuck socket carries it.
 #[test]

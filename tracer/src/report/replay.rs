@@ -235,7 +235,7 @@ impl Replay {
     }
 
     /// Keeps the transitions of the `--timeline` socket. A socket that connect() opens has
-    /// no local port yet at CLOSE -> SYN_SENT, and before Linux 6.3 or so an accepted
+    /// no local port yet at CLOSE -> SYN_SENT, and on some kernels (6.1, 6.12) an accepted
     /// socket's LISTEN -> SYN_RECV carries the listener's addresses (the state is set
     /// before the peer is copied): such a birth is held until a later transition of the
     /// same socket matches an ADDR:PORT.

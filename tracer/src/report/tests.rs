@@ -556,7 +556,7 @@ fn timeline_by_address_includes_the_connect_before_the_port() {
     );
 }
 
-/// Before Linux 6.3 or so, an accepted socket's LISTEN -> SYN_RECV carries the listener's
+/// On Debian's 6.1 and 6.12, an accepted socket's LISTEN -> SYN_RECV carries the listener's
 /// addresses; its timeline by the peer's address still starts there.
 #[test]
 fn timeline_by_address_includes_an_accept_recorded_with_the_listeners_addresses() {
