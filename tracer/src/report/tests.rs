@@ -449,16 +449,30 @@ fn damaged_recordings_give_what_they_hold() {
     assert_eq!(r[0]["end"], "2026-11-25T06:00:40.001000000Z");
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
 
-    // Garbage in the middle costs the entries it hit, not the rest.
+    // Garbage in the middle costs the entry it hit, not the rest: here the owners of B.
+    let entries = incident();
+    let start = bytes_of(&entries[..7]).len();
+    let len = bytes_of(&entries[..8]).len() - start;
     let mut hit = full.clone();
-    let at = hit.len() / 2;
-    hit[at..at + 4].copy_from_slice(b"\xde\xad\xbe\xef");
+    hit[start + FRAME_LEN + 2..][..4].copy_from_slice(b"\xde\xad\xbe\xef");
     let r = report_bytes(&hit, &[]).unwrap();
-    assert!(r[0]["warnings"][0]
-        .as_str()
-        .unwrap()
-        .contains("damaged bytes at offset"));
+    let warning = r[0]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.ends_with(&format!(
+            ": {len} damaged bytes at offset {start} skipped; reading went on after them"
+        )),
+        "{warning}"
+    );
+    assert_eq!(r[0]["damaged_bytes"], len as u64);
+    assert_eq!(r[0]["entries"], entries.len() as u64 - 1);
     assert_eq!(r[0]["live"]["stopped"], true);
+    let stuck = of_type(&r, "stuck");
+    assert_eq!(stuck[0]["owner"]["pid"], 4242);
+    assert_eq!(
+        stuck[1]["owner"],
+        Value::Null,
+        "B's owners were in the damage"
+    );
 
     for (bytes, want) in [
         (&b""[..], "it is empty"),
