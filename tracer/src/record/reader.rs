@@ -21,12 +21,22 @@ pub enum OpenError {
     #[error("it ends inside its 12-byte prologue: the recording was cut before its first entry")]
     Truncated,
     #[error(
+        "it is a recording of format {major}.{minor}, an early development format this \
+         tracer cannot read (it reads {}.x); report it with the tracer that wrote it",
+        VERSION.0
+    )]
+    Early { major: u16, minor: u16 },
+    #[error(
         "it is a recording of format {major}.{minor}, newer than this tracer reads ({}.x); \
          report it with a newer tracer",
         VERSION.0
     )]
     Newer { major: u16, minor: u16 },
 }
+
+// A new major version must decide how the files of older releases are refused (or read),
+// not have them called early development formats.
+const _: () = assert!(VERSION.0 == 1);
 
 // Not `#[from]`: that would also make the error its source, and the message says it already.
 impl From<io::Error> for OpenError {
@@ -120,7 +130,12 @@ impl<R: Read> Reader<R> {
         }
         let major = u16::from_le_bytes([r.buf[8], r.buf[9]]);
         let minor = u16::from_le_bytes([r.buf[10], r.buf[11]]);
-        if major != VERSION.0 {
+        // Below our major is only 0, the format before the first release (see the
+        // assertion below).
+        if major < VERSION.0 {
+            return Err(OpenError::Early { major, minor });
+        }
+        if major > VERSION.0 {
             return Err(OpenError::Newer { major, minor });
         }
         r.version = (major, minor);

@@ -299,6 +299,17 @@ fn files_that_are_not_recordings_are_refused() {
         "it is a recording of format 2.7, newer than this tracer reads (1.x); \
          report it with a newer tracer"
     );
+    let mut early = MAGIC.to_vec();
+    early.extend_from_slice(&[0, 0, 9, 0]);
+    assert_eq!(
+        err(&early),
+        "it is a recording of format 0.9, an early development format this tracer cannot \
+         read (it reads 1.x); report it with the tracer that wrote it"
+    );
+    // A newer minor version is read, and says so.
+    let mut later = MAGIC.to_vec();
+    later.extend_from_slice(&[1, 0, 7, 0]);
+    assert_eq!(Reader::new(&later[..]).unwrap().version(), (1, 7));
     // A prologue alone is a valid, empty recording.
     assert_eq!(read_all(&prologue()).unwrap().0, vec![]);
 }

@@ -75,6 +75,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         read.damaged_bytes += seg.stats().damaged_bytes();
         read.segments.push(seg.header.segment);
     }
+    warnings.extend(input::version_warning(&args.file, &segments));
     let end_ns = replay.finish();
     warnings.extend(live_warnings(&replay, &clock));
 

@@ -481,7 +481,12 @@ fn damaged_recordings_give_what_they_hold() {
         (&full[..PROLOGUE_LEN + 5], "no entry could be read"),
         (
             b"\x89tracer\n\x02\x00\x00\x00",
-            "format 2.0, newer than this tracer reads",
+            "format 2.0, newer than this tracer reads (1.x); report it with a newer tracer",
+        ),
+        (
+            b"\x89tracer\n\x00\x00\x03\x00",
+            "format 0.3, an early development format this tracer cannot read (it reads \
+             1.x); report it with the tracer that wrote it",
         ),
     ] {
         let err = report_bytes(bytes, &[]).unwrap_err();
@@ -491,6 +496,83 @@ fn damaged_recordings_give_what_they_hold() {
     }
     let err = report_file(Path::new("/nonexistent/incident.rec"), &[]).unwrap_err();
     assert!(err.contains("No such file"), "{err}");
+}
+
+/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.1 does not
+/// define after the header.
+fn newer_minor(entries: &[Entry], minor: u16) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&VERSION.0.to_le_bytes());
+    b.extend_from_slice(&minor.to_le_bytes());
+    encode(&entries[0], &mut b);
+    let payload = [ENTRY_KINDS as u8, 1, 2, 3];
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    b.extend_from_slice(&payload);
+    for e in &entries[1..] {
+        encode(e, &mut b);
+    }
+    b
+}
+
+#[test]
+fn a_newer_minor_version_is_read_and_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    let all = incident();
+    // Two segments of format 1.4, each with an entry kind this tracer does not know.
+    let mut seg1 = vec![Entry::Header(Box::new(Header {
+        segment: 1,
+        checkpoint: 0,
+        ..match &all[0] {
+            Entry::Header(h) => (**h).clone(),
+            _ => unreachable!(),
+        }
+    }))];
+    seg1.extend_from_slice(&all[5..]);
+    std::fs::write(writer::segment_path(&path, 1), newer_minor(&all[..5], 4)).unwrap();
+    std::fs::write(&path, newer_minor(&seg1, 4)).unwrap();
+    let r = report_file(&path, &[]).unwrap();
+    assert_eq!(
+        r[0]["warnings"],
+        serde_json::json!([format!(
+            "{} was written by a newer tracer (format 1.4): entries it added are skipped (2 \
+             skipped); report it with a newer tracer to see them",
+            path.display()
+        )])
+    );
+    assert_eq!(
+        r[1..],
+        report(&[])[1..],
+        "everything this tracer knows is read"
+    );
+
+    // Without entries of new kinds, the warning says only that some may be missing.
+    let r = report_bytes(&newer_minor(&all, 2)[..], &[]).unwrap();
+    let w = r[0]["warnings"][0].as_str().unwrap();
+    assert!(
+        w.contains("(format 1.2): entries it added are skipped (1 skipped)"),
+        "{w}"
+    );
+    let mut b = bytes_of(&all);
+    b[10] = 2;
+    let r = report_bytes(&b, &[]).unwrap();
+    assert!(r[0]["warnings"][0].as_str().unwrap().ends_with(
+        "(format 1.2): entries it added are skipped; report it with a newer tracer to see them"
+    ));
+
+    // An unknown kind in a file of this tracer's own version is not blamed on a newer one.
+    let r = report_bytes(&newer_minor(&all, VERSION.1), &[]).unwrap();
+    assert_eq!(
+        r[0]["warnings"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r[0]["warnings"]
+    );
+    assert!(r[0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .ends_with(": skipped entries of kinds format 1.1 does not define: 1"));
 }
 
 #[test]
