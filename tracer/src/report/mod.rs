@@ -1,24 +1,26 @@
 //! `tracer report`: rebuilds an incident from a recording, on any machine, without root.
 //!
-//! [`input`] finds and reads the segments, [`replay`] runs them through the socket table
-//! under the report's thresholds, and this module writes the result: the stuck and
+//! [`input`] finds and reads the segments, [`window`] places `--from`/`--to` on the
+//! recording's clock, [`replay`] runs the segments through the socket table under the
+//! report's thresholds, and this module writes the result: the stuck and
 //! resolved sockets and the summary as the live run writes them (same JSON records), then
 //! the worst offenders, transition counts and time spent per state.
 
 pub mod input;
 pub mod replay;
+pub mod window;
 
 use std::{
     collections::{BTreeMap, HashMap},
     io::{self, Write},
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    cli::{ReportArgs, TimeArg},
+    cli::ReportArgs,
     model::{Format, HeldBy, IoOp, Ownership, Socket, State, Stay, Target, Thresholds},
     output::{
         clock_of, human_duration, plural, port_text,
@@ -28,6 +30,7 @@ use crate::{
     record::Entry,
 };
 use replay::{Event, Options, Replay};
+use window::Window;
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
 pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow::Result<()> {
@@ -37,20 +40,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     let clock = WallClock::with_offset(header.clock_offset_ns as i128);
     let recorded = recorded_thresholds(&header.thresholds);
     let thresholds = Thresholds::new(&report_thresholds(&recorded, args));
-    let to_mono = |t: TimeArg| match t {
-        TimeArg::At(at) => {
-            let ns = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-            (ns - clock.offset_ns()).clamp(0, u64::MAX as i128) as u64
-        }
-        TimeArg::After(d) => header.started_ns.saturating_add(d.as_nanos() as u64),
-    };
-    let (from_ns, to_ns) = (
-        args.from.map_or(0, to_mono),
-        args.to.map_or(u64::MAX, to_mono),
-    );
-    if from_ns > to_ns {
-        anyhow::bail!("--from is after --to: the window is empty");
-    }
+    let window = Window::resolve(args.from, args.to, header.started_ns, &clock)?;
+    let (from_ns, to_ns) = (window.from_ns, window.to_ns);
     let options = Options {
         thresholds,
         from_ns,

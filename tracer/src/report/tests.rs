@@ -362,6 +362,46 @@ fn window_and_filters() {
 }
 
 #[test]
+fn window_times_of_day_and_offsets_agree() {
+    let window = |args: &[&str]| {
+        let r = report(args);
+        (
+            r[0]["from"].clone(),
+            r[0]["to"].clone(),
+            sockets(&r, "resolved", "stuck_ms"),
+        )
+    };
+    let want = window(&[
+        "--from",
+        "2026-11-25T06:00:35Z",
+        "--to",
+        "2026-11-25T06:00:50Z",
+    ]);
+    assert_eq!(want.0, "2026-11-25T06:00:35.000000000Z");
+    assert_eq!(want.2, [(40002, 36_000)]);
+    for args in [
+        &["--from", "06:00:35", "--to", "06:00:50"][..],
+        &["--from", "06:00:35.000", "--to", "06:00:50.0"],
+        &[
+            "--from",
+            "2026-11-25T07:00:35+01:00",
+            "--to",
+            "2026-11-25T01:00:50-05:00",
+        ],
+        &["--from", "2026-11-25 06:00:35", "--to", "06:00:50"],
+        &["--from", "34s", "--to", "49s"],
+    ] {
+        assert_eq!(window(args), want, "{args:?}");
+    }
+    // The recording starts at 06:00:01.000: its first second is in it, as printed.
+    let r = report(&["--from", "06:00:01"]);
+    assert_eq!(r[0]["from"], "2026-11-25T06:00:01.000000000Z");
+    // --to is the first occurrence from the window's start, not from the recording's.
+    let r = report(&["--from", "06:00:30", "--to", "06:00:40"]);
+    assert_eq!(r[0]["to"], "2026-11-25T06:00:40.000000000Z");
+}
+
+#[test]
 fn timeline_of_one_socket() {
     let r = report(&["--timeline", "0xb0"]);
     let seen: Vec<String> = r[1..]
