@@ -68,6 +68,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     }
     warnings.extend(input::version_warning(&args.file, &segments));
     let end_ns = replay.finish();
+    window.check(replay.start_ns, replay.last_ns, &clock, &mut warnings)?;
+    window.check_timeline(args.timeline, !replay.events.is_empty())?;
     warnings.extend(live_warnings(&replay, &clock));
 
     for w in &warnings {
@@ -318,13 +320,8 @@ impl Report<'_> {
         for ev in &self.replay.events {
             self.event(o, ev)?;
         }
-        if let Some(target) = &info.timeline {
-            if self.replay.events.is_empty() && o.format() == Format::Text {
-                writeln!(
-                    o.out(),
-                    "no socket {target} in the recording (or the window)"
-                )?;
-            }
+        // A timeline is the socket's life alone (run() refuses one that found nothing).
+        if info.timeline.is_some() {
             return Ok(());
         }
         self.summary(o)?;

@@ -402,6 +402,70 @@ fn window_times_of_day_and_offsets_agree() {
 }
 
 #[test]
+fn a_window_outside_the_recording_is_an_error() {
+    let err = |args: &[&str]| report_bytes(&bytes_of(&incident()), args).unwrap_err();
+    // The recording covers 06:00:01 to 06:01:00.
+    assert_eq!(
+        err(&["--from", "1h"]),
+        "the window from 07:00:01 is outside the recording (06:00:01 to 06:01:00 UTC); \
+         give --from/--to within it"
+    );
+    assert_eq!(
+        err(&["--from", "06:10:00", "--to", "06:20:00"]),
+        "the window 06:10:00 to 06:20:00 is outside the recording (06:00:01 to 06:01:00 \
+         UTC); give --from/--to within it"
+    );
+    assert_eq!(
+        err(&["--to", "2026-11-25T05:59:00Z"]),
+        "the window up to 05:59:00 is outside the recording (06:00:01 to 06:01:00 UTC); \
+         give --from/--to within it"
+    );
+    // 05:00 falls before the start, so it is the next day's: dates tell the days apart.
+    assert_eq!(
+        err(&["--from", "05:00"]),
+        "the window from 2026-11-26 05:00:00 is outside the recording (2026-11-25 06:00:01 \
+         to 2026-11-25 06:01:00 UTC); give --from/--to within it"
+    );
+    // Touching the recording is enough.
+    let r = report(&["--to", "2026-11-25T06:00:01Z"]);
+    assert!(of_type(&r, "stuck").is_empty());
+    assert_eq!(
+        err(&["--from", "30s", "--to", "10s"]),
+        "--from is after --to: the window is empty"
+    );
+}
+
+#[test]
+fn a_quiet_stretch_without_a_stop_entry_is_inside_the_recording() {
+    // Cut (no stop entry): the recording's end is its last transition, after the window.
+    let mut entries = incident()[..3].to_vec();
+    entries.push(tr(50 * S, A, 40001, Established, CloseWait));
+    let r = report_bytes(&bytes_of(&entries), &["--from", "10s", "--to", "20s"]).unwrap();
+    assert_eq!(r[0]["to"], "2026-11-25T06:00:21.000000000Z");
+    assert_eq!(r[0]["end"], "2026-11-25T06:00:21.000000000Z");
+}
+
+#[test]
+fn a_time_of_day_in_a_recording_of_several_days_is_its_first_occurrence() {
+    let mut entries = incident();
+    if let Some(Entry::Stop(stop)) = entries.last_mut() {
+        stop.ts_ns = 3 * 86_400 * S;
+    }
+    let r = report(&[]);
+    assert_eq!(r[0]["warnings"], serde_json::json!([]));
+    let r = report_bytes(&bytes_of(&entries), &["--from", "06:00:35"]).unwrap();
+    assert_eq!(r[0]["from"], "2026-11-25T06:00:35.000000000Z");
+    assert_eq!(
+        r[0]["warnings"],
+        serde_json::json!([
+            "the recording spans 2d23h: --from, a time of day, was taken as \
+             2026-11-25T06:00:35.000000000Z, its first occurrence; give a date \
+             (2026-11-25T03:00:00Z) or an offset (10m) for another day"
+        ])
+    );
+}
+
+#[test]
 fn timeline_of_one_socket() {
     let r = report(&["--timeline", "0xb0"]);
     let seen: Vec<String> = r[1..]
@@ -428,9 +492,18 @@ fn timeline_of_one_socket() {
     assert_eq!(r[1]["sk"], "0xb0");
 
     assert_eq!(
-        report(&["--timeline", "0xdead"]).len(),
-        1,
-        "only the report record"
+        report_bytes(&bytes_of(&incident()), &["--timeline", "0xdead"]).unwrap_err(),
+        "--timeline 0xdead: no such socket in the recording; check the address and port \
+         (either end matches) or take `sk` from the JSON records"
+    );
+    let err = report_bytes(
+        &bytes_of(&incident()),
+        &["--timeline", "0xb0", "--to", "2s"],
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("--timeline 0xb0: no such socket in the recording within the window;"),
+        "{err}"
     );
     let r = report(&["--timeline", "10.0.0.9:41000"]);
     assert_eq!(r.len(), 2);
@@ -769,7 +842,8 @@ fn any_entry() -> impl proptest::strategy::Strategy<Value = Entry> {
 proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
 
-    /// Whatever valid entries a recording holds, in whatever order, the report is written.
+    /// Whatever valid entries a recording holds, in whatever order, the report is written,
+    /// or refused for a window or timeline that shows nothing.
     #[test]
     fn report_survives_arbitrary_entries(
         body in proptest::collection::vec(any_entry(), 0..60),
@@ -788,7 +862,10 @@ proptest::proptest! {
                 let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
                     unreachable!()
                 };
-                super::run(&args, io::sink(), io::sink()).unwrap();
+                if let Err(e) = super::run(&args, io::sink(), io::sink()) {
+                    let refused = e.downcast_ref::<super::window::WindowError>().is_some();
+                    proptest::prop_assert!(refused, "{e:#}");
+                }
             }
         }
     }
