@@ -314,6 +314,19 @@ fn files_that_are_not_recordings_are_refused() {
     assert_eq!(read_all(&prologue()).unwrap().0, vec![]);
 }
 
+/// The golden recording (tests/golden/README.md, reported in report's tests) stays the
+/// format 1.0 the first release wrote, whole.
+#[test]
+fn the_golden_recording_is_format_1_0() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/format-1.0.rec");
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes[..PROLOGUE_LEN], *b"\x89tracer\n\x01\x00\x00\x00");
+    let (entries, stats) = read_all(&bytes).unwrap();
+    assert!(stats.damage.is_empty() && stats.unknown == 0, "{stats:?}");
+    assert!(matches!(&entries[0], Entry::Header(h) if h.tracer_version == "0.1.0"));
+    assert!(matches!(entries.last(), Some(Entry::Stop(_))));
+}
+
 /// A file in a fresh directory.
 fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();

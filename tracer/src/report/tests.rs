@@ -791,6 +791,40 @@ fn any_clock_in_a_header_is_reported_without_panic() {
     }
 }
 
+/// A real incident recorded by the release that wrote format 1.0 (tests/golden/README.md):
+/// leaks on 127.0.0.1 and [::1], flagged with their owner. Every later version must still
+/// read it and report it exactly so; a change of the report's output that is meant updates
+/// tests/golden/format-1.0.report.jsonl in the same commit (the README says how).
+#[test]
+fn the_golden_recording_of_format_1_0_reports_as_expected() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let path = golden.join("format-1.0.rec");
+    let argv = [
+        "tracer",
+        "report",
+        path.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
+        unreachable!()
+    };
+    let (mut out, mut status) = (Vec::new(), Vec::new());
+    super::run(&args, &mut out, &mut status).unwrap();
+    assert_eq!(String::from_utf8_lossy(&status), "", "no warnings");
+    // The expected report was made from tracer/ with the path relative to it.
+    let out = String::from_utf8(out).unwrap().replacen(
+        &format!("\"file\":\"{}\"", path.display()),
+        "\"file\":\"tests/golden/format-1.0.rec\"",
+        1,
+    );
+    let expected = std::fs::read_to_string(golden.join("format-1.0.report.jsonl")).unwrap();
+    for (i, (got, want)) in out.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(got, want, "line {} of the report differs", i + 1);
+    }
+    assert_eq!(out, expected);
+}
+
 /// One arbitrary entry over small domains, so that sockets, states and times collide.
 fn any_entry() -> impl proptest::strategy::Strategy<Value = Entry> {
     use proptest::prelude::*;
