@@ -360,3 +360,60 @@ pub fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<
         .map(|i| client_session(ip, port, listener, i == 0))
         .collect()
 }
+
+/// Whether the running kernel lays `sock:inet_sock_set_state` records out as
+/// [`tracer_common::KNOWN_LAYOUT`], the layout the probe reads straight from the context;
+/// read from tracefs by a parser of the tests' own, not the tracer's. Call it while a
+/// tracer runs: that mounts tracefs if the machine had not.
+pub fn kernel_has_known_layout() -> bool {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| {
+            std::fs::read_to_string(format!("{t}/events/sock/inet_sock_set_state/format")).ok()
+        })
+        .expect("the inet_sock_set_state format file in tracefs");
+    // `field:const void * skaddr;	offset:8;	size:8;	signed:0;` -> (skaddr, 8, 8)
+    let fields: Vec<(String, u16, u16)> = format
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("field:"))
+        .map(|l| {
+            let parts: Vec<&str> = l.split(';').map(str::trim).collect();
+            let name = parts[0].rsplit([' ', '*']).next().unwrap();
+            let number = |key: &str| {
+                parts
+                    .iter()
+                    .find_map(|p| p.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {l}"))
+            };
+            let name = name.split('[').next().unwrap().to_owned();
+            (name, number("offset:"), number("size:"))
+        })
+        .collect();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.0 == name)
+            .map(|f| (f.1, f.2))
+            .unwrap_or_else(|| panic!("no field {name} in {format}"))
+    };
+    let l = tracer_common::KNOWN_LAYOUT;
+    let known = [
+        ("skaddr", l.skaddr),
+        ("oldstate", l.oldstate),
+        ("newstate", l.newstate),
+        ("sport", l.sport),
+        ("dport", l.dport),
+        ("family", l.family),
+        ("protocol", l.protocol),
+        ("saddr", l.saddr),
+        ("daddr", l.daddr),
+        ("saddr_v6", l.saddr_v6),
+        ("daddr_v6", l.daddr_v6),
+    ];
+    let record_len = known
+        .iter()
+        .map(|(name, _)| field(name).0 + field(name).1)
+        .max();
+    known.iter().all(|&(name, offset)| field(name).0 == offset) && record_len == Some(l.record_len)
+}

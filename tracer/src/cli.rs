@@ -2,6 +2,7 @@
 //! families). Every parse failure becomes a clap usage error: one line, exit status 2.
 
 use std::{
+    ops::RangeInclusive,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -119,12 +120,15 @@ pub struct ReportArgs {
     #[arg(long, value_name = "STATE=DURATION", value_parser = parse_stuck)]
     pub stuck: Vec<(TcpState, Duration)>,
 
-    /// Start of the window: a time (2026-11-25T03:00:00Z, UTC) or an offset from the
-    /// recording's start (10m).
+    /// Start of the window: a time of day in UTC as the text output prints it (12:53:45,
+    /// its first occurrence from the recording's start), a date and time
+    /// (2026-11-25T03:00:00Z, 2026-11-25T04:00:00+01:00), or an offset from the recording's
+    /// start (10m).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<TimeArg>,
 
-    /// End of the window, in the same forms as --from.
+    /// End of the window, in the same forms as --from; a time of day is its first occurrence
+    /// from the window's start.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub to: Option<TimeArg>,
 
@@ -146,10 +150,15 @@ pub struct ReportArgs {
     pub top: usize,
 }
 
-/// `--from`/`--to`: a point in time, or an offset from the start of the recording.
+/// `--from`/`--to`: a point in time, a time of day, or an offset from the start of the
+/// recording.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeArg {
+    /// A date and time.
     At(SystemTime),
+    /// A time of day in UTC (since midnight); the report places it in the recording.
+    TimeOfDay(Duration),
+    /// An offset from the start of the recording.
     After(Duration),
 }
 
@@ -290,17 +299,92 @@ pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
-/// Parses `--from`/`--to`: RFC 3339 in UTC (`2026-11-25T03:00:00Z`, `2026-11-25 03:00:00`)
-/// or a duration after the recording's start (`10m`).
+/// Parses `--from`/`--to`: a time of day in UTC (`12:53:45`, `12:53:45.250`, `12:53`), RFC
+/// 3339 with any offset (`2026-11-25T03:00:00Z`, `2026-11-25T04:00:00+01:00`, and
+/// `2026-11-25 03:00:00`, taken as UTC), or a duration after the recording's start (`10m`).
 pub fn parse_time(s: &str) -> Result<TimeArg, String> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim()) {
-        return Ok(TimeArg::At(t));
+    let t = s.trim();
+    if let Some(tod) = parse_time_of_day(t) {
+        return tod.map(TimeArg::TimeOfDay);
     }
-    humantime::parse_duration(s.trim())
+    if let Some(at) = parse_date_time(t) {
+        return Ok(TimeArg::At(at));
+    }
+    humantime::parse_duration(t)
         .map(TimeArg::After)
         .map_err(|_| {
-            format!("`{s}` is neither a time like 2026-11-25T03:00:00Z nor an offset like 10m")
+            format!(
+                "`{s}` is neither a time (12:53:45, 2026-11-25T03:00:00Z, \
+             2026-11-25T04:00:00+01:00) nor an offset like 10m"
+            )
         })
+}
+
+/// `HH:MM[:SS[.fraction]]` as the time since midnight; `None` when `t` does not have that
+/// shape, an error when it does but is no time of day.
+fn parse_time_of_day(t: &str) -> Option<Result<Duration, String>> {
+    let (clock, fraction) = match t.split_once('.') {
+        Some((clock, fraction)) => (clock, Some(fraction)),
+        None => (t, None),
+    };
+    let (h, m, sec) = match clock.split(':').collect::<Vec<_>>()[..] {
+        [h, m] if fraction.is_none() => (h, m, "00"),
+        [h, m, sec] => (h, m, sec),
+        _ => return None,
+    };
+    let digits = |f: &str, lens: RangeInclusive<usize>| {
+        lens.contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !(digits(h, 1..=2)
+        && digits(m, 2..=2)
+        && digits(sec, 2..=2)
+        && fraction.is_none_or(|f| digits(f, 1..=9)))
+    {
+        return None;
+    }
+    let (h, m, sec): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, sec.parse().ok()?);
+    if h > 23 || m > 59 || sec > 59 {
+        return Some(Err(format!(
+            "`{t}` is not a time of day: HH:MM:SS from 00:00:00 to 23:59:59"
+        )));
+    }
+    // `.25` is 250 ms: pad the fraction to nanoseconds.
+    let nanos = format!("{:0<9}", fraction.unwrap_or("")).parse().ok()?;
+    Some(Ok(Duration::new(h * 3600 + m * 60 + sec, nanos)))
+}
+
+/// RFC 3339 with `Z`, no zone (UTC) or an offset such as `+01:00`; a space may stand for
+/// the `T`.
+fn parse_date_time(t: &str) -> Option<SystemTime> {
+    // humantime reads UTC only (and takes `13:53:45.250+01:00` for 13:53:45.250 UTC): take
+    // a trailing `+HH:MM` or `-HH:MM` off first and apply it.
+    let zone = t
+        .len()
+        .checked_sub(6)
+        .and_then(|i| Some((t.get(..i)?, t.get(i..)?)));
+    let (local, ahead, hh_mm) = match zone {
+        Some((local, zone)) if zone.starts_with('+') => (local, true, &zone[1..]),
+        Some((local, zone)) if zone.starts_with('-') => (local, false, &zone[1..]),
+        _ => return humantime::parse_rfc3339_weak(t).ok(),
+    };
+    let (hh, mm) = hh_mm.split_once(':')?;
+    let two = |f: &str| {
+        (f.len() == 2 && f.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| f.parse::<u64>().ok())
+            .flatten()
+    };
+    let (h, m) = (two(hh)?, two(mm)?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    let offset = Duration::from_secs(h * 3600 + m * 60);
+    let local = humantime::parse_rfc3339_weak(local).ok()?;
+    // Local time is UTC plus the offset.
+    if ahead {
+        local.checked_sub(offset)
+    } else {
+        local.checked_add(offset)
+    }
 }
 
 /// Parses `--timeline`: `0x...` (a kernel address) or `ADDR:PORT`.
@@ -408,6 +492,59 @@ mod tests {
         ] {
             let err = parse_cli(bad).expect_err(&format!("{bad:?} must be refused"));
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn window_times_in_every_form() {
+        let at = |secs: u64| {
+            Ok(TimeArg::At(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            ))
+        };
+        // 2026-11-26T12:53:45Z, in UTC, with offsets either way and without a zone.
+        let utc = 1_795_697_625;
+        assert_eq!(parse_time("2026-11-26T12:53:45Z"), at(utc));
+        assert_eq!(parse_time("2026-11-26T13:53:45+01:00"), at(utc));
+        assert_eq!(parse_time("2026-11-26T07:23:45-05:30"), at(utc));
+        assert_eq!(parse_time("2026-11-26 12:53:45"), at(utc));
+        assert_eq!(
+            parse_time("2026-11-26T13:53:45.250+01:00"),
+            Ok(TimeArg::At(
+                SystemTime::UNIX_EPOCH + Duration::new(utc, 250_000_000)
+            ))
+        );
+        // Times of day, as the text output prints them.
+        let tod = |secs: u64, nanos: u32| Ok(TimeArg::TimeOfDay(Duration::new(secs, nanos)));
+        assert_eq!(parse_time("12:53:45"), tod(46_425, 0));
+        assert_eq!(parse_time("12:53:45.250"), tod(46_425, 250_000_000));
+        assert_eq!(parse_time("10:55:27.967862"), tod(39_327, 967_862_000));
+        assert_eq!(parse_time("12:53"), tod(46_380, 0));
+        assert_eq!(parse_time("9:05:00"), tod(32_700, 0));
+        assert_eq!(parse_time("00:00:00"), tod(0, 0));
+        assert_eq!(parse_time("23:59:59.999999999"), tod(86_399, 999_999_999));
+        assert_eq!(
+            parse_time("10m"),
+            Ok(TimeArg::After(Duration::from_secs(600)))
+        );
+        assert!(parse_time("24:00:00")
+            .unwrap_err()
+            .contains("not a time of day"));
+        assert!(parse_time("12:60")
+            .unwrap_err()
+            .contains("not a time of day"));
+        for bad in [
+            "12:53:45.",
+            "12:53:45.1234567890",
+            "12:5:45",
+            "123:00",
+            "12:53.5",
+            "2026-11-26T13:53:45+24:00",
+            "2026-11-26T13:53:45+1:00",
+            "yesterday",
+        ] {
+            let err = parse_time(bad).expect_err(bad);
+            assert!(err.contains("is neither a time"), "{bad}: {err}");
         }
     }
 

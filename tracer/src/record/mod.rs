@@ -15,9 +15,11 @@
 //! its [`Header`], followed by a checkpoint: one [`Entry::Socket`] per socket the table
 //! held, so that a segment can be read without those rotated away before it.
 //!
-//! Compatibility: a reader refuses a newer major version. Within a major version, a newer
-//! minor may add entry kinds at the end of [`Entry`] (older readers skip and count them)
-//! and fields at the end of an entry (older readers ignore trailing bytes).
+//! Compatibility: a reader refuses a newer major version, and major 0 (the development
+//! format before the first release). Within a major version, a newer minor may add entry
+//! kinds at the end of [`Entry`] (older readers skip and count them) and fields at the end
+//! of an entry (older readers ignore trailing bytes). `tests/golden/` holds a recording of
+//! format 1.0 that every later reader must report the same.
 
 pub mod reader;
 pub mod writer;

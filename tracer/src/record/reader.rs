@@ -7,6 +7,8 @@
 
 use std::io::{self, Read};
 
+use bytes::{Buf, BytesMut};
+
 use super::{Entry, ENTRY_KINDS, FRAME_LEN, MAGIC, MAX_PAYLOAD, PROLOGUE_LEN, VERSION};
 
 /// Why a file cannot be read as a recording at all.
@@ -21,12 +23,22 @@ pub enum OpenError {
     #[error("it ends inside its 12-byte prologue: the recording was cut before its first entry")]
     Truncated,
     #[error(
+        "it is a recording of format {major}.{minor}, an early development format this \
+         tracer cannot read (it reads {}.x); report it with the tracer that wrote it",
+        VERSION.0
+    )]
+    Early { major: u16, minor: u16 },
+    #[error(
         "it is a recording of format {major}.{minor}, newer than this tracer reads ({}.x); \
          report it with a newer tracer",
         VERSION.0
     )]
     Newer { major: u16, minor: u16 },
 }
+
+// A new major version must decide how the files of older releases are refused (or read),
+// not have them called early development formats.
+const _: () = assert!(VERSION.0 == 1);
 
 // Not `#[from]`: that would also make the error its source, and the message says it already.
 impl From<io::Error> for OpenError {
@@ -74,11 +86,10 @@ const READ_CHUNK: usize = 256 << 10;
 /// Reads the entries of one segment from `src`.
 pub struct Reader<R> {
     src: R,
-    /// Bytes read and not yet consumed start at `buf[start]`.
-    buf: Vec<u8>,
-    start: usize,
-    /// File offset of `buf[0]`.
-    base: u64,
+    /// Bytes read and not yet consumed: the read position is `buf[0]`.
+    buf: BytesMut,
+    /// File offset of the read position.
+    offset: u64,
     eof: bool,
     version: (u16, u16),
     stats: ReadStats,
@@ -98,15 +109,14 @@ impl<R: Read> Reader<R> {
     pub fn new(src: R) -> Result<Self, OpenError> {
         let mut r = Reader {
             src,
-            buf: Vec::with_capacity(READ_CHUNK),
-            start: 0,
-            base: 0,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            offset: 0,
             eof: false,
             version: (0, 0),
             stats: ReadStats::default(),
         };
         if !r.fill(PROLOGUE_LEN)? {
-            let got = r.available();
+            let got = r.buf.len();
             return Err(match got {
                 0 => OpenError::Empty,
                 _ if r.buf[..got.min(MAGIC.len())] != MAGIC[..got.min(MAGIC.len())] => {
@@ -118,13 +128,18 @@ impl<R: Read> Reader<R> {
         if r.buf[..MAGIC.len()] != MAGIC {
             return Err(OpenError::NotARecording);
         }
-        let major = u16::from_le_bytes([r.buf[8], r.buf[9]]);
-        let minor = u16::from_le_bytes([r.buf[10], r.buf[11]]);
-        if major != VERSION.0 {
+        let mut version = &r.buf[MAGIC.len()..PROLOGUE_LEN];
+        let (major, minor) = (version.get_u16_le(), version.get_u16_le());
+        // Below our major is only 0, the format before the first release (see the
+        // assertion after `OpenError`).
+        if major < VERSION.0 {
+            return Err(OpenError::Early { major, minor });
+        }
+        if major > VERSION.0 {
             return Err(OpenError::Newer { major, minor });
         }
         r.version = (major, minor);
-        r.start = PROLOGUE_LEN;
+        r.consume(PROLOGUE_LEN);
         Ok(r)
     }
 
@@ -144,15 +159,15 @@ impl<R: Read> Reader<R> {
         loop {
             match self.frame()? {
                 Frame::Valid(len) => {
-                    let at = self.offset();
-                    let payload = &self.buf[self.start + FRAME_LEN..self.start + FRAME_LEN + len];
+                    let at = self.offset;
+                    let payload = &self.buf[FRAME_LEN..FRAME_LEN + len];
                     let kind = variant_index(payload);
                     let entry = if kind.is_some_and(|k| k >= ENTRY_KINDS) {
                         None
                     } else {
                         Some(postcard::from_bytes::<Entry>(payload))
                     };
-                    self.start += FRAME_LEN + len;
+                    self.consume(FRAME_LEN + len);
                     match entry {
                         None => self.stats.unknown += 1,
                         Some(Ok(e)) => {
@@ -166,7 +181,7 @@ impl<R: Read> Reader<R> {
                         }),
                     }
                 }
-                Frame::Incomplete | Frame::Invalid if self.available() == 0 => return Ok(None),
+                Frame::Incomplete | Frame::Invalid if self.buf.is_empty() => return Ok(None),
                 first => {
                     if !self.resync(matches!(first, Frame::Incomplete))? {
                         return Ok(None);
@@ -179,10 +194,10 @@ impl<R: Read> Reader<R> {
     /// Skips bytes from the read position to the next valid entry, noting the damage.
     /// Returns false when the file ended first.
     fn resync(&mut self, incomplete: bool) -> io::Result<bool> {
-        let offset = self.offset();
+        let offset = self.offset;
         let mut skipped = 0u64;
         loop {
-            self.start += 1;
+            self.consume(1);
             skipped += 1;
             if !self.fill(1)? {
                 // Nothing valid up to the end: a cut if the first bad frame only lacked
@@ -216,9 +231,8 @@ impl<R: Read> Reader<R> {
         if !self.fill(FRAME_LEN)? {
             return Ok(Frame::Incomplete);
         }
-        let b = &self.buf[self.start..];
-        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let mut frame = &self.buf[..FRAME_LEN];
+        let (len, crc) = (frame.get_u32_le() as usize, frame.get_u32_le());
         // Every entry has at least one byte (its kind): a run of zeros is not a frame.
         if len == 0 || len > MAX_PAYLOAD {
             return Ok(Frame::Invalid);
@@ -226,7 +240,7 @@ impl<R: Read> Reader<R> {
         if !self.fill(FRAME_LEN + len)? {
             return Ok(Frame::Incomplete);
         }
-        let payload = &self.buf[self.start + FRAME_LEN..self.start + FRAME_LEN + len];
+        let payload = &self.buf[FRAME_LEN..FRAME_LEN + len];
         Ok(if crc32fast::hash(payload) == crc {
             Frame::Valid(len)
         } else {
@@ -234,26 +248,20 @@ impl<R: Read> Reader<R> {
         })
     }
 
-    fn available(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// File offset of the read position.
-    fn offset(&self) -> u64 {
-        self.base + self.start as u64
+    /// Moves the read position `n` bytes on.
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.offset += n as u64;
     }
 
     /// Reads until `need` bytes are available from the read position; false if the file
     /// ends first.
     fn fill(&mut self, need: usize) -> io::Result<bool> {
-        while self.available() < need && !self.eof {
-            if self.start > 0 && self.start >= self.buf.len() / 2 {
-                self.buf.drain(..self.start);
-                self.base += self.start as u64;
-                self.start = 0;
-            }
+        while self.buf.len() < need && !self.eof {
             let len = self.buf.len();
-            let want = (need - self.available()).max(READ_CHUNK);
+            let want = (need - len).max(READ_CHUNK);
+            // Takes the room of consumed bytes back before it allocates more.
+            self.buf.reserve(want);
             self.buf.resize(len + want, 0);
             let got = loop {
                 match self.src.read(&mut self.buf[len..]) {
@@ -272,7 +280,7 @@ impl<R: Read> Reader<R> {
                 }
             }
         }
-        Ok(self.available() >= need)
+        Ok(self.buf.len() >= need)
     }
 }
 

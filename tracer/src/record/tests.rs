@@ -299,8 +299,32 @@ fn files_that_are_not_recordings_are_refused() {
         "it is a recording of format 2.7, newer than this tracer reads (1.x); \
          report it with a newer tracer"
     );
+    let mut early = MAGIC.to_vec();
+    early.extend_from_slice(&[0, 0, 9, 0]);
+    assert_eq!(
+        err(&early),
+        "it is a recording of format 0.9, an early development format this tracer cannot \
+         read (it reads 1.x); report it with the tracer that wrote it"
+    );
+    // A newer minor version is read, and says so.
+    let mut later = MAGIC.to_vec();
+    later.extend_from_slice(&[1, 0, 7, 0]);
+    assert_eq!(Reader::new(&later[..]).unwrap().version(), (1, 7));
     // A prologue alone is a valid, empty recording.
     assert_eq!(read_all(&prologue()).unwrap().0, vec![]);
+}
+
+/// The golden recording (tests/golden/README.md, reported in report's tests) stays the
+/// format 1.0 the first release wrote, whole.
+#[test]
+fn the_golden_recording_is_format_1_0() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/format-1.0.rec");
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes[..PROLOGUE_LEN], *b"\x89tracer\n\x01\x00\x00\x00");
+    let (entries, stats) = read_all(&bytes).unwrap();
+    assert!(stats.damage.is_empty() && stats.unknown == 0, "{stats:?}");
+    assert!(matches!(&entries[0], Entry::Header(h) if h.tracer_version == "0.1.0"));
+    assert!(matches!(entries.last(), Some(Entry::Stop(_))));
 }
 
 /// A file in a fresh directory.
@@ -461,15 +485,26 @@ fn recorder_refuses_to_overwrite_other_files() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
-    /// Any bytes after a prologue: the reader ends, never panics, and accounts for every
-    /// byte as an entry or as damage.
+    /// Any bytes after a prologue: the reader ends, never panics, and counts every byte
+    /// that held no entry as damage, in stretches that follow each other to the end.
     #[test]
     fn reader_survives_arbitrary_bytes(tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let mut bytes = prologue();
         bytes.extend_from_slice(&tail);
         let mut r = Reader::new(&bytes[..]).unwrap();
-        while r.next_entry().unwrap().is_some() {}
-        prop_assert!(r.stats().damaged_bytes() <= tail.len() as u64);
+        let mut read = 0;
+        while r.next_entry().unwrap().is_some() {
+            read += 1;
+        }
+        // Random bytes hold a valid entry only where a CRC-32 matches by chance.
+        prop_assume!(read == 0 && r.stats().unknown == 0);
+        prop_assert_eq!(r.stats().damaged_bytes(), tail.len() as u64);
+        let mut at = PROLOGUE_LEN as u64;
+        for d in &r.stats().damage {
+            let (Damage::Corrupt { offset, bytes } | Damage::TornTail { offset, bytes }) = *d;
+            prop_assert_eq!(offset, at, "{:?}", r.stats().damage);
+            at += bytes;
+        }
     }
 
     /// A valid recording with bytes overwritten: entries away from the damage come back

@@ -10,7 +10,7 @@ use std::{
 use crate::record::{
     reader::{Damage, OpenError, ReadStats, Reader},
     writer::{segment_path, SEGMENTS},
-    Entry, Header,
+    Entry, Header, VERSION,
 };
 
 /// Why a recording cannot be reported at all.
@@ -147,13 +147,41 @@ impl Segment {
                 ),
             })
             .collect();
-        if stats.unknown > 0 {
+        // Entries of unknown kinds in a file of a known version are damage in all but the
+        // name; in a newer one, `version_warning` tells them.
+        if stats.unknown > 0 && self.reader.version().1 <= VERSION.1 {
             lines.push(format!(
-                "{}: {} entries of kinds this tracer does not know (written by a newer one) skipped",
+                "{}: skipped entries of kinds format {}.{} does not define: {}",
                 self.path.display(),
+                VERSION.0,
+                VERSION.1,
                 stats.unknown
             ));
         }
         lines
     }
+}
+
+/// One warning for a recording written by a newer tracer of the same major version (read,
+/// without the entry kinds it added), with the count of entries skipped in all segments.
+pub fn version_warning(path: &Path, segments: &[Segment]) -> Option<String> {
+    let minor = segments.iter().map(|s| s.reader.version().1).max()?;
+    if minor <= VERSION.1 {
+        return None;
+    }
+    let skipped: u64 = segments
+        .iter()
+        .filter(|s| s.reader.version().1 > VERSION.1)
+        .map(|s| s.stats().unknown)
+        .sum();
+    Some(format!(
+        "{} was written by a newer tracer (format {}.{minor}): entries it added are skipped{}; \
+         report it with a newer tracer to see them",
+        path.display(),
+        VERSION.0,
+        match skipped {
+            0 => String::new(),
+            n => format!(" ({n} skipped)"),
+        }
+    ))
 }

@@ -1,24 +1,26 @@
 //! `tracer report`: rebuilds an incident from a recording, on any machine, without root.
 //!
-//! [`input`] finds and reads the segments, [`replay`] runs them through the socket table
-//! under the report's thresholds, and this module writes the result: the stuck and
+//! [`input`] finds and reads the segments, [`window`] places `--from`/`--to` on the
+//! recording's clock, [`replay`] runs the segments through the socket table under the
+//! report's thresholds, and this module writes the result: the stuck and
 //! resolved sockets and the summary as the live run writes them (same JSON records), then
 //! the worst offenders, transition counts and time spent per state.
 
 pub mod input;
 pub mod replay;
+pub mod window;
 
 use std::{
     collections::{BTreeMap, HashMap},
     io::{self, Write},
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    cli::{ReportArgs, TimeArg},
+    cli::ReportArgs,
     model::{Format, HeldBy, IoOp, Ownership, Socket, State, Stay, Target, Thresholds},
     output::{
         clock_of, human_duration, plural, port_text,
@@ -28,6 +30,7 @@ use crate::{
     record::Entry,
 };
 use replay::{Event, Options, Replay};
+use window::Window;
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
 pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow::Result<()> {
@@ -37,20 +40,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     let clock = WallClock::with_offset(header.clock_offset_ns as i128);
     let recorded = recorded_thresholds(&header.thresholds);
     let thresholds = Thresholds::new(&report_thresholds(&recorded, args));
-    let to_mono = |t: TimeArg| match t {
-        TimeArg::At(at) => {
-            let ns = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-            (ns - clock.offset_ns()).clamp(0, u64::MAX as i128) as u64
-        }
-        TimeArg::After(d) => header.started_ns.saturating_add(d.as_nanos() as u64),
-    };
-    let (from_ns, to_ns) = (
-        args.from.map_or(0, to_mono),
-        args.to.map_or(u64::MAX, to_mono),
-    );
-    if from_ns > to_ns {
-        anyhow::bail!("--from is after --to: the window is empty");
-    }
+    let window = Window::resolve(args.from, args.to, header.started_ns, &clock)?;
+    let (from_ns, to_ns) = (window.from_ns, window.to_ns);
     let options = Options {
         thresholds,
         from_ns,
@@ -75,7 +66,10 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         read.damaged_bytes += seg.stats().damaged_bytes();
         read.segments.push(seg.header.segment);
     }
+    warnings.extend(input::version_warning(&args.file, &segments));
     let end_ns = replay.finish();
+    window.check(replay.start_ns, replay.last_ns, &clock, &mut warnings)?;
+    window.check_timeline(args.timeline, !replay.events.is_empty())?;
     warnings.extend(live_warnings(&replay, &clock));
 
     for w in &warnings {
@@ -326,13 +320,8 @@ impl Report<'_> {
         for ev in &self.replay.events {
             self.event(o, ev)?;
         }
-        if let Some(target) = &info.timeline {
-            if self.replay.events.is_empty() && o.format() == Format::Text {
-                writeln!(
-                    o.out(),
-                    "no socket {target} in the recording (or the window)"
-                )?;
-            }
+        // A timeline is the socket's life alone (run() refuses one that found nothing).
+        if info.timeline.is_some() {
             return Ok(());
         }
         self.summary(o)?;

@@ -188,10 +188,12 @@ impl Replay {
 
     fn transition(&mut self, t: Transition) {
         self.transitions_read += 1;
+        // The recording's span, which the window is checked against, includes what lies
+        // after the window.
+        self.last_ns = self.last_ns.max(t.ts_ns);
         if t.ts_ns > self.options.to_ns {
             return;
         }
-        self.last_ns = self.last_ns.max(t.ts_ns);
         let ends = t.ends();
         let shown = self.options.in_window(t.ts_ns) && self.options.port_kept(&ends);
         if shown {

@@ -362,6 +362,110 @@ fn window_and_filters() {
 }
 
 #[test]
+fn window_times_of_day_and_offsets_agree() {
+    let window = |args: &[&str]| {
+        let r = report(args);
+        (
+            r[0]["from"].clone(),
+            r[0]["to"].clone(),
+            sockets(&r, "resolved", "stuck_ms"),
+        )
+    };
+    let want = window(&[
+        "--from",
+        "2026-11-25T06:00:35Z",
+        "--to",
+        "2026-11-25T06:00:50Z",
+    ]);
+    assert_eq!(want.0, "2026-11-25T06:00:35.000000000Z");
+    assert_eq!(want.2, [(40002, 36_000)]);
+    for args in [
+        &["--from", "06:00:35", "--to", "06:00:50"][..],
+        &["--from", "06:00:35.000", "--to", "06:00:50.0"],
+        &[
+            "--from",
+            "2026-11-25T07:00:35+01:00",
+            "--to",
+            "2026-11-25T01:00:50-05:00",
+        ],
+        &["--from", "2026-11-25 06:00:35", "--to", "06:00:50"],
+        &["--from", "34s", "--to", "49s"],
+    ] {
+        assert_eq!(window(args), want, "{args:?}");
+    }
+    // The recording starts at 06:00:01.000: its first second is in it, as printed.
+    let r = report(&["--from", "06:00:01"]);
+    assert_eq!(r[0]["from"], "2026-11-25T06:00:01.000000000Z");
+    // --to is the first occurrence from the window's start, not from the recording's.
+    let r = report(&["--from", "06:00:30", "--to", "06:00:40"]);
+    assert_eq!(r[0]["to"], "2026-11-25T06:00:40.000000000Z");
+}
+
+#[test]
+fn a_window_outside_the_recording_is_an_error() {
+    let err = |args: &[&str]| report_bytes(&bytes_of(&incident()), args).unwrap_err();
+    // The recording covers 06:00:01 to 06:01:00.
+    assert_eq!(
+        err(&["--from", "1h"]),
+        "the window from 07:00:01 is outside the recording (06:00:01 to 06:01:00 UTC); \
+         give --from/--to within it"
+    );
+    assert_eq!(
+        err(&["--from", "06:10:00", "--to", "06:20:00"]),
+        "the window 06:10:00 to 06:20:00 is outside the recording (06:00:01 to 06:01:00 \
+         UTC); give --from/--to within it"
+    );
+    assert_eq!(
+        err(&["--to", "2026-11-25T05:59:00Z"]),
+        "the window up to 05:59:00 is outside the recording (06:00:01 to 06:01:00 UTC); \
+         give --from/--to within it"
+    );
+    // 05:00 falls before the start, so it is the next day's: dates tell the days apart.
+    assert_eq!(
+        err(&["--from", "05:00"]),
+        "the window from 2026-11-26 05:00:00 is outside the recording (2026-11-25 06:00:01 \
+         to 2026-11-25 06:01:00 UTC); give --from/--to within it"
+    );
+    // Touching the recording is enough.
+    let r = report(&["--to", "2026-11-25T06:00:01Z"]);
+    assert!(of_type(&r, "stuck").is_empty());
+    assert_eq!(
+        err(&["--from", "30s", "--to", "10s"]),
+        "--from is after --to: the window is empty"
+    );
+}
+
+#[test]
+fn a_quiet_stretch_without_a_stop_entry_is_inside_the_recording() {
+    // Cut (no stop entry): the recording's end is its last transition, after the window.
+    let mut entries = incident()[..3].to_vec();
+    entries.push(tr(50 * S, A, 40001, Established, CloseWait));
+    let r = report_bytes(&bytes_of(&entries), &["--from", "10s", "--to", "20s"]).unwrap();
+    assert_eq!(r[0]["to"], "2026-11-25T06:00:21.000000000Z");
+    assert_eq!(r[0]["end"], "2026-11-25T06:00:21.000000000Z");
+}
+
+#[test]
+fn a_time_of_day_in_a_recording_of_several_days_is_its_first_occurrence() {
+    let mut entries = incident();
+    if let Some(Entry::Stop(stop)) = entries.last_mut() {
+        stop.ts_ns = 3 * 86_400 * S;
+    }
+    let r = report(&[]);
+    assert_eq!(r[0]["warnings"], serde_json::json!([]));
+    let r = report_bytes(&bytes_of(&entries), &["--from", "06:00:35"]).unwrap();
+    assert_eq!(r[0]["from"], "2026-11-25T06:00:35.000000000Z");
+    assert_eq!(
+        r[0]["warnings"],
+        serde_json::json!([
+            "the recording spans 2d23h: --from, a time of day, was taken as \
+             2026-11-25T06:00:35.000000000Z, its first occurrence; give a date \
+             (2026-11-25T03:00:00Z) or an offset (10m) for another day"
+        ])
+    );
+}
+
+#[test]
 fn timeline_of_one_socket() {
     let r = report(&["--timeline", "0xb0"]);
     let seen: Vec<String> = r[1..]
@@ -388,9 +492,18 @@ fn timeline_of_one_socket() {
     assert_eq!(r[1]["sk"], "0xb0");
 
     assert_eq!(
-        report(&["--timeline", "0xdead"]).len(),
-        1,
-        "only the report record"
+        report_bytes(&bytes_of(&incident()), &["--timeline", "0xdead"]).unwrap_err(),
+        "--timeline 0xdead: no such socket in the recording; check the address and port \
+         (either end matches) or take `sk` from the JSON records"
+    );
+    let err = report_bytes(
+        &bytes_of(&incident()),
+        &["--timeline", "0xb0", "--to", "2s"],
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("--timeline 0xb0: no such socket in the recording within the window;"),
+        "{err}"
     );
     let r = report(&["--timeline", "10.0.0.9:41000"]);
     assert_eq!(r.len(), 2);
@@ -449,16 +562,30 @@ fn damaged_recordings_give_what_they_hold() {
     assert_eq!(r[0]["end"], "2026-11-25T06:00:40.001000000Z");
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
 
-    // Garbage in the middle costs the entries it hit, not the rest.
+    // Garbage in the middle costs the entry it hit, not the rest: here the owners of B.
+    let entries = incident();
+    let start = bytes_of(&entries[..7]).len();
+    let len = bytes_of(&entries[..8]).len() - start;
     let mut hit = full.clone();
-    let at = hit.len() / 2;
-    hit[at..at + 4].copy_from_slice(b"\xde\xad\xbe\xef");
+    hit[start + FRAME_LEN + 2..][..4].copy_from_slice(b"\xde\xad\xbe\xef");
     let r = report_bytes(&hit, &[]).unwrap();
-    assert!(r[0]["warnings"][0]
-        .as_str()
-        .unwrap()
-        .contains("damaged bytes at offset"));
+    let warning = r[0]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.ends_with(&format!(
+            ": {len} damaged bytes at offset {start} skipped; reading went on after them"
+        )),
+        "{warning}"
+    );
+    assert_eq!(r[0]["damaged_bytes"], len as u64);
+    assert_eq!(r[0]["entries"], entries.len() as u64 - 1);
     assert_eq!(r[0]["live"]["stopped"], true);
+    let stuck = of_type(&r, "stuck");
+    assert_eq!(stuck[0]["owner"]["pid"], 4242);
+    assert_eq!(
+        stuck[1]["owner"],
+        Value::Null,
+        "B's owners were in the damage"
+    );
 
     for (bytes, want) in [
         (&b""[..], "it is empty"),
@@ -467,7 +594,12 @@ fn damaged_recordings_give_what_they_hold() {
         (&full[..PROLOGUE_LEN + 5], "no entry could be read"),
         (
             b"\x89tracer\n\x02\x00\x00\x00",
-            "format 2.0, newer than this tracer reads",
+            "format 2.0, newer than this tracer reads (1.x); report it with a newer tracer",
+        ),
+        (
+            b"\x89tracer\n\x00\x00\x03\x00",
+            "format 0.3, an early development format this tracer cannot read (it reads \
+             1.x); report it with the tracer that wrote it",
         ),
     ] {
         let err = report_bytes(bytes, &[]).unwrap_err();
@@ -477,6 +609,83 @@ fn damaged_recordings_give_what_they_hold() {
     }
     let err = report_file(Path::new("/nonexistent/incident.rec"), &[]).unwrap_err();
     assert!(err.contains("No such file"), "{err}");
+}
+
+/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.1 does not
+/// define after the header.
+fn newer_minor(entries: &[Entry], minor: u16) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&VERSION.0.to_le_bytes());
+    b.extend_from_slice(&minor.to_le_bytes());
+    encode(&entries[0], &mut b);
+    let payload = [ENTRY_KINDS as u8, 1, 2, 3];
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    b.extend_from_slice(&payload);
+    for e in &entries[1..] {
+        encode(e, &mut b);
+    }
+    b
+}
+
+#[test]
+fn a_newer_minor_version_is_read_and_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    let all = incident();
+    // Two segments of format 1.4, each with an entry kind this tracer does not know.
+    let mut seg1 = vec![Entry::Header(Box::new(Header {
+        segment: 1,
+        checkpoint: 0,
+        ..match &all[0] {
+            Entry::Header(h) => (**h).clone(),
+            _ => unreachable!(),
+        }
+    }))];
+    seg1.extend_from_slice(&all[5..]);
+    std::fs::write(writer::segment_path(&path, 1), newer_minor(&all[..5], 4)).unwrap();
+    std::fs::write(&path, newer_minor(&seg1, 4)).unwrap();
+    let r = report_file(&path, &[]).unwrap();
+    assert_eq!(
+        r[0]["warnings"],
+        serde_json::json!([format!(
+            "{} was written by a newer tracer (format 1.4): entries it added are skipped (2 \
+             skipped); report it with a newer tracer to see them",
+            path.display()
+        )])
+    );
+    assert_eq!(
+        r[1..],
+        report(&[])[1..],
+        "everything this tracer knows is read"
+    );
+
+    // Without entries of new kinds, the warning says only that some may be missing.
+    let r = report_bytes(&newer_minor(&all, 2)[..], &[]).unwrap();
+    let w = r[0]["warnings"][0].as_str().unwrap();
+    assert!(
+        w.contains("(format 1.2): entries it added are skipped (1 skipped)"),
+        "{w}"
+    );
+    let mut b = bytes_of(&all);
+    b[10] = 2;
+    let r = report_bytes(&b, &[]).unwrap();
+    assert!(r[0]["warnings"][0].as_str().unwrap().ends_with(
+        "(format 1.2): entries it added are skipped; report it with a newer tracer to see them"
+    ));
+
+    // An unknown kind in a file of this tracer's own version is not blamed on a newer one.
+    let r = report_bytes(&newer_minor(&all, VERSION.1), &[]).unwrap();
+    assert_eq!(
+        r[0]["warnings"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r[0]["warnings"]
+    );
+    assert!(r[0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .ends_with(": skipped entries of kinds format 1.1 does not define: 1"));
 }
 
 #[test]
@@ -614,6 +823,40 @@ fn any_clock_in_a_header_is_reported_without_panic() {
     }
 }
 
+/// A real incident recorded by the release that wrote format 1.0 (tests/golden/README.md):
+/// leaks on 127.0.0.1 and [::1], flagged with their owner. Every later version must still
+/// read it and report it exactly so; a change of the report's output that is meant updates
+/// tests/golden/format-1.0.report.jsonl in the same commit (the README says how).
+#[test]
+fn the_golden_recording_of_format_1_0_reports_as_expected() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let path = golden.join("format-1.0.rec");
+    let argv = [
+        "tracer",
+        "report",
+        path.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
+        unreachable!()
+    };
+    let (mut out, mut status) = (Vec::new(), Vec::new());
+    super::run(&args, &mut out, &mut status).unwrap();
+    assert_eq!(String::from_utf8_lossy(&status), "", "no warnings");
+    // The expected report was made from tracer/ with the path relative to it.
+    let out = String::from_utf8(out).unwrap().replacen(
+        &format!("\"file\":\"{}\"", path.display()),
+        "\"file\":\"tests/golden/format-1.0.rec\"",
+        1,
+    );
+    let expected = std::fs::read_to_string(golden.join("format-1.0.report.jsonl")).unwrap();
+    for (i, (got, want)) in out.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(got, want, "line {} of the report differs", i + 1);
+    }
+    assert_eq!(out, expected);
+}
+
 /// One arbitrary entry over small domains, so that sockets, states and times collide.
 fn any_entry() -> impl proptest::strategy::Strategy<Value = Entry> {
     use proptest::prelude::*;
@@ -665,7 +908,8 @@ fn any_entry() -> impl proptest::strategy::Strategy<Value = Entry> {
 proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
 
-    /// Whatever valid entries a recording holds, in whatever order, the report is written.
+    /// Whatever valid entries a recording holds, in whatever order, the report is written,
+    /// or refused for a window or timeline that shows nothing.
     #[test]
     fn report_survives_arbitrary_entries(
         body in proptest::collection::vec(any_entry(), 0..60),
@@ -684,7 +928,10 @@ proptest::proptest! {
                 let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
                     unreachable!()
                 };
-                super::run(&args, io::sink(), io::sink()).unwrap();
+                if let Err(e) = super::run(&args, io::sink(), io::sink()) {
+                    let refused = e.downcast_ref::<super::window::WindowError>().is_some();
+                    proptest::prop_assert!(refused, "{e:#}");
+                }
             }
         }
     }
