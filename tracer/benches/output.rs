@@ -11,7 +11,7 @@ use std::{
 use tracer::{
     decode::Transition,
     model::{Comm, Family, Format, State},
-    output::{Output, WallClock},
+    output::{Output, TextStyle, WallClock},
 };
 use tracer_common::TcpState;
 
@@ -40,7 +40,8 @@ fn transition(i: u64) -> Transition {
 fn measure(format: Format, transitions: &[Transition]) -> f64 {
     // As watch writes: a 64 KiB buffer in front of stdout (here a sink).
     let out = BufWriter::with_capacity(1 << 16, io::sink());
-    let mut output = Output::new(format, WallClock::with_offset(EPOCH_NS), out, io::sink());
+    let clock = WallClock::with_offset(EPOCH_NS);
+    let mut output = Output::new(format, TextStyle::default(), clock, out, io::sink());
     let start = Instant::now();
     for t in transitions {
         output

@@ -21,9 +21,10 @@ use crate::{
     cli::{ReportArgs, TimeArg},
     model::{Format, HeldBy, IoOp, Ownership, Socket, State, Stay, Target, Thresholds},
     output::{
-        clock_of, human_duration, plural, port_text,
+        clock::TimeOfDay,
         summary::{self, ServicePort},
-        Output, Rfc3339, SocketReport, WallClock,
+        text::{endpoints, fd_usage, human_duration, plural},
+        Outcome, Output, Rfc3339, SocketReport, SummaryReason, TextStyle, WallClock,
     },
     record::Entry,
 };
@@ -84,6 +85,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     }
     let mut output = Output::new(
         args.format,
+        TextStyle::default(),
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::sink(),
@@ -409,11 +411,11 @@ impl Report<'_> {
                 if o.format() == Format::Json {
                     return o.write_json(&Existing::new(socket, o.clock()));
                 }
-                let time = clock_of(o.clock().at(socket.since_ns));
+                let time = TimeOfDay::seconds(o.clock().at(socket.since_ns));
                 writeln!(
                     o.out(),
                     "{time} OPEN {} already in {} when the recording started",
-                    crate::output::endpoints(socket),
+                    endpoints(socket),
                     socket.state
                 )
             }
@@ -423,8 +425,7 @@ impl Report<'_> {
                     socket: &f.socket,
                     ownership: self.ownership(&f.socket),
                 };
-                let (total, still_stuck) = self.outcome(&f.socket);
-                o.stuck_with_outcome(&r, f.at_ns, f.threshold, total, still_stuck)
+                o.stuck_with_outcome(&r, f.at_ns, f.threshold, self.outcome(&f.socket))
             }
             Event::Resolved(r) if self.kept(&r.socket) => {
                 let report = SocketReport {
@@ -452,20 +453,24 @@ impl Report<'_> {
         if o.format() == Format::Text {
             writeln!(o.out())?;
         }
-        o.summary("end", &groups, table.stats(), states, self.end_ns)
+        o.summary(
+            SummaryReason::End,
+            &groups,
+            table.stats(),
+            &states,
+            self.end_ns,
+        )
     }
 
     /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
-    fn outcome(&self, s: &Socket) -> (Duration, bool) {
-        match self.resolutions.get(&s.stay()) {
-            Some(&left_ns) => (
-                Duration::from_nanos(left_ns.saturating_sub(s.since_ns)),
-                false,
-            ),
-            None => (
-                Duration::from_nanos(self.end_ns.saturating_sub(s.since_ns)),
-                true,
-            ),
+    fn outcome(&self, s: &Socket) -> Outcome {
+        let (end_ns, still_stuck) = match self.resolutions.get(&s.stay()) {
+            Some(&left_ns) => (left_ns, false),
+            None => (self.end_ns, true),
+        };
+        Outcome {
+            total: Duration::from_nanos(end_ns.saturating_sub(s.since_ns)),
+            still_stuck,
         }
     }
 
@@ -485,7 +490,7 @@ impl Report<'_> {
         }
         let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();
         for s in stuck.into_values() {
-            let stuck_ns = self.outcome(s).0.as_nanos() as u64;
+            let stuck_ns = self.outcome(s).total.as_nanos() as u64;
             let ownership = self.ownership(s);
             let owner = ownership.owners.first();
             let pid = owner.map(|w| w.process.pid);
@@ -505,7 +510,7 @@ impl Report<'_> {
             });
             off.stuck += 1;
             *off.states.entry(s.state.to_string()).or_default() += 1;
-            let port = port_text(ServicePort::of(s));
+            let port = ServicePort::of(s).to_string();
             if !off.ports.contains(&port) {
                 off.ports.push(port);
             }
@@ -560,7 +565,7 @@ impl Report<'_> {
                 )?;
             }
             if let Some(n) = off.fd_count {
-                write!(o.out(), "; {}", crate::output::fd_usage(n, off.fd_limit))?;
+                write!(o.out(), "; {}", fd_usage(n, off.fd_limit))?;
             }
             writeln!(o.out())?;
         }

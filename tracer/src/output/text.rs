@@ -1,0 +1,417 @@
+//! Text for people: transitions, alerts and summaries on the data stream (stdout), status
+//! lines on stderr.
+
+use std::{
+    fmt,
+    io::{self, Write},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use tracer_common::TcpState;
+
+use super::{
+    clock::TimeOfDay,
+    json::{StartInfo, StopInfo},
+    summary::{self, Group, ServicePort},
+    Outcome, Page, Render, SocketReport, Summary, SummaryReason,
+};
+use crate::{
+    decode::Transition,
+    model::{HeldBy, IoOp, Origin, Owner, Socket, State},
+};
+
+/// ANSI styles for alerts on a terminal.
+const RED: &str = "\x1b[1;31m";
+const GREEN: &str = "\x1b[32m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// How text looks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextStyle {
+    /// Colour the heads of alerts (for a terminal that has not set NO_COLOR).
+    pub color: bool,
+}
+
+/// Writes text.
+#[derive(Clone, Debug)]
+pub struct Text {
+    style: TextStyle,
+}
+
+impl Text {
+    /// A renderer writing text in `style`.
+    pub fn new(style: TextStyle) -> Self {
+        Self { style }
+    }
+
+    fn paint<'a>(&self, style: &'static str, text: &'a str) -> Painted<'a> {
+        Painted {
+            style: self.style.color.then_some(style),
+            text,
+        }
+    }
+}
+
+/// A word in an ANSI style, when colour is on.
+struct Painted<'a> {
+    style: Option<&'static str>,
+    text: &'a str,
+}
+
+impl fmt::Display for Painted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.style {
+            Some(style) => write!(f, "{style}{}{RESET}", self.text),
+            None => f.write_str(self.text),
+        }
+    }
+}
+
+impl Render for Text {
+    fn start(&mut self, page: &mut Page, info: &StartInfo) -> io::Result<()> {
+        let a = &info.attached;
+        let mounted = if a.tracefs_mounted_by_tracer {
+            ", mounted by tracer"
+        } else {
+            ""
+        };
+        writeln!(
+            page.status,
+            "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}); Ctrl-C to stop",
+            info.version, a.tracepoint, a.tracefs
+        )?;
+        let watched: Vec<String> = info
+            .thresholds
+            .iter()
+            .map(|(state, ms)| {
+                format!(
+                    "{state} after {}",
+                    human_duration(Duration::from_millis(*ms))
+                )
+            })
+            .collect();
+        let watched = if watched.is_empty() {
+            "no state watched".to_owned()
+        } else {
+            format!("flagging {}", watched.join(", "))
+        };
+        writeln!(
+            page.status,
+            "tracer: {watched}; {} open at start",
+            plural(info.existing_sockets, "socket")
+        )?;
+        if let Some(r) = &info.record {
+            let budget = match r.max_bytes {
+                Some(b) => format!("at most {} MiB in 4 files", b >> 20),
+                None => "no size limit".to_owned(),
+            };
+            writeln!(page.status, "tracer: recording to {} ({budget})", r.path)?;
+        }
+        if info.mode == "events" {
+            writeln!(
+                page.out,
+                "{:<15} {:>7} {:<16} {:>21}    {:<21} TRANSITION",
+                "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE"
+            )?;
+        }
+        Ok(())
+    }
+
+    fn transition(&mut self, page: &mut Page, t: &Transition) -> io::Result<()> {
+        writeln!(
+            page.out,
+            "{} {:>7} {:<16} {:>21} -> {:<21} {} -> {}",
+            TimeOfDay::micros(page.clock.at(t.ts_ns)),
+            t.pid,
+            t.comm,
+            SocketAddr::new(t.saddr, t.sport),
+            SocketAddr::new(t.daddr, t.dport),
+            t.old,
+            t.new
+        )
+    }
+
+    fn stuck(
+        &mut self,
+        page: &mut Page,
+        r: &SocketReport<'_>,
+        at_ns: u64,
+        _threshold: Duration,
+        outcome: Option<Outcome>,
+    ) -> io::Result<()> {
+        let at_least = at_least(r.socket.since_is_lower_bound);
+        let outcome = match outcome {
+            Some(Outcome {
+                total,
+                still_stuck: true,
+            }) => format!(
+                "; still stuck at the end, {at_least}{} in all",
+                human_duration(total)
+            ),
+            Some(Outcome {
+                total,
+                still_stuck: false,
+            }) => format!("; left after {at_least}{}", human_duration(total)),
+            None => String::new(),
+        };
+        writeln!(
+            page.out,
+            "{} {} {} for {at_least}{} {} {}{}{outcome}",
+            TimeOfDay::seconds(page.clock.at(at_ns)),
+            self.paint(RED, "STUCK"),
+            r.socket.state,
+            human_duration(super::since(r.socket.since_ns, at_ns)),
+            endpoints(r.socket),
+            owner_text(r),
+            io_text(r, at_ns)
+        )
+    }
+
+    fn resolved(
+        &mut self,
+        page: &mut Page,
+        r: &SocketReport<'_>,
+        left_ns: u64,
+        new: State,
+    ) -> io::Result<()> {
+        let owner = match r.ownership.owners.first() {
+            Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
+            None => "owner unknown".to_owned(),
+        };
+        writeln!(
+            page.out,
+            "{} {} {} -> {new} after {}{} {} {owner}",
+            TimeOfDay::seconds(page.clock.at(left_ns)),
+            self.paint(GREEN, "RESOLVED"),
+            r.socket.state,
+            at_least(r.socket.since_is_lower_bound),
+            human_duration(super::since(r.socket.since_ns, left_ns)),
+            endpoints(r.socket),
+        )
+    }
+
+    fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
+        let stuck = s.stuck();
+        if stuck == 0 && s.reason == SummaryReason::Interval {
+            return Ok(());
+        }
+        let time = TimeOfDay::seconds(page.clock.at(s.at_ns));
+        let head = self.paint(BOLD, "SUMMARY");
+        if stuck == 0 {
+            return writeln!(
+                page.out,
+                "{time} {head} no sockets stuck, {} tracked",
+                s.stats.tracked
+            );
+        }
+        writeln!(
+            page.out,
+            "{time} {head} {} stuck, {} tracked",
+            plural(stuck, "socket"),
+            s.stats.tracked
+        )?;
+        for g in s.groups {
+            group_line(page, g, s.at_ns)?;
+        }
+        let mut advised = Vec::new();
+        for g in s.groups {
+            if !advised.contains(&g.state) {
+                advised.push(g.state);
+                writeln!(page.out, "  advice: {}", summary::advice(g.state))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, page: &mut Page, lost: u64, total: u64) -> io::Result<()> {
+        warn_lost(page, lost, total)
+    }
+
+    fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {
+        warn_evicted(page, sockets, stuck)
+    }
+
+    fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()> {
+        writeln!(
+            page.status,
+            "tracer: stopped after {:.1}s: {} transitions, {} lost",
+            info.duration_ms as f64 / 1000.0,
+            info.events,
+            info.lost
+        )
+    }
+}
+
+/// One group of a summary: who holds how many sockets in which state, where.
+fn group_line(page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
+    let who = match (&g.comm, g.pid) {
+        (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+        _ => "an unknown process".to_owned(),
+    };
+    let place = match g.port {
+        ServicePort::Local(_) => "on",
+        ServicePort::Remote(..) => "to",
+    };
+    write!(
+        page.out,
+        "  {who} holds {} in {} {place} {} (oldest {}{})",
+        plural(g.count, "socket"),
+        g.state,
+        g.port,
+        at_least(g.oldest_is_lower_bound),
+        human_duration(super::since(g.oldest_since_ns, at_ns))
+    )?;
+    if let Some(n) = g.fd_count {
+        write!(page.out, ", {}", fd_usage(n, g.fd_limit))?;
+    }
+    if g.eof_read > 0 && g.state == TcpState::CloseWait.into() {
+        write!(
+            page.out,
+            "; read end of stream on {} and kept them",
+            g.eof_read
+        )?;
+    }
+    writeln!(page.out)
+}
+
+/// The warning that the probe dropped `lost` more transitions (`total` so far); a status
+/// line in every format.
+pub(super) fn warn_lost(page: &mut Page, lost: u64, total: u64) -> io::Result<()> {
+    writeln!(
+        page.status,
+        "tracer: warning: {lost} transitions lost ({total} in all): the ring buffer was full; \
+         narrow the filters (--port, --state) so fewer events cross to userspace"
+    )
+}
+
+/// The warning that a full table dropped `sockets` sockets (`stuck` of them flagged); a
+/// status line in every format.
+pub(super) fn warn_evicted(page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {
+    writeln!(
+        page.status,
+        "tracer: warning: table full: {} not followed ({stuck} of them stuck); raise --max-sockets",
+        plural(sockets as usize, "socket")
+    )
+}
+
+/// `31s`, `2m31s`, `2h13m`, `3d4h`: two units at most, as an SRE reads an age.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `"at least "` before an age that is a lower bound.
+fn at_least(lower_bound: bool) -> &'static str {
+    if lower_bound {
+        "at least "
+    } else {
+        ""
+    }
+}
+
+/// `1 socket`, `2 sockets`.
+pub(crate) fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `fds 1013/1024 (99%)`, or `fds 12 (no limit)`.
+pub(crate) fn fd_usage(count: usize, limit: Option<u64>) -> String {
+    match limit {
+        Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
+        _ => format!("fds {count} (no limit)"),
+    }
+}
+
+/// `127.0.0.1:61616 <- 127.0.0.1:40000`: the arrow points from the side that connected.
+pub(crate) fn endpoints(s: &Socket) -> String {
+    let arrow = match s.origin {
+        Origin::Accepted => "<-",
+        Origin::Connected => "->",
+        Origin::Listener | Origin::Unknown => "--",
+    };
+    format!(
+        "{} {arrow} {}",
+        SocketAddr::new(s.ends.saddr, s.ends.sport),
+        SocketAddr::new(s.ends.daddr, s.ends.dport)
+    )
+}
+
+/// Who holds the socket, in words.
+fn owner_text(r: &SocketReport<'_>) -> String {
+    let caller = r.socket.hint.map(|h| format!("{}[{}]", h.comm, h.pid));
+    let mut owners = r.ownership.owners.iter();
+    let Some(first) = owners.next() else {
+        // The last send/receive, when known, follows in the alert (io_text).
+        return match (r.ownership.held_by, caller) {
+            (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
+            (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
+            (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
+            (_, Some(c)) => format!("owner unknown (last caller {c})"),
+            (_, None) => "owner unknown".to_owned(),
+        };
+    };
+    let fds = |o: &Owner| {
+        o.fds
+            .iter()
+            .map(|fd| fd.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let p = &first.process;
+    let mut text = match r.ownership.held_by {
+        HeldBy::AcceptQueue => format!(
+            "never accepted: in the accept queue of {}[{}] (listener fd {})",
+            p.comm,
+            p.pid,
+            fds(first)
+        ),
+        _ => format!("{}[{}] fd {}", p.comm, p.pid, fds(first)),
+    };
+    text.push_str(&format!(
+        ", {}, uid {}",
+        fd_usage(first.fd_count, p.fd_limit),
+        p.uid
+    ));
+    if let Some(cg) = &p.cgroup {
+        text.push_str(&format!(", cgroup {cg}"));
+    }
+    for o in owners {
+        text.push_str(&format!(
+            "; also {}[{}] fd {}",
+            o.process.comm,
+            o.process.pid,
+            fds(o)
+        ));
+    }
+    text
+}
+
+/// The socket's last send or receive, in words: `; java[4242] read end of stream 2h13m
+/// ago and kept the socket` is what explains a CLOSE_WAIT leak.
+fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
+    let Some(io) = &r.ownership.last_io else {
+        return String::new();
+    };
+    let when = human_duration(super::since(io.ts_ns, now_ns));
+    let who = format!("{}[{}]", io.comm, io.pid);
+    match io.op {
+        IoOp::Eof if r.socket.state == TcpState::CloseWait.into() => {
+            format!("; {who} read end of stream {when} ago and kept the socket")
+        }
+        IoOp::Eof => format!("; {who} read end of stream {when} ago"),
+        IoOp::Recv => format!("; last receive by {who} {when} ago"),
+        IoOp::Send => format!("; last send by {who} {when} ago"),
+    }
+}
