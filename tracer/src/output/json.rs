@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     decode::Transition,
-    model::{Comm, Origin, Owner, PidHint, State},
+    model::{Comm, Origin, Owner, PidHint, Socket, State},
 };
 
 impl Serialize for Comm {
@@ -151,6 +151,94 @@ pub enum SummaryReason {
     End,
 }
 
+/// What a report read and how it reports it: the body of the `report` record.
+#[derive(Debug, Serialize)]
+pub struct ReportInfo<'a> {
+    /// The recording as named on the command line.
+    pub file: String,
+    /// The recording's id, shared by its segments.
+    pub recording: String,
+    pub host: &'a str,
+    pub kernel: &'a str,
+    pub tracer_version: &'a str,
+    /// Numbers of the segments read.
+    pub segments: &'a [u32],
+    /// What was rebuilt.
+    pub start: Rfc3339,
+    pub end: Rfc3339,
+    pub duration_ms: u64,
+    /// `--from` and `--to`, when given.
+    pub from: Option<Rfc3339>,
+    pub to: Option<Rfc3339>,
+    /// Thresholds of this report, and those of the live run, in ms.
+    pub thresholds: BTreeMap<&'static str, u64>,
+    pub recorded_thresholds: BTreeMap<&'static str, u64>,
+    pub ports: &'a [u16],
+    pub pid: Option<u32>,
+    /// `--timeline`: the socket followed.
+    pub timeline: Option<String>,
+    /// Entries and transitions read, and bytes lost to damage.
+    pub entries: u64,
+    pub transitions: u64,
+    pub damaged_bytes: u64,
+    pub live: LiveInfo,
+    /// Also printed on stderr.
+    pub warnings: &'a [String],
+}
+
+/// What the live run recorded about itself.
+#[derive(Debug, Serialize)]
+pub struct LiveInfo {
+    pub stuck: u64,
+    pub resolved: u64,
+    pub lost: u64,
+    pub unrecorded: u64,
+    /// Whether it ended normally (its stop entry was read).
+    pub stopped: bool,
+}
+
+/// One of a report's worst offenders: the body of an `offender` record.
+#[derive(Debug, Serialize)]
+pub struct Offender {
+    /// 1 for the process that held the most stuck sockets.
+    pub rank: usize,
+    /// The owning process; `null` when none was recorded.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cmdline: Option<String>,
+    /// Stuck sockets it held, in all and per state.
+    pub stuck: usize,
+    pub states: BTreeMap<String, usize>,
+    /// Service ports, as in the summary (`:61616`, `10.0.0.5:5432`).
+    pub ports: Vec<String>,
+    /// The longest any of them stayed stuck.
+    pub longest_ms: u64,
+    /// Of them, those whose end of stream it read and kept.
+    pub eof_read: usize,
+    pub fd_count: Option<usize>,
+    pub fd_limit: Option<u64>,
+}
+
+/// How often one transition happened in a report's window.
+#[derive(Debug, Serialize)]
+pub struct TransitionCount {
+    pub old: State,
+    pub new: State,
+    pub count: u64,
+}
+
+/// Time spent in one state, over the stays that began and ended in a report's window.
+#[derive(Debug, Serialize)]
+pub struct StateTime {
+    pub state: State,
+    /// Completed stays (entered and left within the window).
+    pub stays: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
 /// One line of JSON output.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -189,6 +277,28 @@ pub enum Record<'a> {
     Resolved(&'a SocketRecord<'a>),
     Summary(&'a SummaryRecord<'a>),
     Stop(&'a StopInfo),
+    /// A report's first record.
+    Report(&'a ReportInfo<'a>),
+    /// A socket open when the recording started (a report's `--timeline`).
+    Existing {
+        /// When it was known to be in `state` already: a lower bound of its entry.
+        since: Rfc3339,
+        state: State,
+        family: &'static str,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    },
+    Offender(&'a Offender),
+    /// A report's transition counts by (old, new), most frequent first.
+    Transitions {
+        counts: &'a [TransitionCount],
+    },
+    /// A report's time spent per state.
+    StateTimes {
+        states: &'a [StateTime],
+    },
 }
 
 /// A socket in a `stuck` or `resolved` record.
@@ -476,6 +586,42 @@ impl Render for Json {
 
     fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()> {
         Json::line(page, &Record::Stop(info))
+    }
+
+    fn report(&mut self, page: &mut Page, info: &ReportInfo<'_>) -> io::Result<()> {
+        Json::line(page, &Record::Report(info))
+    }
+
+    fn existing(&mut self, page: &mut Page, s: &Socket) -> io::Result<()> {
+        let record = Record::Existing {
+            since: Rfc3339(page.clock.at(s.since_ns)),
+            state: s.state,
+            family: s.ends.family.name(),
+            saddr: s.ends.saddr,
+            sport: s.ends.sport,
+            daddr: s.ends.daddr,
+            dport: s.ends.dport,
+        };
+        Json::line(page, &record)
+    }
+
+    fn offenders(&mut self, page: &mut Page, ranked: &[Offender]) -> io::Result<()> {
+        ranked
+            .iter()
+            .try_for_each(|off| Json::line(page, &Record::Offender(off)))
+    }
+
+    fn transition_counts(&mut self, page: &mut Page, counts: &[TransitionCount]) -> io::Result<()> {
+        Json::line(page, &Record::Transitions { counts })
+    }
+
+    fn state_times(&mut self, page: &mut Page, states: &[StateTime]) -> io::Result<()> {
+        Json::line(page, &Record::StateTimes { states })
+    }
+
+    /// The `report` record's `timeline` and the absence of records say it.
+    fn timeline_empty(&mut self, _page: &mut Page, _target: &str) -> io::Result<()> {
+        Ok(())
     }
 }
 

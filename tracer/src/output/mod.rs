@@ -22,7 +22,10 @@ use crate::{
     model::{Format, Ownership, Socket, SocketKey, State},
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
-pub use json::{Attached, FilterInfo, RecordInfo, StartInfo, StopInfo, StopReason, SummaryReason};
+pub use json::{
+    Attached, FilterInfo, LiveInfo, Offender, RecordInfo, ReportInfo, StartInfo, StateTime,
+    StopInfo, StopReason, SummaryReason, TransitionCount,
+};
 use summary::Group;
 pub use text::TextStyle;
 
@@ -59,6 +62,18 @@ pub trait Render {
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()>;
     /// The totals: the last record of `watch`.
     fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()>;
+    /// What a report read and how it reports it: its first record.
+    fn report(&mut self, page: &mut Page, info: &ReportInfo<'_>) -> io::Result<()>;
+    /// A socket that was open when the recording started (`--timeline`).
+    fn existing(&mut self, page: &mut Page, s: &Socket) -> io::Result<()>;
+    /// The processes that held the most stuck sockets, ranked.
+    fn offenders(&mut self, page: &mut Page, ranked: &[Offender]) -> io::Result<()>;
+    /// Transitions in the window by (old, new), most frequent first.
+    fn transition_counts(&mut self, page: &mut Page, counts: &[TransitionCount]) -> io::Result<()>;
+    /// Time spent per state in the window.
+    fn state_times(&mut self, page: &mut Page, states: &[StateTime]) -> io::Result<()>;
+    /// `--timeline` found no socket `target` in the recording or the window.
+    fn timeline_empty(&mut self, page: &mut Page, target: &str) -> io::Result<()>;
 }
 
 /// What one record renders to: whole lines for the data stream and for status, and the
@@ -85,20 +100,26 @@ pub struct Outcome {
 /// What the output needs to report one stuck or resolved socket.
 #[derive(Clone, Copy, Debug)]
 pub struct SocketReport<'a> {
+    /// How the table knows it (its kernel address, when known).
     pub key: SocketKey,
+    /// The socket as it was while stuck.
     pub socket: &'a Socket,
+    /// Who holds it.
     pub ownership: &'a Ownership,
 }
 
 /// What a summary reports, as of monotonic `at_ns`.
 #[derive(Debug)]
 pub struct Summary<'a> {
+    /// Why it is written.
     pub reason: SummaryReason,
     /// The stuck sockets, as [`summary::group`] grouped them.
     pub groups: &'a [Group],
+    /// The table's counts.
     pub stats: TableStats,
     /// Sockets tracked per state.
     pub states: &'a BTreeMap<String, usize>,
+    /// When, in monotonic ns.
     pub at_ns: u64,
 }
 
@@ -119,7 +140,6 @@ pub fn renderer(format: Format, style: TextStyle) -> Box<dyn Render> {
 
 /// Writes records through a renderer: data to `out`, status lines to `status`.
 pub struct Output<W: Write, E: Write> {
-    format: Format,
     render: Box<dyn Render>,
     page: Page,
     out: W,
@@ -131,7 +151,6 @@ impl<W: Write, E: Write> Output<W, E> {
     /// status lines to `status`.
     pub fn new(format: Format, style: TextStyle, clock: WallClock, out: W, status: E) -> Self {
         Self {
-            format,
             render: renderer(format, style),
             page: Page {
                 out: Vec::with_capacity(1024),
@@ -230,25 +249,34 @@ impl<W: Write, E: Write> Output<W, E> {
         self.flush()
     }
 
-    /// Writes one JSON line of a record type defined elsewhere (the report's own).
-    pub fn write_json<T: serde::Serialize>(&mut self, record: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+    /// Opens a report: what was read and how it is reported.
+    pub fn report(&mut self, info: &ReportInfo<'_>) -> io::Result<()> {
+        self.write(|r, p| r.report(p, info))
     }
 
-    /// The format being written.
-    pub fn format(&self) -> Format {
-        self.format
+    /// Shows a socket that was open when the recording started (`--timeline`).
+    pub fn existing(&mut self, s: &Socket) -> io::Result<()> {
+        self.write(|r, p| r.existing(p, s))
     }
 
-    /// The data stream, for text sections written elsewhere (the report's tables).
-    pub fn out(&mut self) -> &mut W {
-        &mut self.out
+    /// Lists a report's worst offenders, ranked.
+    pub fn offenders(&mut self, ranked: &[Offender]) -> io::Result<()> {
+        self.write(|r, p| r.offenders(p, ranked))
     }
 
-    /// The clock records are dated by.
-    pub fn clock(&self) -> &WallClock {
-        &self.page.clock
+    /// Writes a report's transition counts, most frequent first.
+    pub fn transition_counts(&mut self, counts: &[TransitionCount]) -> io::Result<()> {
+        self.write(|r, p| r.transition_counts(p, counts))
+    }
+
+    /// Writes a report's time spent per state.
+    pub fn state_times(&mut self, states: &[StateTime]) -> io::Result<()> {
+        self.write(|r, p| r.state_times(p, states))
+    }
+
+    /// Says that `--timeline` found no socket `target`.
+    pub fn timeline_empty(&mut self, target: &str) -> io::Result<()> {
+        self.write(|r, p| r.timeline_empty(p, target))
     }
 
     /// Pushes buffered output out, so a live reader sees it now.

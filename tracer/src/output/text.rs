@@ -2,6 +2,7 @@
 //! lines on stderr.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     io::{self, Write},
     net::SocketAddr,
@@ -12,7 +13,7 @@ use tracer_common::TcpState;
 
 use super::{
     clock::TimeOfDay,
-    json::{StartInfo, StopInfo},
+    json::{Offender, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
     summary::{self, Group, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
@@ -194,8 +195,11 @@ impl Render for Text {
 
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
         let stuck = s.stuck();
-        if stuck == 0 && s.reason == SummaryReason::Interval {
-            return Ok(());
+        match s.reason {
+            SummaryReason::Interval if stuck == 0 => return Ok(()),
+            // A section of the report: apart from the sockets listed before it.
+            SummaryReason::End => writeln!(page.out)?,
+            SummaryReason::Interval | SummaryReason::Stop => {}
         }
         let time = TimeOfDay::seconds(page.clock.at(s.at_ns));
         let head = self.paint(BOLD, "SUMMARY");
@@ -240,6 +244,138 @@ impl Render for Text {
             info.duration_ms as f64 / 1000.0,
             info.events,
             info.lost
+        )
+    }
+
+    fn report(&mut self, page: &mut Page, info: &ReportInfo<'_>) -> io::Result<()> {
+        let out = &mut page.out;
+        writeln!(
+            out,
+            "RECORDING {} (host {}, kernel {}, tracer {})",
+            info.file, info.host, info.kernel, info.tracer_version
+        )?;
+        writeln!(
+            out,
+            "  {} to {} ({}), {} transitions, {} lost",
+            info.start,
+            info.end,
+            human_duration(Duration::from_millis(info.duration_ms)),
+            info.transitions,
+            info.live.lost
+        )?;
+        let words = |m: &BTreeMap<&str, u64>| {
+            if m.is_empty() {
+                return "none".to_owned();
+            }
+            m.iter()
+                .map(|(s, ms)| format!("{s} after {}", human_duration(Duration::from_millis(*ms))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            out,
+            "  flagging {} (the live run: {})",
+            words(&info.thresholds),
+            words(&info.recorded_thresholds)
+        )?;
+        match (&info.from, &info.to) {
+            (Some(from), Some(to)) => writeln!(out, "  window {from} to {to}")?,
+            (Some(from), None) => writeln!(out, "  window from {from}")?,
+            (None, Some(to)) => writeln!(out, "  window up to {to}")?,
+            (None, None) => {}
+        }
+        writeln!(out)
+    }
+
+    fn existing(&mut self, page: &mut Page, s: &Socket) -> io::Result<()> {
+        writeln!(
+            page.out,
+            "{} OPEN {} already in {} when the recording started",
+            TimeOfDay::seconds(page.clock.at(s.since_ns)),
+            endpoints(s),
+            s.state
+        )
+    }
+
+    fn offenders(&mut self, page: &mut Page, ranked: &[Offender]) -> io::Result<()> {
+        if ranked.is_empty() {
+            return Ok(());
+        }
+        writeln!(page.out, "\nWORST OFFENDERS")?;
+        for off in ranked {
+            let who = match (&off.comm, off.pid) {
+                (Some(c), Some(p)) => format!("{c}[{p}]"),
+                _ => "owner not recorded".to_owned(),
+            };
+            let states: Vec<String> = off.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            write!(
+                page.out,
+                "  {}. {who}: {} stuck ({}) on {}, longest {}",
+                off.rank,
+                plural(off.stuck, "socket"),
+                states.join(", "),
+                off.ports.join(" "),
+                human_duration(Duration::from_millis(off.longest_ms))
+            )?;
+            if off.eof_read > 0 {
+                write!(
+                    page.out,
+                    "; read end of stream on {} and kept them",
+                    off.eof_read
+                )?;
+            }
+            if let Some(n) = off.fd_count {
+                write!(page.out, "; {}", fd_usage(n, off.fd_limit))?;
+            }
+            writeln!(page.out)?;
+        }
+        Ok(())
+    }
+
+    fn transition_counts(&mut self, page: &mut Page, counts: &[TransitionCount]) -> io::Result<()> {
+        writeln!(page.out, "\nTRANSITIONS")?;
+        for c in counts {
+            let step = format!("{} -> {}", c.old, c.new);
+            writeln!(page.out, "  {step:<28} {:>10}", c.count)?;
+        }
+        if counts.is_empty() {
+            writeln!(page.out, "  none in the window")?;
+        }
+        Ok(())
+    }
+
+    fn state_times(&mut self, page: &mut Page, states: &[StateTime]) -> io::Result<()> {
+        writeln!(
+            page.out,
+            "\nTIME IN STATE (stays that began and ended in the window)"
+        )?;
+        writeln!(
+            page.out,
+            "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "STATE", "STAYS", "P50", "P90", "P99", "MAX"
+        )?;
+        if states.is_empty() {
+            writeln!(page.out, "  none in the window")?;
+        }
+        for s in states {
+            writeln!(
+                page.out,
+                "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                s.state.to_string(),
+                s.stays,
+                short_duration(s.p50_us),
+                short_duration(s.p90_us),
+                short_duration(s.p99_us),
+                short_duration(s.max_us)
+            )?;
+        }
+        Ok(())
+    }
+
+    fn timeline_empty(&mut self, page: &mut Page, target: &str) -> io::Result<()> {
+        writeln!(
+            page.out,
+            "no socket {target} in the recording (or the window)"
         )
     }
 }
@@ -297,7 +433,7 @@ pub(super) fn warn_evicted(page: &mut Page, sockets: u64, stuck: u64) -> io::Res
 }
 
 /// `31s`, `2m31s`, `2h13m`, `3d4h`: two units at most, as an SRE reads an age.
-pub(crate) fn human_duration(d: Duration) -> String {
+pub(super) fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => format!("{}ms", d.as_millis()),
@@ -305,6 +441,15 @@ pub(crate) fn human_duration(d: Duration) -> String {
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `850µs`, `12.5ms`, `3s`, `2m31s`: a stay's length in a table cell.
+fn short_duration(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}µs"),
+        1000..=999_999 => format!("{:.1}ms", us as f64 / 1000.0),
+        _ => human_duration(Duration::from_micros(us)),
     }
 }
 
@@ -318,7 +463,7 @@ fn at_least(lower_bound: bool) -> &'static str {
 }
 
 /// `1 socket`, `2 sockets`.
-pub(crate) fn plural(n: usize, what: &str) -> String {
+fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
@@ -327,7 +472,7 @@ pub(crate) fn plural(n: usize, what: &str) -> String {
 }
 
 /// `fds 1013/1024 (99%)`, or `fds 12 (no limit)`.
-pub(crate) fn fd_usage(count: usize, limit: Option<u64>) -> String {
+pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
     match limit {
         Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
         _ => format!("fds {count} (no limit)"),
@@ -335,7 +480,7 @@ pub(crate) fn fd_usage(count: usize, limit: Option<u64>) -> String {
 }
 
 /// `127.0.0.1:61616 <- 127.0.0.1:40000`: the arrow points from the side that connected.
-pub(crate) fn endpoints(s: &Socket) -> String {
+fn endpoints(s: &Socket) -> String {
     let arrow = match s.origin {
         Origin::Accepted => "<-",
         Origin::Connected => "->",
