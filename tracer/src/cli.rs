@@ -39,6 +39,11 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Times in text output: the time of day, with a date line when the day changes, or
+    /// full RFC 3339 timestamps on every line.
+    #[arg(long, value_enum, default_value_t)]
+    pub time: crate::model::TimeStyle,
+
     /// Keep transitions whose local or remote port is PORT (repeatable, up to 8).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -109,6 +114,10 @@ pub struct ReportArgs {
     /// Output format: human text, or JSON Lines with the live run's record types.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Times in text output, as for `watch`.
+    #[arg(long, value_enum, default_value_t)]
+    pub time: crate::model::TimeStyle,
 
     /// Flag sockets that stayed in CLOSE_WAIT this long (`off` to ignore it); default: the
     /// live run's thresholds.

@@ -140,7 +140,10 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let output = Output::new(
         args.format,
-        TextStyle { color },
+        TextStyle {
+            color,
+            time: args.time,
+        },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::stderr().lock(),

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tracer_common::TcpState;
@@ -12,7 +12,7 @@ use super::{
     text::{fd_usage, human_duration},
     *,
 };
-use crate::model::{Comm, Family, HeldBy, IoOp, LastIo, Origin, Owner, Socket};
+use crate::model::{Comm, Family, HeldBy, IoOp, LastIo, Origin, Owner, Socket, TimeStyle};
 
 /// 2026-11-25T06:00:00Z at monotonic zero.
 const EPOCH: i128 = 1_795_586_400 * 1_000_000_000;
@@ -48,10 +48,19 @@ fn render(
     format: Format,
     f: impl FnOnce(&mut Output<&mut Vec<u8>, &mut Vec<u8>>),
 ) -> (String, String) {
+    render_styled(format, TextStyle::default(), f)
+}
+
+/// What `f` writes to an output of `format` (text in `style`): data, then status.
+fn render_styled(
+    format: Format,
+    style: TextStyle,
+    f: impl FnOnce(&mut Output<&mut Vec<u8>, &mut Vec<u8>>),
+) -> (String, String) {
     let (mut out, mut status) = (Vec::new(), Vec::new());
     f(&mut Output::new(
         format,
-        TextStyle::default(),
+        style,
         WallClock::with_offset(EPOCH),
         &mut out,
         &mut status,
@@ -187,29 +196,31 @@ fn stuck_resolved_and_summary_as_text() {
             .unwrap();
     });
     let lines: Vec<&str> = out.lines().collect();
+    // Nothing named the date before: the first line does.
+    assert_eq!(lines[0], "-- 2026-11-25 (UTC) --");
     assert_eq!(
-        lines[0],
+        lines[1],
         "08:13:01 STUCK CLOSE_WAIT for at least 2h13m 127.0.0.1:61616 <- 10.0.0.9:40000 \
          java[4242] fd 17, fds 1013/1024 (98%), uid 1000, cgroup /system.slice/activemq.service; \
          also java[4300] fd 17"
     );
     assert_eq!(
-        lines[1],
+        lines[2],
         "08:13:10 RESOLVED CLOSE_WAIT -> LAST_ACK after at least 2h13m 127.0.0.1:61616 <- 10.0.0.9:40000 java[4242]"
     );
-    assert_eq!(lines[2], "08:13:01 SUMMARY 1 socket stuck, 1523 tracked");
+    assert_eq!(lines[3], "08:13:01 SUMMARY 1 socket stuck, 1523 tracked");
     assert_eq!(
-        lines[3],
+        lines[4],
         "  java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest at least 2h13m), fds 1013/1024 (98%)"
     );
     assert!(
-        lines[4].starts_with("  advice: CLOSE_WAIT means"),
+        lines[5].starts_with("  advice: CLOSE_WAIT means"),
         "{}",
-        lines[4]
+        lines[5]
     );
     assert_eq!(
         lines.len(),
-        5,
+        6,
         "an empty interval summary prints nothing: {out}"
     );
 }
@@ -266,13 +277,120 @@ fn transition_as_text() {
         o.transition(&transition(Family::Ipv6)).unwrap();
     });
     let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "-- 2026-11-25 (UTC) --");
     assert_eq!(
-        lines[0],
+        lines[1],
         "06:01:01.000000    4242 java                   127.0.0.1:61616 -> 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT"
     );
     assert_eq!(
-        lines[1],
+        lines[2],
         "06:01:01.000000    4242 java                       [::1]:61616 -> [::ffff:10.0.0.1]:40000 ESTABLISHED -> CLOSE_WAIT"
+    );
+}
+
+/// A `watch --events` start at `time`.
+fn start_info(time: SystemTime) -> StartInfo {
+    StartInfo {
+        time: Rfc3339(time),
+        version: "0.1.0",
+        kernel: "6.18.0".into(),
+        mode: "events",
+        attached: Attached {
+            probe: "tracepoint",
+            tracepoint: "sock:inet_sock_set_state".into(),
+            tracefs: "/sys/kernel/tracing".into(),
+            tracefs_mounted_by_tracer: false,
+            record_access: "direct",
+            io_tracepoints: Vec::new(),
+        },
+        filters: FilterInfo::default(),
+        ring_buffer_bytes: 1 << 24,
+        thresholds: BTreeMap::from([("CLOSE_WAIT", 30_000)]),
+        summary_interval_ms: 10_000,
+        max_sockets: 1024,
+        existing_sockets: 0,
+        record: None,
+    }
+}
+
+/// Monotonic ns of 2026-11-25T23:59:59.5Z, half a second before midnight.
+const BEFORE_MIDNIGHT_NS: u64 = (17 * 3600 + 59 * 60 + 59) * 1_000_000_000 + 500_000_000;
+
+#[test]
+fn a_date_line_when_the_day_changes() {
+    let clock = WallClock::with_offset(EPOCH);
+    let at = |ts_ns| Transition {
+        ts_ns,
+        ..transition(Family::Ipv4)
+    };
+    let (out, status) = render(Format::Text, |o| {
+        o.start(&start_info(clock.at(BEFORE_MIDNIGHT_NS))).unwrap();
+        o.transition(&at(BEFORE_MIDNIGHT_NS)).unwrap();
+        o.transition(&at(BEFORE_MIDNIGHT_NS + 1_000_000_000))
+            .unwrap();
+        o.transition(&at(BEFORE_MIDNIGHT_NS + 2_000_000_000))
+            .unwrap();
+    });
+    // The start line names the day, so the first transition needs no date line.
+    assert!(
+        status.starts_with(
+            "tracer 0.1.0: attached to tracepoint sock:inet_sock_set_state \
+             (tracefs at /sys/kernel/tracing) on 2026-11-25 (UTC); Ctrl-C to stop\n"
+        ),
+        "{status}"
+    );
+    let heads: Vec<&str> = out.lines().map(|l| l.get(..15).unwrap_or(l)).collect();
+    assert_eq!(
+        heads,
+        [
+            "TIME(UTC)      ",
+            "23:59:59.500000",
+            "-- 2026-11-26 (",
+            "00:00:00.500000",
+            "00:00:01.500000"
+        ]
+    );
+    assert!(out.contains("\n-- 2026-11-26 (UTC) --\n"), "{out}");
+}
+
+#[test]
+fn rfc3339_times_on_every_line() {
+    let clock = WallClock::with_offset(EPOCH);
+    let (socket, ownership) = leaked();
+    let report = SocketReport {
+        key: SocketKey::Sk(1),
+        socket: &socket,
+        ownership: &ownership,
+    };
+    let style = TextStyle {
+        color: false,
+        time: TimeStyle::Rfc3339,
+    };
+    let (out, status) = render_styled(Format::Text, style, |o| {
+        o.start(&start_info(clock.at(0))).unwrap();
+        o.transition(&transition(Family::Ipv4)).unwrap();
+        // The next day: no date line, every line has its own.
+        o.stuck(
+            &report,
+            BEFORE_MIDNIGHT_NS + 1_000_000_000,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    });
+    assert!(
+        status.contains("(tracefs at /sys/kernel/tracing) at 2026-11-25T06:00:00.000000000Z;"),
+        "{status}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "TIME(UTC)                          PID COMM                             LOCAL    REMOTE                TRANSITION",
+            "2026-11-25T06:01:01.000000123Z    4242 java                   127.0.0.1:61616 -> 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT",
+            "2026-11-26T00:00:00.500000000Z STUCK CLOSE_WAIT for 17h59m 127.0.0.1:61616 <- 10.0.0.9:40000 \
+             java[4242] fd 17, fds 1013/1024 (98%), uid 1000, cgroup /system.slice/activemq.service; \
+             also java[4300] fd 17",
+        ]
     );
 }
 

@@ -6,20 +6,20 @@ use std::{
     fmt,
     io::{self, Write},
     net::SocketAddr,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tracer_common::TcpState;
 
 use super::{
-    clock::TimeOfDay,
+    clock::{self, Date, Rfc3339, TimeOfDay},
     json::{Offender, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
     summary::{self, Group, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
 use crate::{
     decode::Transition,
-    model::{HeldBy, IoOp, Origin, Owner, Socket, State},
+    model::{HeldBy, IoOp, Origin, Owner, Socket, State, TimeStyle},
 };
 
 /// ANSI styles for alerts on a terminal.
@@ -33,24 +33,71 @@ const RESET: &str = "\x1b[0m";
 pub struct TextStyle {
     /// Colour the heads of alerts (for a terminal that has not set NO_COLOR).
     pub color: bool,
+    /// How lines are dated (`--time`).
+    pub time: TimeStyle,
 }
 
 /// Writes text.
 #[derive(Clone, Debug)]
 pub struct Text {
     style: TextStyle,
+    /// The day (UTC) the output last named: in clock style a line on another day is
+    /// preceded by a date line. `None` until the first date is written.
+    day: Option<u64>,
 }
 
 impl Text {
     /// A renderer writing text in `style`.
     pub fn new(style: TextStyle) -> Self {
-        Self { style }
+        Self { style, day: None }
+    }
+
+    /// The time that heads a data line at `t`: the time of day (to the microsecond with
+    /// `micros`) after a date line if `t` is on another day than the line before, or
+    /// RFC 3339 in full.
+    fn stamp(&mut self, page: &mut Page, t: SystemTime, micros: bool) -> io::Result<Stamp> {
+        if self.style.time == TimeStyle::Rfc3339 {
+            return Ok(Stamp::Full(Rfc3339(t)));
+        }
+        let day = clock::day(t);
+        if self.day != Some(day) {
+            writeln!(page.out, "-- {} (UTC) --", Date(t))?;
+            self.day = Some(day);
+        }
+        Ok(Stamp::Clock(if micros {
+            TimeOfDay::micros(t)
+        } else {
+            TimeOfDay::seconds(t)
+        }))
+    }
+
+    /// Width of the time column of transitions.
+    fn time_width(&self) -> usize {
+        match self.style.time {
+            TimeStyle::Clock => "06:33:10.123456".len(),
+            TimeStyle::Rfc3339 => "2026-11-25T06:33:10.123456789Z".len(),
+        }
     }
 
     fn paint<'a>(&self, style: &'static str, text: &'a str) -> Painted<'a> {
         Painted {
             style: self.style.color.then_some(style),
             text,
+        }
+    }
+}
+
+/// The time at the head of a line.
+enum Stamp {
+    Clock(TimeOfDay),
+    Full(Rfc3339),
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stamp::Clock(t) => t.fmt(f),
+            Stamp::Full(t) => t.fmt(f),
         }
     }
 }
@@ -78,9 +125,17 @@ impl Render for Text {
         } else {
             ""
         };
+        // The first line names the date, which the lines that follow then leave out.
+        let when = match self.style.time {
+            TimeStyle::Clock => {
+                self.day = Some(clock::day(info.time.0));
+                format!("on {} (UTC)", Date(info.time.0))
+            }
+            TimeStyle::Rfc3339 => format!("at {}", info.time),
+        };
         writeln!(
             page.status,
-            "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}); Ctrl-C to stop",
+            "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}) {when}; Ctrl-C to stop",
             info.version, a.tracepoint, a.tracefs
         )?;
         let watched: Vec<String> = info
@@ -113,18 +168,23 @@ impl Render for Text {
         if info.mode == "events" {
             writeln!(
                 page.out,
-                "{:<15} {:>7} {:<16} {:>21}    {:<21} TRANSITION",
-                "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE"
+                "{:<width$} {:>7} {:<16} {:>21}    {:<21} TRANSITION",
+                "TIME(UTC)",
+                "PID",
+                "COMM",
+                "LOCAL",
+                "REMOTE",
+                width = self.time_width()
             )?;
         }
         Ok(())
     }
 
     fn transition(&mut self, page: &mut Page, t: &Transition) -> io::Result<()> {
+        let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
         writeln!(
             page.out,
-            "{} {:>7} {:<16} {:>21} -> {:<21} {} -> {}",
-            TimeOfDay::micros(page.clock.at(t.ts_ns)),
+            "{time} {:>7} {:<16} {:>21} -> {:<21} {} -> {}",
             t.pid,
             t.comm,
             SocketAddr::new(t.saddr, t.sport),
@@ -157,10 +217,10 @@ impl Render for Text {
             }) => format!("; left after {at_least}{}", human_duration(total)),
             None => String::new(),
         };
+        let time = self.stamp(page, page.clock.at(at_ns), false)?;
         writeln!(
             page.out,
-            "{} {} {} for {at_least}{} {} {}{}{outcome}",
-            TimeOfDay::seconds(page.clock.at(at_ns)),
+            "{time} {} {} for {at_least}{} {} {}{}{outcome}",
             self.paint(RED, "STUCK"),
             r.socket.state,
             human_duration(super::since(r.socket.since_ns, at_ns)),
@@ -181,10 +241,10 @@ impl Render for Text {
             Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
             None => "owner unknown".to_owned(),
         };
+        let time = self.stamp(page, page.clock.at(left_ns), false)?;
         writeln!(
             page.out,
-            "{} {} {} -> {new} after {}{} {} {owner}",
-            TimeOfDay::seconds(page.clock.at(left_ns)),
+            "{time} {} {} -> {new} after {}{} {} {owner}",
             self.paint(GREEN, "RESOLVED"),
             r.socket.state,
             at_least(r.socket.since_is_lower_bound),
@@ -201,7 +261,7 @@ impl Render for Text {
             SummaryReason::End => writeln!(page.out)?,
             SummaryReason::Interval | SummaryReason::Stop => {}
         }
-        let time = TimeOfDay::seconds(page.clock.at(s.at_ns));
+        let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
         let head = self.paint(BOLD, "SUMMARY");
         if stuck == 0 {
             return writeln!(
@@ -248,6 +308,8 @@ impl Render for Text {
     }
 
     fn report(&mut self, page: &mut Page, info: &ReportInfo<'_>) -> io::Result<()> {
+        // The header names full dates; lines on another day than its start get a date line.
+        self.day = Some(clock::day(info.start.0));
         let out = &mut page.out;
         writeln!(
             out,
@@ -288,10 +350,10 @@ impl Render for Text {
     }
 
     fn existing(&mut self, page: &mut Page, s: &Socket) -> io::Result<()> {
+        let time = self.stamp(page, page.clock.at(s.since_ns), false)?;
         writeln!(
             page.out,
-            "{} OPEN {} already in {} when the recording started",
-            TimeOfDay::seconds(page.clock.at(s.since_ns)),
+            "{time} OPEN {} already in {} when the recording started",
             endpoints(s),
             s.state
         )

@@ -83,7 +83,10 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     }
     let mut output = Output::new(
         args.format,
-        TextStyle::default(),
+        TextStyle {
+            color: false,
+            time: args.time,
+        },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::sink(),
