@@ -272,20 +272,41 @@ fn ages_read_like_an_sre_writes_them() {
 
 #[test]
 fn transition_as_text() {
+    let step = |old: TcpState, new: TcpState| Transition {
+        old: old.into(),
+        new: new.into(),
+        ..transition(Family::Ipv4)
+    };
     let (out, _) = render(Format::Text, |o| {
         o.transition(&transition(Family::Ipv4)).unwrap();
         o.transition(&transition(Family::Ipv6)).unwrap();
+        o.transition(&step(TcpState::Close, TcpState::SynSent))
+            .unwrap();
+        o.transition(&step(TcpState::SynSent, TcpState::Established))
+            .unwrap();
+        o.transition(&step(TcpState::Listen, TcpState::SynRecv))
+            .unwrap();
+        o.transition(&step(TcpState::SynRecv, TcpState::Established))
+            .unwrap();
+        o.transition(&step(TcpState::Close, TcpState::Listen))
+            .unwrap();
     });
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "-- 2026-11-25 (UTC) --");
+    // Past the handshake a transition cannot tell who connected: `--`.
     assert_eq!(
         lines[1],
-        "06:01:01.000000    4242 java                   127.0.0.1:61616 -> 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT"
+        "06:01:01.000000    4242 java                   127.0.0.1:61616 -- 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT"
     );
     assert_eq!(
         lines[2],
-        "06:01:01.000000    4242 java                       [::1]:61616 -> [::ffff:10.0.0.1]:40000 ESTABLISHED -> CLOSE_WAIT"
+        "06:01:01.000000    4242 java                       [::1]:61616 -- [::ffff:10.0.0.1]:40000 ESTABLISHED -> CLOSE_WAIT"
     );
+    let arrows: Vec<&str> = lines[3..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    assert_eq!(arrows, ["->", "->", "<-", "<-", "--"]);
 }
 
 /// A `watch --events` start at `time`.
@@ -386,7 +407,7 @@ fn rfc3339_times_on_every_line() {
         lines,
         [
             "TIME(UTC)                          PID COMM                             LOCAL    REMOTE                TRANSITION",
-            "2026-11-25T06:01:01.000000123Z    4242 java                   127.0.0.1:61616 -> 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT",
+            "2026-11-25T06:01:01.000000123Z    4242 java                   127.0.0.1:61616 -- 127.0.0.1:40000       ESTABLISHED -> CLOSE_WAIT",
             "2026-11-26T00:00:00.500000000Z STUCK CLOSE_WAIT for 17h59m 127.0.0.1:61616 <- 10.0.0.9:40000 \
              java[4242] fd 17, fds 1013/1024 (98%), uid 1000, cgroup /system.slice/activemq.service; \
              also java[4300] fd 17",

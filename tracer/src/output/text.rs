@@ -184,10 +184,11 @@ impl Render for Text {
         let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
         writeln!(
             page.out,
-            "{time} {:>7} {:<16} {:>21} -> {:<21} {} -> {}",
+            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}",
             t.pid,
             t.comm,
             SocketAddr::new(t.saddr, t.sport),
+            arrow(opened_by(t)),
             SocketAddr::new(t.daddr, t.dport),
             t.old,
             t.new
@@ -541,18 +542,39 @@ pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
     }
 }
 
-/// `127.0.0.1:61616 <- 127.0.0.1:40000`: the arrow points from the side that connected.
+/// `127.0.0.1:61616 <- 127.0.0.1:40000`: local end first, and the arrow of [`arrow`].
 fn endpoints(s: &Socket) -> String {
-    let arrow = match s.origin {
+    format!(
+        "{} {} {}",
+        SocketAddr::new(s.ends.saddr, s.ends.sport),
+        arrow(s.origin),
+        SocketAddr::new(s.ends.daddr, s.ends.dport)
+    )
+}
+
+/// The arrow between the local and the remote end, on every line: it points from the side
+/// that connected. `<-` accepted from the remote end, `->` connected by this host, `--`
+/// not known (or a listener, which has no peer).
+fn arrow(origin: Origin) -> &'static str {
+    match origin {
         Origin::Accepted => "<-",
         Origin::Connected => "->",
         Origin::Listener | Origin::Unknown => "--",
+    }
+}
+
+/// How a transition's socket was opened, as far as that transition alone tells: the
+/// handshake states say it (SYN_SENT after connect(), SYN_RECV on the accepting side);
+/// later transitions and a listener's own do not.
+fn opened_by(t: &Transition) -> Origin {
+    let handshake = |s: State| match s.known() {
+        Some(TcpState::SynSent) => Some(Origin::Connected),
+        Some(TcpState::SynRecv) => Some(Origin::Accepted),
+        _ => None,
     };
-    format!(
-        "{} {arrow} {}",
-        SocketAddr::new(s.ends.saddr, s.ends.sport),
-        SocketAddr::new(s.ends.daddr, s.ends.dport)
-    )
+    handshake(t.old)
+        .or(handshake(t.new))
+        .unwrap_or(Origin::Unknown)
 }
 
 /// Who holds the socket, in words.
