@@ -168,9 +168,10 @@ impl<W: Write, E: Write> Output<W, E> {
         render: impl FnOnce(&mut dyn Render, &mut Page) -> io::Result<()>,
     ) -> io::Result<()> {
         let page = &mut self.page;
+        // Status first: a warning still reaches stderr when stdout has gone away.
         let written = render(&mut *self.render, page)
-            .and_then(|()| self.out.write_all(&page.out))
-            .and_then(|()| self.status.write_all(&page.status));
+            .and_then(|()| self.status.write_all(&page.status))
+            .and_then(|()| self.out.write_all(&page.out));
         page.out.clear();
         page.status.clear();
         written
