@@ -1,9 +1,10 @@
 //! `tracer report`: rebuilds an incident from a recording, on any machine, without root.
 //!
 //! [`input`] finds and reads the segments, [`replay`] runs them through the socket table
-//! under the report's thresholds, and this module writes the result: the stuck and
-//! resolved sockets and the summary as the live run writes them (same JSON records), then
-//! the worst offenders, transition counts and time spent per state.
+//! under the report's thresholds, and this module works out what to show and hands it to
+//! [`Output`], which writes it in either format: the stuck and resolved sockets and the
+//! summary as the live run writes them, then the worst offenders, transition counts and
+//! time spent per state.
 
 pub mod input;
 pub mod replay;
