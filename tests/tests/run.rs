@@ -57,7 +57,7 @@ fn text_output_shows_each_transition_on_one_line() {
     };
     let me = std::process::id().to_string();
     let fields: Vec<&str> = line.split_whitespace().collect();
-    // TIME PID COMM LOCAL -> REMOTE OLD -> NEW; loopback FINs run in the sender's context (us).
+    // TIME PID COMM LOCAL -- REMOTE OLD -> NEW; loopback FINs run in the sender's context (us).
     assert_eq!(fields.len(), 9, "{line}");
     assert_eq!(fields[0].len(), 15, "HH:MM:SS.micros: {line}");
     assert_eq!(fields[1], me, "{line}");

@@ -40,6 +40,11 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Times in text output: the time of day, with a date line when the day changes, or
+    /// full RFC 3339 timestamps on every line.
+    #[arg(long, value_enum, default_value_t)]
+    pub time: crate::model::TimeStyle,
+
     /// Keep transitions whose local or remote port is PORT (repeatable, up to 8).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -111,6 +116,10 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Times in text output, as for `watch`.
+    #[arg(long, value_enum, default_value_t)]
+    pub time: crate::model::TimeStyle,
+
     /// Flag sockets that stayed in CLOSE_WAIT this long (`off` to ignore it); default: the
     /// live run's thresholds.
     #[arg(long, value_name = "DURATION", value_parser = parse_threshold)]
@@ -141,7 +150,7 @@ pub struct ReportArgs {
     pub pid: Option<u32>,
 
     /// Print the whole life of one socket: its kernel address (0xffff...) or an ADDR:PORT
-    /// at either end ([::1]:61616 for IPv6).
+    /// at either end (`[::1]:61616` for IPv6).
     #[arg(long, value_name = "SK|ADDR:PORT", value_parser = parse_target)]
     pub timeline: Option<Target>,
 

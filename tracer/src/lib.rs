@@ -3,9 +3,10 @@
 //!
 //! The data path, one module per stage:
 //! [`probe`] (kernel program, ring buffer) -> [`decode`] (typed transitions) ->
-//! [`aggregate`] (the socket table; stuck sockets are decided in [`aggregate::stuck`]) ->
-//! [`attribute`] (owners from sock_diag and /proc) -> [`output`] (text or JSON Lines),
-//! driven by [`watch`]; [`cli`] is the command line. With `--record`, [`record`] writes the
+//! [`aggregate`] (the socket table) -> [`stuck`] (where stuck sockets are decided: the
+//! engine both the live run and the report drive) -> [`attribute`] (owners from sock_diag
+//! and /proc) -> [`output`] (text or JSON Lines), driven live by [`watch`]; [`cli`] is the
+//! command line. With `--record`, [`record`] writes the
 //! transitions and decisions to disk, and [`report`] rebuilds an incident from them later.
 //! [`model`] holds the types every stage shares; each module imports only from stages
 //! before it and from `model`.

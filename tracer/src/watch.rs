@@ -22,7 +22,7 @@ use crate::{
     model::{Family, Format, HeldBy, LastIo, Ownership, Socket, Thresholds},
     output::{
         monotonic_ns, summary, Attached, FilterInfo, Output, RecordInfo, Rfc3339, SocketReport,
-        StartInfo, StopInfo, StopReason, WallClock,
+        StartInfo, StopInfo, StopReason, SummaryReason, TextStyle, WallClock,
     },
     probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
     record::{
@@ -140,11 +140,14 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let output = Output::new(
         args.format,
+        TextStyle {
+            color,
+            time: args.time,
+        },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::stderr().lock(),
-    )
-    .with_color(color);
+    );
     let mut session = Session {
         output,
         engine,
@@ -256,7 +259,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
                     .drain(ring.get_mut(), &probe)
                     .and_then(|()| session.flag_due(&probe, monotonic_ns())),
             ),
-            _ = summaries.tick() => written(session.summary("interval", monotonic_ns())),
+            _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
         };
         if quiet_on_broken_pipe(step)? {
             session.finish_recording(monotonic_ns());
@@ -273,7 +276,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         .and_then(|()| written(session.flag_due(&probe, end_ns)))
         .and_then(|()| written(session.attribute(&probe)))
         .and_then(|()| session.check_losses(&probe))
-        .and_then(|()| written(session.summary("stop", end_ns)));
+        .and_then(|()| written(session.summary(SummaryReason::Stop, end_ns)));
     // The recording is finished even when stdout has gone away.
     let unrecorded = session.finish_recording(end_ns);
     if quiet_on_broken_pipe(last)? {
@@ -568,7 +571,7 @@ impl<W: Write, E: Write> Session<W, E> {
     }
 
     /// Writes the summary of the sockets stuck at monotonic `now`.
-    fn summary(&mut self, reason: &'static str, now: u64) -> io::Result<()> {
+    fn summary(&mut self, reason: SummaryReason, now: u64) -> io::Result<()> {
         // Sockets resolved or evicted while flagged have nothing more to report.
         self.engine.prune_owners();
         let owner_pid = self.owner_pid;
@@ -590,7 +593,7 @@ impl<W: Write, E: Write> Session<W, E> {
             .map(|(s, n)| (s.to_string(), n))
             .collect();
         self.output
-            .summary(reason, &groups, self.engine.stats(), states, now)?;
+            .summary(reason, &groups, self.engine.stats(), &states, now)?;
         self.flush()
     }
 

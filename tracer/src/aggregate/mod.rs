@@ -1,6 +1,6 @@
 //! Stage 3: keeps the life of every TCP socket, fed by decoded transitions and by the
-//! snapshot of the sockets that existed at start, and decides (in [`stuck`]) which have
-//! stayed too long in a watched state.
+//! snapshot of the sockets that existed at start, and queues (in [`deadlines`]) when each
+//! would have stayed too long in a watched state; [`crate::stuck`] decides what that means.
 //!
 //! Time is the kernel's monotonic clock in nanoseconds, passed in by the caller, so tests
 //! drive the table with a clock of their own.

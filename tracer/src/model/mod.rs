@@ -25,6 +25,16 @@ pub enum Format {
     Json,
 }
 
+/// How text output writes times (`--time`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TimeStyle {
+    /// The time of day (UTC), with a date line whenever the day changes.
+    #[default]
+    Clock,
+    /// Full RFC 3339 timestamps (UTC, with nanoseconds) on every line.
+    Rfc3339,
+}
+
 /// The one socket `--timeline` follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {

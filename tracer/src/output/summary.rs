@@ -1,7 +1,11 @@
 //! The periodic summary: stuck sockets grouped by owning process, state and service port,
 //! with one line of advice per state.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Serialize;
 use tracer_common::TcpState;
@@ -25,6 +29,16 @@ impl ServicePort {
             Origin::Accepted | Origin::Listener | Origin::Unknown => {
                 ServicePort::Local(s.ends.sport)
             }
+        }
+    }
+}
+
+/// `:61616` for a local port, `10.0.0.5:5432` for a remote end.
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ServicePort::Local(port) => write!(f, ":{port}"),
+            ServicePort::Remote(addr, port) => SocketAddr::new(addr, port).fmt(f),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! `tracer report`: rebuilds an incident from a recording, on any machine, without root.
 //!
 //! [`input`] finds and reads the segments, [`window`] places `--from`/`--to` on the
-//! recording's clock, [`replay`] runs the segments through the socket table under the
-//! report's thresholds, and this module writes the result: the stuck and
-//! resolved sockets and the summary as the live run writes them (same JSON records), then
-//! the worst offenders, transition counts and time spent per state.
+//! recording's clock, [`replay`] runs the segments through the decision engine under the
+//! report's thresholds, and this module works out what to show and hands it to
+//! [`Output`], which writes it in either format: the stuck and resolved sockets and the
+//! summary as the live run writes them, then the worst offenders, transition counts and
+//! time spent per state.
 
 pub mod input;
 pub mod replay;
@@ -16,16 +17,15 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
     cli::ReportArgs,
-    model::{Format, HeldBy, IoOp, Ownership, Socket, State, Stay, Target, Thresholds},
+    model::{HeldBy, IoOp, Ownership, Socket, Stay, Target, Thresholds},
     output::{
-        clock_of, human_duration, plural, port_text,
         summary::{self, ServicePort},
-        Output, Rfc3339, SocketReport, WallClock,
+        LiveInfo, Offender, Outcome, Output, ReportInfo, Rfc3339, SocketReport, StateTime,
+        SummaryReason, TextStyle, TransitionCount, WallClock,
     },
     record::Entry,
 };
@@ -78,12 +78,15 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     }
     let mut output = Output::new(
         args.format,
+        TextStyle {
+            color: false,
+            time: args.time,
+        },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
         io::sink(),
     );
     let info = ReportInfo {
-        kind: "report",
         file: args.file.display().to_string(),
         recording: format!("{:016x}", header.recording),
         host: &header.hostname,
@@ -199,101 +202,6 @@ fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
     w
 }
 
-/// The `report` record: what was read and how it is reported.
-#[derive(Serialize)]
-struct ReportInfo<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    file: String,
-    /// The recording's id, shared by its segments.
-    recording: String,
-    host: &'a str,
-    kernel: &'a str,
-    tracer_version: &'a str,
-    segments: &'a [u32],
-    start: Rfc3339,
-    end: Rfc3339,
-    duration_ms: u64,
-    from: Option<Rfc3339>,
-    to: Option<Rfc3339>,
-    thresholds: BTreeMap<&'static str, u64>,
-    recorded_thresholds: BTreeMap<&'static str, u64>,
-    ports: &'a [u16],
-    pid: Option<u32>,
-    timeline: Option<String>,
-    entries: u64,
-    transitions: u64,
-    damaged_bytes: u64,
-    live: LiveInfo,
-    warnings: &'a [String],
-}
-
-#[derive(Serialize)]
-struct LiveInfo {
-    stuck: u64,
-    resolved: u64,
-    lost: u64,
-    unrecorded: u64,
-    stopped: bool,
-}
-
-/// Transition counts: the `transitions` record.
-#[derive(Serialize)]
-struct TransitionCounts {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    counts: Vec<TransitionCount>,
-}
-
-#[derive(Serialize)]
-struct TransitionCount {
-    old: State,
-    new: State,
-    count: u64,
-}
-
-/// Time spent per state: the `state_times` record.
-#[derive(Serialize)]
-struct StateTimes {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    states: Vec<StateTime>,
-}
-
-#[derive(Serialize)]
-struct StateTime {
-    state: State,
-    /// Completed stays (entered and left within the window).
-    stays: u64,
-    p50_us: u64,
-    p90_us: u64,
-    p99_us: u64,
-    max_us: u64,
-}
-
-/// One of the worst offenders: the `offender` record.
-#[derive(Serialize)]
-struct Offender {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    rank: usize,
-    /// The owning process; `null` when none was recorded.
-    pid: Option<u32>,
-    comm: Option<String>,
-    cmdline: Option<String>,
-    /// Stuck sockets it held, in all and per state.
-    stuck: usize,
-    states: BTreeMap<String, usize>,
-    /// Service ports, as in the summary (`:61616`, `10.0.0.5:5432`).
-    ports: Vec<String>,
-    /// The longest any of them stayed stuck.
-    longest_ms: u64,
-    /// Of them, those whose end of stream it read and kept.
-    eof_read: usize,
-    fd_count: Option<usize>,
-    fd_limit: Option<u64>,
-}
-
 /// What the report writes, once the replay is done.
 struct Report<'a> {
     args: &'a ReportArgs,
@@ -316,7 +224,7 @@ impl Report<'_> {
         o: &mut Output<W, E>,
         info: &ReportInfo<'_>,
     ) -> io::Result<()> {
-        self.header(o, info)?;
+        o.report(info)?;
         for ev in &self.replay.events {
             self.event(o, ev)?;
         }
@@ -325,9 +233,9 @@ impl Report<'_> {
             return Ok(());
         }
         self.summary(o)?;
-        self.offenders(o)?;
-        self.transitions(o)?;
-        self.state_times(o)
+        o.offenders(&self.offenders())?;
+        o.transition_counts(&self.transitions())?;
+        o.state_times(&self.state_times())
     }
 
     fn ownership(&self, s: &Socket) -> &Ownership {
@@ -343,77 +251,17 @@ impl Report<'_> {
                 .is_none_or(|pid| self.ownership(s).involves(pid, s))
     }
 
-    fn header<W: Write, E: Write>(
-        &self,
-        o: &mut Output<W, E>,
-        info: &ReportInfo<'_>,
-    ) -> io::Result<()> {
-        if o.format() == Format::Json {
-            return o.write_json(info);
-        }
-        let out = o.out();
-        writeln!(
-            out,
-            "RECORDING {} (host {}, kernel {}, tracer {})",
-            info.file, info.host, info.kernel, info.tracer_version
-        )?;
-        writeln!(
-            out,
-            "  {} to {} ({}), {} transitions, {} lost",
-            info.start,
-            info.end,
-            human_duration(Duration::from_millis(info.duration_ms)),
-            info.transitions,
-            info.live.lost
-        )?;
-        let words = |m: &BTreeMap<&str, u64>| {
-            if m.is_empty() {
-                return "none".to_owned();
-            }
-            m.iter()
-                .map(|(s, ms)| format!("{s} after {}", human_duration(Duration::from_millis(*ms))))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        writeln!(
-            out,
-            "  flagging {} (the live run: {})",
-            words(&info.thresholds),
-            words(&info.recorded_thresholds)
-        )?;
-        if let (Some(from), Some(to)) = (&info.from, &info.to) {
-            writeln!(out, "  window {from} to {to}")?;
-        } else if let Some(from) = &info.from {
-            writeln!(out, "  window from {from}")?;
-        } else if let Some(to) = &info.to {
-            writeln!(out, "  window up to {to}")?;
-        }
-        writeln!(out)
-    }
-
     fn event<W: Write, E: Write>(&self, o: &mut Output<W, E>, ev: &Event) -> io::Result<()> {
         match ev {
             Event::Transition(t) => o.transition(t),
-            Event::Existing { socket, .. } => {
-                if o.format() == Format::Json {
-                    return o.write_json(&Existing::new(socket, o.clock()));
-                }
-                let time = clock_of(o.clock().at(socket.since_ns));
-                writeln!(
-                    o.out(),
-                    "{time} OPEN {} already in {} when the recording started",
-                    crate::output::endpoints(socket),
-                    socket.state
-                )
-            }
+            Event::Existing { socket, .. } => o.existing(socket),
             Event::Stuck(f) if self.kept(&f.socket) => {
                 let r = SocketReport {
                     key: f.key,
                     socket: &f.socket,
                     ownership: self.ownership(&f.socket),
                 };
-                let (total, still_stuck) = self.outcome(&f.socket);
-                o.stuck_with_outcome(&r, f.at_ns, f.threshold, total, still_stuck)
+                o.stuck_with_outcome(&r, f.at_ns, f.threshold, self.outcome(&f.socket))
             }
             Event::Resolved(r) if self.kept(&r.socket) => {
                 let report = SocketReport {
@@ -438,28 +286,29 @@ impl Report<'_> {
         // fd counts as the live run saw them when it resolved the owners.
         let groups = summary::group(stuck, |_| None);
         let states = table.per_state().map(|(s, n)| (s.to_string(), n)).collect();
-        if o.format() == Format::Text {
-            writeln!(o.out())?;
-        }
-        o.summary("end", &groups, table.stats(), states, self.end_ns)
+        o.summary(
+            SummaryReason::End,
+            &groups,
+            table.stats(),
+            &states,
+            self.end_ns,
+        )
     }
 
     /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
-    fn outcome(&self, s: &Socket) -> (Duration, bool) {
-        match self.resolutions.get(&s.stay()) {
-            Some(&left_ns) => (
-                Duration::from_nanos(left_ns.saturating_sub(s.since_ns)),
-                false,
-            ),
-            None => (
-                Duration::from_nanos(self.end_ns.saturating_sub(s.since_ns)),
-                true,
-            ),
+    fn outcome(&self, s: &Socket) -> Outcome {
+        let (end_ns, still_stuck) = match self.resolutions.get(&s.stay()) {
+            Some(&left_ns) => (left_ns, false),
+            None => (self.end_ns, true),
+        };
+        Outcome {
+            total: Duration::from_nanos(end_ns.saturating_sub(s.since_ns)),
+            still_stuck,
         }
     }
 
-    /// Processes ranked by the stuck sockets they held.
-    fn offenders<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
+    /// Processes ranked by the stuck sockets they held, `--top` of them.
+    fn offenders(&self) -> Vec<Offender> {
         // Every stay shown stuck (flagged in the window, or resolved in it).
         let mut stuck: HashMap<Stay, &Socket> = HashMap::new();
         for ev in &self.replay.events {
@@ -474,12 +323,11 @@ impl Report<'_> {
         }
         let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();
         for s in stuck.into_values() {
-            let stuck_ns = self.outcome(s).0.as_nanos() as u64;
+            let stuck_ns = self.outcome(s).total.as_nanos() as u64;
             let ownership = self.ownership(s);
             let owner = ownership.owners.first();
             let pid = owner.map(|w| w.process.pid);
             let off = by_pid.entry(pid).or_insert_with(|| Offender {
-                kind: "offender",
                 rank: 0,
                 pid,
                 comm: owner.map(|w| w.process.comm.clone()),
@@ -494,7 +342,7 @@ impl Report<'_> {
             });
             off.stuck += 1;
             *off.states.entry(s.state.to_string()).or_default() += 1;
-            let port = port_text(ServicePort::of(s));
+            let port = ServicePort::of(s).to_string();
             if !off.ports.contains(&port) {
                 off.ports.push(port);
             }
@@ -514,49 +362,15 @@ impl Report<'_> {
                 .then(a.pid.cmp(&b.pid))
         });
         ranked.truncate(self.args.top);
-        if o.format() == Format::Text {
-            if ranked.is_empty() {
-                return Ok(());
-            }
-            writeln!(o.out(), "\nWORST OFFENDERS")?;
-        }
-        for (i, mut off) in ranked.into_iter().enumerate() {
+        for (i, off) in ranked.iter_mut().enumerate() {
             off.rank = i + 1;
             off.ports.sort();
-            if o.format() == Format::Json {
-                o.write_json(&off)?;
-                continue;
-            }
-            let who = match (&off.comm, off.pid) {
-                (Some(c), Some(p)) => format!("{c}[{p}]"),
-                _ => "owner not recorded".to_owned(),
-            };
-            let states: Vec<String> = off.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            write!(
-                o.out(),
-                "  {}. {who}: {} stuck ({}) on {}, longest {}",
-                off.rank,
-                plural(off.stuck, "socket"),
-                states.join(", "),
-                off.ports.join(" "),
-                human_duration(Duration::from_millis(off.longest_ms))
-            )?;
-            if off.eof_read > 0 {
-                write!(
-                    o.out(),
-                    "; read end of stream on {} and kept them",
-                    off.eof_read
-                )?;
-            }
-            if let Some(n) = off.fd_count {
-                write!(o.out(), "; {}", crate::output::fd_usage(n, off.fd_limit))?;
-            }
-            writeln!(o.out())?;
         }
-        Ok(())
+        ranked
     }
 
-    fn transitions<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
+    /// Transition counts, most frequent first.
+    fn transitions(&self) -> Vec<TransitionCount> {
         let mut counts: Vec<TransitionCount> = self
             .replay
             .transitions
@@ -568,27 +382,12 @@ impl Report<'_> {
                 .cmp(&a.count)
                 .then((a.old.0, a.new.0).cmp(&(b.old.0, b.new.0)))
         });
-        if o.format() == Format::Json {
-            return o.write_json(&TransitionCounts {
-                kind: "transitions",
-                counts,
-            });
-        }
-        let out = o.out();
-        writeln!(out, "\nTRANSITIONS")?;
-        for c in &counts {
-            let step = format!("{} -> {}", c.old, c.new);
-            writeln!(out, "  {step:<28} {:>10}", c.count)?;
-        }
-        if counts.is_empty() {
-            writeln!(out, "  none in the window")?;
-        }
-        Ok(())
+        counts
     }
 
-    fn state_times<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
-        let states: Vec<StateTime> = self
-            .replay
+    /// Percentiles of the completed stays per state.
+    fn state_times(&self) -> Vec<StateTime> {
+        self.replay
             .stays
             .iter()
             .map(|(&state, h)| StateTime {
@@ -599,83 +398,12 @@ impl Report<'_> {
                 p99_us: h.value_at_quantile(0.99),
                 max_us: h.max(),
             })
-            .collect();
-        if o.format() == Format::Json {
-            return o.write_json(&StateTimes {
-                kind: "state_times",
-                states,
-            });
-        }
-        let out = o.out();
-        writeln!(
-            out,
-            "\nTIME IN STATE (stays that began and ended in the window)"
-        )?;
-        writeln!(
-            out,
-            "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
-            "STATE", "STAYS", "P50", "P90", "P99", "MAX"
-        )?;
-        if states.is_empty() {
-            writeln!(out, "  none in the window")?;
-        }
-        for s in &states {
-            writeln!(
-                out,
-                "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
-                s.state.to_string(),
-                s.stays,
-                short_duration(s.p50_us),
-                short_duration(s.p90_us),
-                short_duration(s.p99_us),
-                short_duration(s.max_us)
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// A socket open at the start of the recording (`--timeline`): the `existing` record.
-#[derive(Serialize)]
-struct Existing {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    /// When it was known to be in `state` already: a lower bound of its entry.
-    since: Rfc3339,
-    state: State,
-    family: &'static str,
-    saddr: std::net::IpAddr,
-    sport: u16,
-    daddr: std::net::IpAddr,
-    dport: u16,
-}
-
-impl Existing {
-    fn new(s: &Socket, clock: &WallClock) -> Self {
-        Existing {
-            kind: "existing",
-            since: Rfc3339(clock.at(s.since_ns)),
-            state: s.state,
-            family: s.ends.family.name(),
-            saddr: s.ends.saddr,
-            sport: s.ends.sport,
-            daddr: s.ends.daddr,
-            dport: s.ends.dport,
-        }
+            .collect()
     }
 }
 
 fn ms(ns: u64) -> u64 {
     ns / 1_000_000
-}
-
-/// `850µs`, `12.5ms`, `3s`, `2m31s`: a stay's length in a table cell.
-fn short_duration(us: u64) -> String {
-    match us {
-        0..=999 => format!("{us}µs"),
-        1000..=999_999 => format!("{:.1}ms", us as f64 / 1000.0),
-        _ => human_duration(Duration::from_micros(us)),
-    }
 }
 
 #[cfg(test)]

@@ -511,18 +511,26 @@ fn timeline_of_one_socket() {
     assert_eq!(r[1]["state"], "ESTABLISHED");
 }
 
-#[test]
-fn text_report_reads_like_the_live_alerts() {
+/// Runs `tracer report FILE ARGS` (text) on `entries`.
+fn report_text(entries: &[Entry], args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("incident.rec");
-    std::fs::write(&path, bytes_of(&incident())).unwrap();
-    let argv = ["tracer", "report", path.to_str().unwrap()];
+    std::fs::write(&path, bytes_of(entries)).unwrap();
+    let mut argv = vec!["tracer", "report", path.to_str().unwrap()];
+    argv.extend_from_slice(args);
     let Command::Report(args) = Cli::try_parse_checked(argv).unwrap().command else {
         unreachable!()
     };
     let mut out = Vec::new();
     super::run(&args, &mut out, io::sink()).unwrap();
-    let text = String::from_utf8(out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn text_report_reads_like_the_live_alerts() {
+    let text = report_text(&incident(), &[]);
+    // The header names the day; everything happened on it.
+    assert!(!text.contains("-- 2026"), "{text}");
     for want in [
         "(host broker-1, kernel 6.18.0, tracer 0.1.0)",
         "2026-11-25T06:00:01.000000000Z to 2026-11-25T06:01:00.000000000Z (59s), 5 transitions, 0 lost",
@@ -538,6 +546,45 @@ fn text_report_reads_like_the_live_alerts() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+}
+
+#[test]
+fn text_report_dates_lines_across_midnight() {
+    let mut entries = incident();
+    // The recording starts at 23:59:31: A is flagged at 00:00:03 the next day.
+    if let Entry::Header(h) = &mut entries[0] {
+        h.clock_offset_ns = EPOCH + (17 * 3600 + 59 * 60 + 30) * S as i64;
+    }
+    let text = report_text(&entries, &[]);
+    assert!(
+        text.contains("  2026-11-25T23:59:31.000000000Z to 2026-11-26T00:00:30.000000000Z"),
+        "{text}"
+    );
+    let dated: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-- ") || l.contains(" STUCK ") || l.contains(" SUMMARY "))
+        .map(|l| l.get(..22).unwrap_or(l))
+        .collect();
+    assert_eq!(
+        dated,
+        [
+            "-- 2026-11-26 (UTC) --",
+            "00:00:03 STUCK CLOSE_W",
+            "00:00:04 STUCK CLOSE_W",
+            "00:00:30 SUMMARY 1 soc"
+        ]
+    );
+
+    let text = report_text(&entries, &["--time", "rfc3339"]);
+    assert!(!text.contains("-- 2026"), "{text}");
+    assert!(
+        text.contains("\n2026-11-26T00:00:03.000000000Z STUCK CLOSE_WAIT for 30s 127.0.0.1:61616"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n2026-11-26T00:00:10.000000000Z RESOLVED CLOSE_WAIT -> LAST_ACK after 36s"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::{
     cli::TimeArg,
     model::Target,
-    output::{clock_of, human_duration, Rfc3339, WallClock},
+    output::{
+        clock::{day, Date, TimeOfDay},
+        human_duration, Rfc3339, WallClock,
+    },
 };
 
 const SECOND_NS: i128 = 1_000_000_000;
@@ -151,7 +154,7 @@ struct Shown {
 
 impl Shown {
     fn new(times: impl Iterator<Item = SystemTime>) -> Self {
-        let mut dates = times.map(date_of);
+        let mut dates = times.map(day);
         let first = dates.next();
         Shown {
             one_day: dates.all(|d| Some(d) == first),
@@ -160,9 +163,9 @@ impl Shown {
 
     fn time(&self, t: SystemTime) -> String {
         if self.one_day {
-            clock_of(t)
+            TimeOfDay::seconds(t).to_string()
         } else {
-            format!("{} {}", date_of(t), clock_of(t))
+            format!("{} {}", Date(t), TimeOfDay::seconds(t))
         }
     }
 }
@@ -170,10 +173,4 @@ impl Shown {
 /// The time `wall_ns` after the epoch, within what RFC 3339 can write.
 fn at(wall_ns: i128) -> SystemTime {
     WallClock::with_offset(wall_ns).at(0)
-}
-
-/// `2026-11-25`.
-fn date_of(t: SystemTime) -> String {
-    let s = Rfc3339(t).to_string();
-    s.get(..10).unwrap_or(&s).to_owned()
 }

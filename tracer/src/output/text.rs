@@ -1,0 +1,639 @@
+//! Text for people: transitions, alerts and summaries on the data stream (stdout), status
+//! lines on stderr.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{self, Write},
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use tracer_common::TcpState;
+
+use super::{
+    clock::{self, Date, Rfc3339, TimeOfDay},
+    json::{Offender, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
+    summary::{self, Group, ServicePort},
+    Outcome, Page, Render, SocketReport, Summary, SummaryReason,
+};
+use crate::{
+    decode::Transition,
+    model::{HeldBy, IoOp, Origin, Owner, Socket, State, TimeStyle},
+};
+
+/// ANSI styles for alerts on a terminal.
+const RED: &str = "\x1b[1;31m";
+const GREEN: &str = "\x1b[32m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// How text looks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextStyle {
+    /// Colour the heads of alerts (for a terminal that has not set NO_COLOR).
+    pub color: bool,
+    /// How lines are dated (`--time`).
+    pub time: TimeStyle,
+}
+
+/// Writes text.
+#[derive(Clone, Debug)]
+pub struct Text {
+    style: TextStyle,
+    /// The day (UTC) the output last named: in clock style a line on another day is
+    /// preceded by a date line. `None` until the first date is written.
+    day: Option<u64>,
+}
+
+impl Text {
+    /// A renderer writing text in `style`.
+    pub fn new(style: TextStyle) -> Self {
+        Self { style, day: None }
+    }
+
+    /// The time that heads a data line at `t`: the time of day (to the microsecond with
+    /// `micros`) after a date line if `t` is on another day than the line before, or
+    /// RFC 3339 in full.
+    fn stamp(&mut self, page: &mut Page, t: SystemTime, micros: bool) -> io::Result<Stamp> {
+        if self.style.time == TimeStyle::Rfc3339 {
+            return Ok(Stamp::Full(Rfc3339(t)));
+        }
+        let day = clock::day(t);
+        if self.day != Some(day) {
+            writeln!(page.out, "-- {} (UTC) --", Date(t))?;
+            self.day = Some(day);
+        }
+        Ok(Stamp::Clock(if micros {
+            TimeOfDay::micros(t)
+        } else {
+            TimeOfDay::seconds(t)
+        }))
+    }
+
+    /// Width of the time column of transitions.
+    fn time_width(&self) -> usize {
+        match self.style.time {
+            TimeStyle::Clock => "06:33:10.123456".len(),
+            TimeStyle::Rfc3339 => "2026-11-25T06:33:10.123456789Z".len(),
+        }
+    }
+
+    fn paint<'a>(&self, style: &'static str, text: &'a str) -> Painted<'a> {
+        Painted {
+            style: self.style.color.then_some(style),
+            text,
+        }
+    }
+}
+
+/// The time at the head of a line.
+enum Stamp {
+    Clock(TimeOfDay),
+    Full(Rfc3339),
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stamp::Clock(t) => t.fmt(f),
+            Stamp::Full(t) => t.fmt(f),
+        }
+    }
+}
+
+/// A word in an ANSI style, when colour is on.
+struct Painted<'a> {
+    style: Option<&'static str>,
+    text: &'a str,
+}
+
+impl fmt::Display for Painted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.style {
+            Some(style) => write!(f, "{style}{}{RESET}", self.text),
+            None => f.write_str(self.text),
+        }
+    }
+}
+
+impl Render for Text {
+    fn start(&mut self, page: &mut Page, info: &StartInfo) -> io::Result<()> {
+        let a = &info.attached;
+        let mounted = if a.tracefs_mounted_by_tracer {
+            ", mounted by tracer"
+        } else {
+            ""
+        };
+        // The first line names the date, which the lines that follow then leave out.
+        let when = match self.style.time {
+            TimeStyle::Clock => {
+                self.day = Some(clock::day(info.time.0));
+                format!("on {} (UTC)", Date(info.time.0))
+            }
+            TimeStyle::Rfc3339 => format!("at {}", info.time),
+        };
+        writeln!(
+            page.status,
+            "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}) {when}; Ctrl-C to stop",
+            info.version, a.tracepoint, a.tracefs
+        )?;
+        let watched: Vec<String> = info
+            .thresholds
+            .iter()
+            .map(|(state, ms)| {
+                format!(
+                    "{state} after {}",
+                    human_duration(Duration::from_millis(*ms))
+                )
+            })
+            .collect();
+        let watched = if watched.is_empty() {
+            "no state watched".to_owned()
+        } else {
+            format!("flagging {}", watched.join(", "))
+        };
+        writeln!(
+            page.status,
+            "tracer: {watched}; {} open at start",
+            plural(info.existing_sockets, "socket")
+        )?;
+        if let Some(r) = &info.record {
+            let budget = match r.max_bytes {
+                Some(b) => format!("at most {} MiB in 4 files", b >> 20),
+                None => "no size limit".to_owned(),
+            };
+            writeln!(page.status, "tracer: recording to {} ({budget})", r.path)?;
+        }
+        if info.mode == "events" {
+            writeln!(
+                page.out,
+                "{:<width$} {:>7} {:<16} {:>21}    {:<21} TRANSITION",
+                "TIME(UTC)",
+                "PID",
+                "COMM",
+                "LOCAL",
+                "REMOTE",
+                width = self.time_width()
+            )?;
+        }
+        Ok(())
+    }
+
+    fn transition(&mut self, page: &mut Page, t: &Transition) -> io::Result<()> {
+        let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
+        writeln!(
+            page.out,
+            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}",
+            t.pid,
+            t.comm,
+            SocketAddr::new(t.saddr, t.sport),
+            arrow(opened_by(t)),
+            SocketAddr::new(t.daddr, t.dport),
+            t.old,
+            t.new
+        )
+    }
+
+    fn stuck(
+        &mut self,
+        page: &mut Page,
+        r: &SocketReport<'_>,
+        at_ns: u64,
+        _threshold: Duration,
+        outcome: Option<Outcome>,
+    ) -> io::Result<()> {
+        let at_least = at_least(r.socket.since_is_lower_bound);
+        let outcome = match outcome {
+            Some(Outcome {
+                total,
+                still_stuck: true,
+            }) => format!(
+                "; still stuck at the end, {at_least}{} in all",
+                human_duration(total)
+            ),
+            Some(Outcome {
+                total,
+                still_stuck: false,
+            }) => format!("; left after {at_least}{}", human_duration(total)),
+            None => String::new(),
+        };
+        let time = self.stamp(page, page.clock.at(at_ns), false)?;
+        writeln!(
+            page.out,
+            "{time} {} {} for {at_least}{} {} {}{}{outcome}",
+            self.paint(RED, "STUCK"),
+            r.socket.state,
+            human_duration(super::since(r.socket.since_ns, at_ns)),
+            endpoints(r.socket),
+            owner_text(r),
+            io_text(r, at_ns)
+        )
+    }
+
+    fn resolved(
+        &mut self,
+        page: &mut Page,
+        r: &SocketReport<'_>,
+        left_ns: u64,
+        new: State,
+    ) -> io::Result<()> {
+        let owner = match r.ownership.owners.first() {
+            Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
+            None => "owner unknown".to_owned(),
+        };
+        let time = self.stamp(page, page.clock.at(left_ns), false)?;
+        writeln!(
+            page.out,
+            "{time} {} {} -> {new} after {}{} {} {owner}",
+            self.paint(GREEN, "RESOLVED"),
+            r.socket.state,
+            at_least(r.socket.since_is_lower_bound),
+            human_duration(super::since(r.socket.since_ns, left_ns)),
+            endpoints(r.socket),
+        )
+    }
+
+    fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
+        let stuck = s.stuck();
+        match s.reason {
+            SummaryReason::Interval if stuck == 0 => return Ok(()),
+            // A section of the report: apart from the sockets listed before it.
+            SummaryReason::End => writeln!(page.out)?,
+            SummaryReason::Interval | SummaryReason::Stop => {}
+        }
+        let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
+        let head = self.paint(BOLD, "SUMMARY");
+        if stuck == 0 {
+            return writeln!(
+                page.out,
+                "{time} {head} no sockets stuck, {} tracked",
+                s.stats.tracked
+            );
+        }
+        writeln!(
+            page.out,
+            "{time} {head} {} stuck, {} tracked",
+            plural(stuck, "socket"),
+            s.stats.tracked
+        )?;
+        for g in s.groups {
+            group_line(page, g, s.at_ns)?;
+        }
+        let mut advised = Vec::new();
+        for g in s.groups {
+            if !advised.contains(&g.state) {
+                advised.push(g.state);
+                writeln!(page.out, "  advice: {}", summary::advice(g.state))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, page: &mut Page, lost: u64, total: u64) -> io::Result<()> {
+        warn_lost(page, lost, total)
+    }
+
+    fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {
+        warn_evicted(page, sockets, stuck)
+    }
+
+    fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()> {
+        writeln!(
+            page.status,
+            "tracer: stopped after {:.1}s: {} transitions, {} lost",
+            info.duration_ms as f64 / 1000.0,
+            info.events,
+            info.lost
+        )
+    }
+
+    fn report(&mut self, page: &mut Page, info: &ReportInfo<'_>) -> io::Result<()> {
+        // The header names full dates; lines on another day than its start get a date line.
+        self.day = Some(clock::day(info.start.0));
+        let out = &mut page.out;
+        writeln!(
+            out,
+            "RECORDING {} (host {}, kernel {}, tracer {})",
+            info.file, info.host, info.kernel, info.tracer_version
+        )?;
+        writeln!(
+            out,
+            "  {} to {} ({}), {} transitions, {} lost",
+            info.start,
+            info.end,
+            human_duration(Duration::from_millis(info.duration_ms)),
+            info.transitions,
+            info.live.lost
+        )?;
+        let words = |m: &BTreeMap<&str, u64>| {
+            if m.is_empty() {
+                return "none".to_owned();
+            }
+            m.iter()
+                .map(|(s, ms)| format!("{s} after {}", human_duration(Duration::from_millis(*ms))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            out,
+            "  flagging {} (the live run: {})",
+            words(&info.thresholds),
+            words(&info.recorded_thresholds)
+        )?;
+        match (&info.from, &info.to) {
+            (Some(from), Some(to)) => writeln!(out, "  window {from} to {to}")?,
+            (Some(from), None) => writeln!(out, "  window from {from}")?,
+            (None, Some(to)) => writeln!(out, "  window up to {to}")?,
+            (None, None) => {}
+        }
+        writeln!(out)
+    }
+
+    fn existing(&mut self, page: &mut Page, s: &Socket) -> io::Result<()> {
+        let time = self.stamp(page, page.clock.at(s.since_ns), false)?;
+        writeln!(
+            page.out,
+            "{time} OPEN {} already in {} when the recording started",
+            endpoints(s),
+            s.state
+        )
+    }
+
+    fn offenders(&mut self, page: &mut Page, ranked: &[Offender]) -> io::Result<()> {
+        if ranked.is_empty() {
+            return Ok(());
+        }
+        writeln!(page.out, "\nWORST OFFENDERS")?;
+        for off in ranked {
+            let who = match (&off.comm, off.pid) {
+                (Some(c), Some(p)) => format!("{c}[{p}]"),
+                _ => "owner not recorded".to_owned(),
+            };
+            let states: Vec<String> = off.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            write!(
+                page.out,
+                "  {}. {who}: {} stuck ({}) on {}, longest {}",
+                off.rank,
+                plural(off.stuck, "socket"),
+                states.join(", "),
+                off.ports.join(" "),
+                human_duration(Duration::from_millis(off.longest_ms))
+            )?;
+            if off.eof_read > 0 {
+                write!(
+                    page.out,
+                    "; read end of stream on {} and kept them",
+                    off.eof_read
+                )?;
+            }
+            if let Some(n) = off.fd_count {
+                write!(page.out, "; {}", fd_usage(n, off.fd_limit))?;
+            }
+            writeln!(page.out)?;
+        }
+        Ok(())
+    }
+
+    fn transition_counts(&mut self, page: &mut Page, counts: &[TransitionCount]) -> io::Result<()> {
+        writeln!(page.out, "\nTRANSITIONS")?;
+        for c in counts {
+            let step = format!("{} -> {}", c.old, c.new);
+            writeln!(page.out, "  {step:<28} {:>10}", c.count)?;
+        }
+        if counts.is_empty() {
+            writeln!(page.out, "  none in the window")?;
+        }
+        Ok(())
+    }
+
+    fn state_times(&mut self, page: &mut Page, states: &[StateTime]) -> io::Result<()> {
+        writeln!(
+            page.out,
+            "\nTIME IN STATE (stays that began and ended in the window)"
+        )?;
+        writeln!(
+            page.out,
+            "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "STATE", "STAYS", "P50", "P90", "P99", "MAX"
+        )?;
+        if states.is_empty() {
+            writeln!(page.out, "  none in the window")?;
+        }
+        for s in states {
+            writeln!(
+                page.out,
+                "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                s.state.to_string(),
+                s.stays,
+                short_duration(s.p50_us),
+                short_duration(s.p90_us),
+                short_duration(s.p99_us),
+                short_duration(s.max_us)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One group of a summary: who holds how many sockets in which state, where.
+fn group_line(page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
+    let who = match (&g.comm, g.pid) {
+        (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+        _ => "an unknown process".to_owned(),
+    };
+    let place = match g.port {
+        ServicePort::Local(_) => "on",
+        ServicePort::Remote(..) => "to",
+    };
+    write!(
+        page.out,
+        "  {who} holds {} in {} {place} {} (oldest {}{})",
+        plural(g.count, "socket"),
+        g.state,
+        g.port,
+        at_least(g.oldest_is_lower_bound),
+        human_duration(super::since(g.oldest_since_ns, at_ns))
+    )?;
+    if let Some(n) = g.fd_count {
+        write!(page.out, ", {}", fd_usage(n, g.fd_limit))?;
+    }
+    if g.eof_read > 0 && g.state == TcpState::CloseWait.into() {
+        write!(
+            page.out,
+            "; read end of stream on {} and kept them",
+            g.eof_read
+        )?;
+    }
+    writeln!(page.out)
+}
+
+/// The warning that the probe dropped `lost` more transitions (`total` so far); a status
+/// line in every format.
+pub(super) fn warn_lost(page: &mut Page, lost: u64, total: u64) -> io::Result<()> {
+    writeln!(
+        page.status,
+        "tracer: warning: {lost} transitions lost ({total} in all): the ring buffer was full; \
+         narrow the filters (--port, --state) so fewer events cross to userspace"
+    )
+}
+
+/// The warning that a full table dropped `sockets` sockets (`stuck` of them flagged); a
+/// status line in every format.
+pub(super) fn warn_evicted(page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {
+    writeln!(
+        page.status,
+        "tracer: warning: table full: {} not followed ({stuck} of them stuck); raise --max-sockets",
+        plural(sockets as usize, "socket")
+    )
+}
+
+/// `31s`, `2m31s`, `2h13m`, `3d4h`: two units at most, as an SRE reads an age.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `850µs`, `12.5ms`, `3s`, `2m31s`: a stay's length in a table cell.
+fn short_duration(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}µs"),
+        1000..=999_999 => format!("{:.1}ms", us as f64 / 1000.0),
+        _ => human_duration(Duration::from_micros(us)),
+    }
+}
+
+/// `"at least "` before an age that is a lower bound.
+fn at_least(lower_bound: bool) -> &'static str {
+    if lower_bound {
+        "at least "
+    } else {
+        ""
+    }
+}
+
+/// `1 socket`, `2 sockets`.
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `fds 1013/1024 (99%)`, or `fds 12 (no limit)`.
+pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
+    match limit {
+        Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
+        _ => format!("fds {count} (no limit)"),
+    }
+}
+
+/// `127.0.0.1:61616 <- 127.0.0.1:40000`: local end first, and the arrow of [`arrow`].
+fn endpoints(s: &Socket) -> String {
+    format!(
+        "{} {} {}",
+        SocketAddr::new(s.ends.saddr, s.ends.sport),
+        arrow(s.origin),
+        SocketAddr::new(s.ends.daddr, s.ends.dport)
+    )
+}
+
+/// The arrow between the local and the remote end, on every line: it points from the side
+/// that connected. `<-` accepted from the remote end, `->` connected by this host, `--`
+/// not known (or a listener, which has no peer).
+fn arrow(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Accepted => "<-",
+        Origin::Connected => "->",
+        Origin::Listener | Origin::Unknown => "--",
+    }
+}
+
+/// How a transition's socket was opened, as far as that transition alone tells: the
+/// handshake states say it (SYN_SENT after connect(), SYN_RECV on the accepting side);
+/// later transitions and a listener's own do not.
+fn opened_by(t: &Transition) -> Origin {
+    let handshake = |s: State| match s.known() {
+        Some(TcpState::SynSent) => Some(Origin::Connected),
+        Some(TcpState::SynRecv) => Some(Origin::Accepted),
+        _ => None,
+    };
+    handshake(t.old)
+        .or(handshake(t.new))
+        .unwrap_or(Origin::Unknown)
+}
+
+/// Who holds the socket, in words.
+fn owner_text(r: &SocketReport<'_>) -> String {
+    let caller = r.socket.hint.map(|h| format!("{}[{}]", h.comm, h.pid));
+    let mut owners = r.ownership.owners.iter();
+    let Some(first) = owners.next() else {
+        // The last send/receive, when known, follows in the alert (io_text).
+        return match (r.ownership.held_by, caller) {
+            (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
+            (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
+            (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
+            (_, Some(c)) => format!("owner unknown (last caller {c})"),
+            (_, None) => "owner unknown".to_owned(),
+        };
+    };
+    let fds = |o: &Owner| {
+        o.fds
+            .iter()
+            .map(|fd| fd.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let p = &first.process;
+    let mut text = match r.ownership.held_by {
+        HeldBy::AcceptQueue => format!(
+            "never accepted: in the accept queue of {}[{}] (listener fd {})",
+            p.comm,
+            p.pid,
+            fds(first)
+        ),
+        _ => format!("{}[{}] fd {}", p.comm, p.pid, fds(first)),
+    };
+    text.push_str(&format!(
+        ", {}, uid {}",
+        fd_usage(first.fd_count, p.fd_limit),
+        p.uid
+    ));
+    if let Some(cg) = &p.cgroup {
+        text.push_str(&format!(", cgroup {cg}"));
+    }
+    for o in owners {
+        text.push_str(&format!(
+            "; also {}[{}] fd {}",
+            o.process.comm,
+            o.process.pid,
+            fds(o)
+        ));
+    }
+    text
+}
+
+/// The socket's last send or receive, in words: `; java[4242] read end of stream 2h13m
+/// ago and kept the socket` is what explains a CLOSE_WAIT leak.
+fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
+    let Some(io) = &r.ownership.last_io else {
+        return String::new();
+    };
+    let when = human_duration(super::since(io.ts_ns, now_ns));
+    let who = format!("{}[{}]", io.comm, io.pid);
+    match io.op {
+        IoOp::Eof if r.socket.state == TcpState::CloseWait.into() => {
+            format!("; {who} read end of stream {when} ago and kept the socket")
+        }
+        IoOp::Eof => format!("; {who} read end of stream {when} ago"),
+        IoOp::Recv => format!("; last receive by {who} {when} ago"),
+        IoOp::Send => format!("; last send by {who} {when} ago"),
+    }
+}
