@@ -1,0 +1,276 @@
+//! `tracer watch`: the live run. It attaches the probe, seeds the decision engine with the
+//! sockets open at start, then drives the data path (probe -> decode -> engine ->
+//! attribute -> output, and the recording) until a signal, the `--duration` deadline, or
+//! a closed stdout. [`session`] is the driver around the engine; [`info`] what the run
+//! says about itself.
+
+mod info;
+mod session;
+
+use std::{
+    io::{self, IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, Signal, SignalKind},
+};
+
+use crate::{
+    attribute::{Attributor, Host},
+    cli::WatchArgs,
+    model::{Family, Format, Thresholds},
+    output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
+    probe::{Filters, Probe, RecordAccess, RingConfig},
+    record::{
+        writer::{self, Recorder},
+        SocketEntry,
+    },
+    stuck::Engine,
+};
+use session::Session;
+
+/// How often the ring buffer is read when the probe has not woken us: the probe only wakes
+/// the reader once `wakeup_bytes` are pending, so this bounds the latency of a quiet stream.
+const POLL_PERIOD: Duration = Duration::from_millis(20);
+/// How often the probe's drop counter is checked.
+const LOST_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// Least time between two attributions: a leak crosses its threshold socket by socket,
+/// and one scan of /proc should serve a burst of them.
+const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
+
+/// Runs `tracer watch` with `args`, writing records to `out` and status lines to stderr.
+pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
+    let filters = Filters {
+        ports: args.ports.clone(),
+        // With --events, --pid filters transitions in the kernel; otherwise it selects the
+        // stuck sockets a process owns, and the table needs every transition to see them.
+        pid: args.pid.filter(|_| args.events),
+        family: args.family.map(Family::from),
+        states: args.states.clone(),
+    };
+    let ring_config = RingConfig::with_bytes(args.buffer_size);
+    // Signal handlers first, so a SIGTERM right after the start record is not fatal.
+    let signals = (
+        signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+    );
+
+    // A diagnostics switch: force the path kernels with another record layout take.
+    let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
+        Some(v) if v == "copy" => RecordAccess::Copy,
+        _ => RecordAccess::Auto,
+    };
+    // The recording's file comes first: a path that cannot be written fails before the
+    // probe is loaded.
+    let record_file = match &args.record {
+        Some(path) => Some((path, writer::prepare(path)?)),
+        None => None,
+    };
+    let (mut probe, ring) = Probe::attach(&filters, ring_config, access, io_sockets(args))?;
+    if let Some(why) = &probe.io_off {
+        eprintln!(
+            "tracer: warning: {why}; stuck sockets are reported without their last send/receive"
+        );
+    }
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
+    // which happens only with the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("cannot poll the probe's ring buffer")?;
+
+    // The snapshot comes after attaching: a socket that changes state in between is then
+    // named by its transition rather than missed.
+    let thresholds = Thresholds::new(&args.thresholds());
+    // The run begins with the snapshot: the engine dates no flag before it, and a
+    // recording's header carries the same instant, so a report agrees.
+    let start_ns = monotonic_ns();
+    let mut engine = Engine::new(thresholds.clone(), args.max_sockets as usize, start_ns);
+    let mut attributor = Attributor::new(Host::default());
+    let mut snapshot = attributor.snapshot(start_ns).unwrap_or_else(|e| {
+        eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
+        Vec::new()
+    });
+    // The probe's filters hold for the snapshot too.
+    snapshot.retain(|s| filters.admits_socket(s.ends.family, s.ends.sport, s.ends.dport, s.state));
+    let existing_sockets = snapshot.len();
+    let mut decisions = Vec::new();
+    engine.seed(snapshot, &mut decisions);
+
+    let clock = WallClock::now();
+    let recorder = match record_file {
+        Some((path, file)) => {
+            let header = info::header(args, &filters, &thresholds, &clock, start_ns);
+            let snapshot: Vec<SocketEntry> = engine
+                .table()
+                .sockets()
+                .map(|(k, s)| SocketEntry::new(k, s))
+                .collect();
+            Some(Recorder::start(
+                path,
+                file,
+                args.record_max_size.0,
+                header,
+                &snapshot,
+            )?)
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    let color = args.format == Format::Text
+        && io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let output = Output::new(
+        args.format,
+        TextStyle {
+            color,
+            time: args.time,
+        },
+        clock,
+        io::BufWriter::with_capacity(1 << 16, out),
+        io::stderr().lock(),
+    );
+    let mut session = Session::new(
+        output,
+        engine,
+        decisions,
+        attributor,
+        recorder,
+        args.events,
+        args.pid.filter(|_| !args.events),
+    );
+    let start = info::start_info(
+        args,
+        &probe,
+        &filters,
+        ring_config,
+        &thresholds,
+        existing_sockets,
+    );
+    if quiet_on_broken_pipe(written(session.output.start(&start)))? {
+        return Ok(());
+    }
+    // What the snapshot made the engine decide (a table too small for it evicts).
+    if quiet_on_broken_pipe(written(session.decide(&probe)))? {
+        return Ok(());
+    }
+
+    let Some(reason) = follow(&mut session, &probe, &mut ring, args, signals).await? else {
+        return Ok(());
+    };
+
+    // Detach first: then the ring and the drop counter are final, and the totals account
+    // for every transition the probe saw.
+    probe.detach().context("detaching the probe failed")?;
+    let end_ns = monotonic_ns();
+    // Flags due by the end are decided and reported as a report of the recording would.
+    let last = written(session.drain(ring.get_mut(), &probe))
+        .and_then(|()| written(session.flag_due(&probe, end_ns)))
+        .and_then(|()| written(session.attribute(&probe)))
+        .and_then(|()| session.check_losses(&probe))
+        .and_then(|()| written(session.summary(SummaryReason::Stop, end_ns)));
+    // The recording is finished even when stdout has gone away.
+    let unrecorded = session.finish_recording(end_ns);
+    if quiet_on_broken_pipe(last)? {
+        return Ok(());
+    }
+    let stop = info::stop_info(&session, reason, started, unrecorded);
+    quiet_on_broken_pipe(written(session.output.stop(&stop)))?;
+    Ok(())
+}
+
+/// Follows the probe until a signal, the `--duration` deadline, or a closed stdout (then
+/// `None`: the run ends quietly).
+async fn follow<W: Write, E: Write>(
+    session: &mut Session<W, E>,
+    probe: &Probe,
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    args: &WatchArgs,
+    (mut sigint, mut sigterm): (Signal, Signal),
+) -> anyhow::Result<Option<StopReason>> {
+    let deadline = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(POLL_PERIOD);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost_check = tokio::time::interval(LOST_CHECK_PERIOD);
+    lost_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summaries = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.summary_interval,
+        args.summary_interval,
+    );
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let reason = loop {
+        // The stuck timer: the next threshold crossing, on the kernel's monotonic clock.
+        let flag_at = session.next_flag_ns().map(|at| {
+            tokio::time::Instant::now() + Duration::from_nanos(at.saturating_sub(monotonic_ns()))
+        });
+        let flag_timer = async {
+            match flag_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
+            _ = sigint.recv() => break StopReason::Signal,
+            _ = sigterm.recv() => break StopReason::Signal,
+            _ = &mut deadline => break StopReason::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer failed")?;
+                let r = session.drain(guard.get_inner_mut(), probe);
+                guard.clear_ready();
+                written(r)
+            }
+            _ = poll.tick() => written(session.drain(ring.get_mut(), probe)),
+            _ = lost_check.tick() => session.check_losses(probe),
+            // Drain first: a transition already in the ring may show the socket left in time.
+            _ = flag_timer => written(
+                session
+                    .drain(ring.get_mut(), probe)
+                    .and_then(|()| session.flag_due(probe, monotonic_ns())),
+            ),
+            _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
+        };
+        if quiet_on_broken_pipe(step)? {
+            session.finish_recording(monotonic_ns());
+            return Ok(None);
+        }
+    };
+    Ok(Some(reason))
+}
+
+/// How many sockets the probe remembers the last send/receive of: a quarter of the table's
+/// cap, because each costs the kernel 104 bytes allocated up front (6.5 MiB by default).
+/// The map is LRU: on a machine where more sockets than that have been used since they
+/// were born, the notes of the idlest go first, and a stuck socket may then lack one.
+fn io_sockets(args: &WatchArgs) -> u32 {
+    (args.max_sockets / 4).max(1024)
+}
+
+/// The result of writing output (or the recording), labelled as such.
+fn written(r: io::Result<()>) -> anyhow::Result<()> {
+    r.context("writing output failed")
+}
+
+/// A reader that went away (`tracer ... | head`) ends the run quietly and successfully,
+/// as it does for other Unix filters: `Ok(true)` means stop now.
+fn quiet_on_broken_pipe(r: anyhow::Result<()>) -> anyhow::Result<bool> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
