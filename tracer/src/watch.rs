@@ -24,7 +24,7 @@ use crate::{
         monotonic_ns, summary, Attached, FilterInfo, Output, RecordInfo, Rfc3339, SocketReport,
         StartInfo, StopInfo, StopReason, WallClock,
     },
-    probe::{Filters, Probe, RecordAccess, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
+    probe::{Diagnostics, Filters, Probe, RingConfig, TRACEPOINT},
     record::{
         writer::{self, Recorder},
         Entry, GoneEntry, Header, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
@@ -56,22 +56,17 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
-    // A diagnostics switch: force the path kernels with another record layout take.
-    let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
-        Some(v) if v == "copy" => RecordAccess::Copy,
-        _ => RecordAccess::Auto,
-    };
+    // Switches that force the paths other kernels take (record layout, send/receive hooks).
+    let diagnostics = Diagnostics::from_env()?;
     // The recording's file comes first: a path that cannot be written fails before the
     // probe is loaded.
     let record_file = match &args.record {
         Some(path) => Some((path, writer::prepare(path)?)),
         None => None,
     };
-    let (mut probe, ring) = Probe::attach(&filters, ring_config, access, io_sockets(args))?;
-    if let Some(why) = &probe.io_off {
-        eprintln!(
-            "tracer: warning: {why}; stuck sockets are reported without their last send/receive"
-        );
+    let (mut probe, ring) = Probe::attach(&filters, ring_config, &diagnostics, io_sockets(args))?;
+    if let Some(why) = &probe.io.off {
+        eprintln!("tracer: warning: {why}");
     }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
@@ -175,13 +170,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             } else {
                 "copy"
             },
-            io_tracepoints: match probe.io_off {
-                Some(_) => Vec::new(),
-                None => IO_TRACEPOINTS
-                    .iter()
-                    .map(|(c, n)| format!("{c}:{n}"))
-                    .collect(),
-            },
+            io_probes: probe.io.probes.clone(),
         },
         filters: FilterInfo {
             ports: filters.ports.clone(),

@@ -164,9 +164,10 @@ pub struct Attached {
     /// `direct` when the probe loads fields straight from the tracepoint context (the
     /// kernel's layout is the known one), `copy` when it copies the record first.
     pub record_access: &'static str,
-    /// The send/receive tracepoints that give stuck sockets their `last_io`; empty when
-    /// this kernel lacks them (a warning says why).
-    pub io_tracepoints: Vec<String>,
+    /// The send/receive hooks that give stuck sockets their `last_io`, e.g.
+    /// `["fexit:tcp_recvmsg", "fentry:tcp_sendmsg"]`; empty when none works here (a warning
+    /// says why).
+    pub io_probes: Vec<String>,
 }
 
 /// The filters pushed into the probe.

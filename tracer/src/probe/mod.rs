@@ -1,12 +1,14 @@
-//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state` (and, where the
-//! kernel has them, to the send/receive tracepoints that name a socket's users), and hands
+//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state` (and to the best
+//! send/receive hooks the kernel offers, which name a socket's users: see [`io`]), and hands
 //! out its ring buffer, drop counters and per-socket last send/receive.
 
+mod btf;
 pub mod format;
+pub mod io;
 mod privileges;
 mod tracefs;
 
-use std::{io, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -17,6 +19,7 @@ use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST,
 };
 
+pub use io::{IoChoice, IoMechanism, IoStatus};
 pub use tracefs::Tracefs;
 
 use crate::model::{Family, State};
@@ -28,10 +31,10 @@ static PROBE_OBJECT: &[u8] =
 /// Tracepoint category and name the probe attaches to.
 pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 
-/// Tracepoints that run in the process receiving or sending on a socket (Linux 6.3+);
-/// program names match the tracepoint names.
-pub const IO_TRACEPOINTS: [(&str, &str); 2] =
-    [("sock", "sock_recv_length"), ("sock", "sock_send_length")];
+/// Threads that may be inside `tcp_recvmsg` at once for the kprobe mechanism to follow:
+/// its kretprobe finds the socket by thread (16 bytes of key and value each, allocated
+/// up front, only when kprobes may be used).
+const RECV_CALLS: u32 = 1 << 13;
 
 /// Why the probe could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +49,10 @@ pub enum ProbeError {
     #[error("{0}")]
     Tracefs(String),
     #[error("cannot read the tracepoint format {path}: {source}; run as root")]
-    FormatRead { path: PathBuf, source: io::Error },
+    FormatRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("unsupported tracepoint format {path}: {source}")]
     Format {
         path: PathBuf,
@@ -68,6 +74,8 @@ pub enum ProbeError {
     },
     #[error("at most {MAX_PORTS} ports can be filtered, got {0}")]
     TooManyPorts(usize),
+    #[error("{0}")]
+    Diagnostics(String),
 }
 
 /// What the kernel keeps: the user's filters.
@@ -114,10 +122,36 @@ impl RingConfig {
     }
 }
 
+/// Diagnostics switches, from the environment: they force the paths other kernels take,
+/// so each can be tested on a kernel that has a better one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// `TRACER_RECORD_ACCESS=copy`: copy the tracepoint record even when its layout is known.
+    pub access: RecordAccess,
+    /// `TRACER_IO_PROBES=auto|tracepoint|fentry|kprobe|none`: the send/receive hooks to try.
+    pub io: IoChoice,
+}
+
+impl Diagnostics {
+    /// Reads the switches; a value that names nothing known is an error.
+    pub fn from_env() -> Result<Diagnostics, ProbeError> {
+        let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
+            Some(v) if v == "copy" => RecordAccess::Copy,
+            _ => RecordAccess::Auto,
+        };
+        let io = match std::env::var(IoChoice::ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map_err(ProbeError::Diagnostics)?,
+            _ => IoChoice::Auto,
+        };
+        Ok(Diagnostics { access, io })
+    }
+}
+
 /// How the probe reads the tracepoint record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecordAccess {
     /// Straight from the context when the layout is [`KNOWN_LAYOUT`], else by copy.
+    #[default]
     Auto,
     /// Always copy the record (the path other kernels' layouts take; for diagnostics).
     Copy,
@@ -158,10 +192,10 @@ pub struct Probe {
     /// Holds the programs and their links.
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
-    /// Last send/receive per socket; `None` when the send/receive tracepoints are off.
+    /// Last send/receive per socket; `None` without send/receive hooks.
     socket_io: Option<HashMap<MapData, u64, SocketIo>>,
-    /// Why the send/receive tracepoints are off, when they are.
-    pub io_off: Option<String>,
+    /// The send/receive hooks attached, or why there are none.
+    pub io: IoStatus,
     /// How tracefs was found.
     pub tracefs: Tracefs,
     /// True when the probe reads fields straight from the tracepoint context.
@@ -171,13 +205,13 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges, finds (or mounts) tracefs, loads the probe with `filters` pushed
     /// into it, and attaches it. Returns it with the ring buffer its transitions arrive on.
-    /// The send/receive tracepoints, remembering up to `io_sockets` sockets, are attached
-    /// when the kernel has them with the layout the probe reads; otherwise
-    /// [`Probe::io_off`] says why not, and the rest works without them.
+    /// The best send/receive hooks the kernel accepts (of those `diagnostics.io` allows),
+    /// remembering up to `io_sockets` sockets, are attached too; without any,
+    /// [`IoStatus::off`] in [`Probe::io`] says why, and the rest works without them.
     pub fn attach(
         filters: &Filters,
         ring: RingConfig,
-        access: RecordAccess,
+        diagnostics: &Diagnostics,
         io_sockets: u32,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if PROBE_OBJECT.is_empty() {
@@ -200,33 +234,26 @@ impl Probe {
             path: format_path,
             source,
         })?;
-        let mut config = filters.to_config(offsets, ring, access)?;
-        let mut io_off = io_formats(&tracefs.path).err();
-        config.io_hints = io_off.is_none() as u32;
+        let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
+        // The configuration is frozen at load time, before any hook is tried: it is set
+        // for what may work. If every candidate then fails, the transition program forgets
+        // notes at births in an empty map, a cheap miss.
+        let plan = io::IoPlan::new(diagnostics.io, &tracefs.path);
+        let any_io = !plan.candidates.is_empty();
+        config.io_hints = any_io as u32;
+        config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        let kprobes = plan.candidates.contains(&IoMechanism::Kprobe);
 
         privileges::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", ring.bytes)
-            .map_max_entries("SOCKET_IO", io_sockets.max(1))
+            // Maps are allocated whole at load time: only as big as what may use them.
+            .map_max_entries("SOCKET_IO", if any_io { io_sockets.max(1) } else { 1 })
+            .map_max_entries("RECV_ARGS", if kprobes { RECV_CALLS } else { 1 })
             .load(PROBE_OBJECT)?;
         attach_tracepoint(&mut ebpf, TRACEPOINT)?;
-        if io_off.is_none() {
-            for tp in IO_TRACEPOINTS {
-                if let Err(e) = attach_tracepoint(&mut ebpf, tp) {
-                    // The first line only: a verifier log may follow.
-                    let e = e.to_string();
-                    let e = e.lines().next().unwrap_or_default();
-                    io_off = Some(format!(
-                        "attaching to tracepoint {}:{} failed: {e}",
-                        tp.0, tp.1
-                    ));
-                    // Half of them would cost every send or receive for nothing.
-                    unload(&mut ebpf, &IO_TRACEPOINTS)?;
-                    break;
-                }
-            }
-        }
+        let io = plan.attach(&mut ebpf)?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Map {
@@ -244,7 +271,7 @@ impl Probe {
                 name: "STATS",
                 source,
             })?;
-        let socket_io = if io_off.is_none() {
+        let socket_io = if io.mechanism.is_some() {
             let map = take(&mut ebpf, "SOCKET_IO")?;
             Some(HashMap::try_from(map).map_err(|source| ProbeError::Map {
                 name: "SOCKET_IO",
@@ -258,7 +285,7 @@ impl Probe {
                 ebpf,
                 stats,
                 socket_io,
-                io_off,
+                io,
                 tracefs,
                 direct_access: config.direct_access != 0,
             },
@@ -269,8 +296,13 @@ impl Probe {
     /// Detaches and unloads the programs, so that nothing more is written: what the ring
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
-        unload(&mut self.ebpf, &[TRACEPOINT])?;
-        unload(&mut self.ebpf, &IO_TRACEPOINTS)
+        if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
+            io::unload_program(program)?;
+        }
+        if let Some(m) = self.io.mechanism {
+            io::unload_hooks(&mut self.ebpf, m.hooks())?;
+        }
+        Ok(())
     }
 
     /// The last send or receive the probe saw on the socket at kernel address `sk`, if
@@ -310,39 +342,6 @@ fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&str, &str)) -> Result<(), aya::progr
         .try_into()?;
     program.load()?;
     program.attach(tp.0, tp.1)?;
-    Ok(())
-}
-
-/// Detaches and unloads those of the programs for `tracepoints` that are loaded.
-fn unload(ebpf: &mut Ebpf, tracepoints: &[(&str, &str)]) -> Result<(), ProbeError> {
-    for (_, name) in tracepoints {
-        if let Some(program) = ebpf.program_mut(name) {
-            let program: &mut TracePoint = program.try_into()?;
-            if program.fd().is_ok() {
-                program.unload()?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks that the send/receive tracepoints exist with the layout the probe reads.
-fn io_formats(tracefs: &std::path::Path) -> Result<(), String> {
-    for (category, name) in IO_TRACEPOINTS {
-        let path = tracefs
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                format!("this kernel has no tracepoint {category}:{name} (Linux 6.3+)")
-            }
-            _ => format!("cannot read {}: {e}", path.display()),
-        })?;
-        format::check_io(&text)
-            .map_err(|e| format!("unsupported format {}: {e}", path.display()))?;
-    }
     Ok(())
 }
 
