@@ -465,7 +465,10 @@ pub fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &mut Option<Btf>) -> Resul
 pub fn unload_hooks(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), ProbeError> {
     for hook in hooks {
         if let Some(program) = ebpf.program_mut(hook.program) {
-            unload_program(program)?;
+            unload_program(program).map_err(|source| ProbeError::Detach {
+                program: hook.program,
+                source,
+            })?;
         }
     }
     Ok(())

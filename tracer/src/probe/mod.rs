@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{ProgramError, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
@@ -60,8 +60,26 @@ pub enum ProbeError {
     },
     #[error("loading the BPF probe failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("attaching to tracepoint sock:inet_sock_set_state failed: {0}")]
-    Attach(#[from] aya::programs::ProgramError),
+    #[error(
+        "the BPF probe has no program {0}: the probe embedded in this binary is from another \
+         version; rebuild with `cargo xtask build`"
+    )]
+    NoProgram(&'static str),
+    #[error("loading the BPF program {program} failed: {source}")]
+    LoadProgram {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching to {target} failed: {source}")]
+    Attach {
+        target: String,
+        source: ProgramError,
+    },
+    #[error("detaching the BPF program {program} failed: {source}")]
+    Detach {
+        program: &'static str,
+        source: ProgramError,
+    },
     #[error("reading the probe's map {name} failed: {source}")]
     Read {
         name: &'static str,
@@ -297,7 +315,10 @@ impl Probe {
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
         if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
-            io::unload_program(program)?;
+            io::unload_program(program).map_err(|source| ProbeError::Detach {
+                program: TRACEPOINT.1,
+                source,
+            })?;
         }
         if let Some(m) = self.io.mechanism {
             io::unload_hooks(&mut self.ebpf, m.hooks())?;
@@ -326,7 +347,7 @@ impl Probe {
         let per_cpu = self
             .stats
             .get(&STAT_LOST, 0)
-            .map_err(|source| ProbeError::Map {
+            .map_err(|source| ProbeError::Read {
                 name: "STATS",
                 source,
             })?;
@@ -335,13 +356,23 @@ impl Probe {
 }
 
 /// Loads the program named for tracepoint `tp` and attaches it there.
-fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&str, &str)) -> Result<(), aya::programs::ProgramError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&'static str, &'static str)) -> Result<(), ProbeError> {
+    let loading = |source| ProbeError::LoadProgram {
+        program: tp.1,
+        source,
+    };
     let program: &mut TracePoint = ebpf
         .program_mut(tp.1)
-        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-        .try_into()?;
-    program.load()?;
-    program.attach(tp.0, tp.1)?;
+        .ok_or(ProbeError::NoProgram(tp.1))?
+        .try_into()
+        .map_err(loading)?;
+    program.load().map_err(loading)?;
+    program
+        .attach(tp.0, tp.1)
+        .map_err(|source| ProbeError::Attach {
+            target: format!("tracepoint {}:{}", tp.0, tp.1),
+            source,
+        })?;
     Ok(())
 }
 
@@ -364,6 +395,39 @@ mod tests {
         assert!(!f.admits_socket(Family::Ipv6, 61616, 40000, cw));
         assert!(!f.admits_socket(Family::Ipv4, 61616, 40000, TcpState::Established.into()));
         assert!(Filters::default().admits_socket(Family::Ipv6, 1, 2, State(42)));
+    }
+
+    #[test]
+    fn errors_name_what_failed() {
+        let read = ProbeError::Read {
+            name: "STATS",
+            source: aya::maps::MapError::KeyNotFound,
+        };
+        assert!(read
+            .to_string()
+            .starts_with("reading the probe's map STATS failed"));
+        let detach = ProbeError::Detach {
+            program: "inet_sock_set_state",
+            source: ProgramError::NotLoaded,
+        };
+        assert_eq!(
+            detach.to_string(),
+            "detaching the BPF program inet_sock_set_state failed: the program is not loaded"
+        );
+        let attach = ProbeError::Attach {
+            target: "tracepoint sock:inet_sock_set_state".into(),
+            source: ProgramError::AlreadyAttached,
+        };
+        assert!(attach
+            .to_string()
+            .starts_with("attaching to tracepoint sock:inet_sock_set_state failed"));
+        let load = ProbeError::LoadProgram {
+            program: "inet_sock_set_state",
+            source: ProgramError::NotLoaded,
+        };
+        assert!(load
+            .to_string()
+            .starts_with("loading the BPF program inet_sock_set_state failed"));
     }
 
     #[test]
