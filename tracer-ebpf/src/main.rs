@@ -25,7 +25,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
     IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN,
-    MSG_PEEK, STAT_COUNT, STAT_LOST,
+    MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it
@@ -50,7 +50,8 @@ static CONFIG: ProbeConfig = ProbeConfig::new(FieldOffsets {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 
-/// Per-CPU counters (index `STAT_LOST`: events dropped because the ring buffer was full).
+/// Per-CPU counters of skipped events, by reason (`STAT_LOST`: the ring buffer was full;
+/// `STAT_UNREADABLE`, `STAT_NOT_TCP`, `STAT_FILTERED`).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
@@ -75,19 +76,39 @@ struct RecvArgs {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A tracepoint program's return value is ignored; errors only mean "not recorded".
-    let _ = try_inet_sock_set_state(&ctx);
+    // A tracepoint program's return value is ignored; a skipped event is only counted.
+    if let Err(skip) = try_inet_sock_set_state(&ctx) {
+        count(skip);
+    }
     0
 }
 
-/// Why an event was not recorded.
+/// Why an event was not recorded; each reason has its per-CPU counter in `STATS`.
+#[derive(Clone, Copy)]
 enum Skip {
-    /// Filtered out, or not TCP.
-    Unwanted,
+    /// Not TCP over IPv4 or IPv6.
+    NotTcp,
+    /// Left out by the user's filters.
+    Filtered,
     /// The record could not be read (bad offsets or a fault).
     Unreadable,
-    /// The ring buffer was full; counted in `STATS`.
+    /// The ring buffer was full.
     Full,
+}
+
+/// Counts a skipped event in its `STATS` slot.
+#[inline(always)]
+fn count(skip: Skip) {
+    let index = match skip {
+        Skip::NotTcp => STAT_NOT_TCP,
+        Skip::Filtered => STAT_FILTERED,
+        Skip::Unreadable => STAT_UNREADABLE,
+        Skip::Full => STAT_LOST,
+    };
+    if let Some(n) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
+        unsafe { *n += 1 };
+    }
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
@@ -181,11 +202,11 @@ impl Fields for Copied<'_> {
 #[inline(always)]
 fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(), Skip> {
     if rec.read::<u16>(off.protocol)? != IPPROTO_TCP {
-        return Err(Skip::Unwanted);
+        return Err(Skip::NotTcp);
     }
     let family = rec.read::<u16>(off.family)?;
     if family != AF_INET && family != AF_INET6 {
-        return Err(Skip::Unwanted);
+        return Err(Skip::NotTcp);
     }
     let oldstate = rec.read::<i32>(off.oldstate)? as u32;
     let newstate = rec.read::<i32>(off.newstate)? as u32;
@@ -196,23 +217,23 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
         let _ = SOCKET_IO.remove(&skaddr);
     }
     if cfg.family != 0 && family != cfg.family {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     let sport = rec.read::<u16>(off.sport)?;
     let dport = rec.read::<u16>(off.dport)?;
     if cfg.port_count != 0 && !port_wanted(&cfg, sport, dport) {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     if cfg.state_mask != 0 {
         let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
         if seen & cfg.state_mask == 0 {
-            return Err(Skip::Unwanted);
+            return Err(Skip::Filtered);
         }
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if cfg.pid != 0 && pid != cfg.pid {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     // Addresses move as integers, loaded and stored in native order, so their bytes keep
     // network order; an IPv4 address in the low half of a u64 lands in the first 4 bytes
@@ -236,10 +257,6 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     };
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        if let Some(lost) = STATS.get_ptr_mut(STAT_LOST) {
-            // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
-            unsafe { *lost += 1 };
-        }
         return Err(Skip::Full);
     };
     let ev = entry.as_mut_ptr();

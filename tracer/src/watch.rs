@@ -275,6 +275,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         reason,
         events: counts.events,
         lost: counts.lost,
+        skipped: probe.skipped()?,
         undecodable: counts.undecodable,
         duration_ms: started.elapsed().as_millis() as u64,
         flagged: counts.flagged,

@@ -24,6 +24,7 @@ use crate::{
         Comm, Format, HeldBy, IoOp, LastIo, Origin, Owner, Ownership, PidHint, Socket, SocketKey,
         State,
     },
+    probe::SkipCounts,
 };
 use summary::{Group, ServicePort};
 
@@ -198,6 +199,8 @@ pub struct StopInfo {
     pub events: u64,
     /// Transitions the probe dropped because the ring buffer was full.
     pub lost: u64,
+    /// Transitions the probe saw and skipped in the kernel, by reason.
+    pub skipped: SkipCounts,
     /// Records received that could not be decoded (a probe/userspace mismatch; 0 normally).
     pub undecodable: u64,
     pub duration_ms: u64,
@@ -835,13 +838,21 @@ impl<W: Write, E: Write> Output<W, E> {
     pub fn stop(&mut self, info: &StopInfo) -> io::Result<()> {
         match self.format {
             Format::Json => self.write_json(&Record::Stop(info))?,
-            Format::Text => writeln!(
-                self.status,
-                "tracer: stopped after {:.1}s: {} transitions, {} lost",
-                info.duration_ms as f64 / 1000.0,
-                info.events,
-                info.lost
-            )?,
+            Format::Text => {
+                let skipped = info.skipped.to_string();
+                writeln!(
+                    self.status,
+                    "tracer: stopped after {:.1}s: {} transitions, {} lost{}",
+                    info.duration_ms as f64 / 1000.0,
+                    info.events,
+                    info.lost,
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; skipped {skipped}")
+                    }
+                )?
+            }
         }
         self.flush()
     }
@@ -1265,6 +1276,7 @@ mod tests {
             reason: StopReason::Signal,
             events: 12,
             lost: 3,
+            skipped: SkipCounts::default(),
             undecodable: 0,
             duration_ms: 1500,
             flagged: 2,
@@ -1291,7 +1303,8 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,"undecodable":0,"duration_ms":1500,
+            serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,
+                "skipped":{"unreadable":0,"not_tcp":0,"filtered":0},"undecodable":0,"duration_ms":1500,
                 "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0,"unrecorded":0})
         );
         assert!(
@@ -1304,6 +1317,19 @@ mod tests {
         assert_eq!(
             status,
             "tracer: stopped after 1.5s: 12 transitions, 3 lost\n"
+        );
+        let skipped = StopInfo {
+            skipped: SkipCounts {
+                unreadable: 0,
+                not_tcp: 2,
+                filtered: 40,
+            },
+            ..stop
+        };
+        let (_, status) = render(Format::Text, |o| o.stop(&skipped).unwrap());
+        assert_eq!(
+            status,
+            "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
         );
     }
 

@@ -16,7 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST,
+    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_FILTERED,
+    STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
 pub use io::{IoChoice, IoMechanism, IoStatus};
@@ -344,14 +345,57 @@ impl Probe {
 
     /// Events the probe had to drop because the ring buffer was full, summed over CPUs.
     pub fn lost(&self) -> Result<u64, ProbeError> {
+        self.stat(STAT_LOST)
+    }
+
+    /// Transitions the probe skipped before the ring buffer, by reason, summed over CPUs.
+    pub fn skipped(&self) -> Result<SkipCounts, ProbeError> {
+        Ok(SkipCounts {
+            unreadable: self.stat(STAT_UNREADABLE)?,
+            not_tcp: self.stat(STAT_NOT_TCP)?,
+            filtered: self.stat(STAT_FILTERED)?,
+        })
+    }
+
+    /// The counter at `index` of `STATS`, summed over CPUs.
+    fn stat(&self, index: u32) -> Result<u64, ProbeError> {
         let per_cpu = self
             .stats
-            .get(&STAT_LOST, 0)
+            .get(&index, 0)
             .map_err(|source| ProbeError::Read {
                 name: "STATS",
                 source,
             })?;
         Ok(per_cpu.iter().sum())
+    }
+}
+
+/// Transitions the probe saw and did not pass on, by why; events the ring buffer had no
+/// room for are counted apart (`lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SkipCounts {
+    /// The record could not be read: 0 unless the probe and the kernel disagree.
+    pub unreadable: u64,
+    /// Not TCP over IPv4/IPv6 (the tracepoint also fires for other protocols).
+    pub not_tcp: u64,
+    /// Left out by `--port`, `--pid` (with `--events`), `--family` or `--state`.
+    pub filtered: u64,
+}
+
+impl std::fmt::Display for SkipCounts {
+    /// The non-zero counts, e.g. `40 filtered out, 2 not TCP`; empty when all are 0.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.filtered, "filtered out"),
+            (self.not_tcp, "not TCP"),
+            (self.unreadable, "unreadable"),
+        ];
+        let shown: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n != 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        f.write_str(&shown.join(", "))
     }
 }
 
@@ -428,6 +472,21 @@ mod tests {
         assert!(load
             .to_string()
             .starts_with("loading the BPF program inet_sock_set_state failed"));
+    }
+
+    #[test]
+    fn skip_counts_show_what_is_not_zero() {
+        assert_eq!(SkipCounts::default().to_string(), "");
+        let counts = SkipCounts {
+            unreadable: 1,
+            not_tcp: 0,
+            filtered: 40,
+        };
+        assert_eq!(counts.to_string(), "40 filtered out, 1 unreadable");
+        assert_eq!(
+            serde_json::to_value(counts).unwrap(),
+            serde_json::json!({"unreadable":1,"not_tcp":0,"filtered":40})
+        );
     }
 
     #[test]
