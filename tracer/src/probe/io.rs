@@ -12,7 +12,7 @@
 use std::{fmt, io, path::Path, str::FromStr};
 
 use aya::{
-    programs::{FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
     Btf, Ebpf,
 };
 
@@ -47,7 +47,7 @@ impl IoMechanism {
     }
 
     /// The mechanism in words, for messages.
-    fn described(self) -> &'static str {
+    pub fn described(self) -> &'static str {
         match self {
             IoMechanism::Tracepoint => "tracepoints",
             IoMechanism::Fentry => "fentry/fexit",
@@ -176,6 +176,8 @@ pub struct Hook {
 pub enum HookKind {
     /// A tracepoint in this category.
     Tracepoint(&'static str),
+    /// A BTF-enabled tracepoint (`tp_btf`).
+    TpBtf,
     FEntry,
     FExit,
     KProbe,
@@ -187,6 +189,7 @@ impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let prefix = match self.kind {
             HookKind::Tracepoint(category) => category,
+            HookKind::TpBtf => "tp_btf",
             HookKind::FEntry => "fentry",
             HookKind::FExit => "fexit",
             HookKind::KProbe => "kprobe",
@@ -435,21 +438,29 @@ pub fn attach_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &mut Option<Btf>) -> Resul
             p.load().map_err(loading)?;
             p.attach(category, hook.target).map_err(attaching)?;
         }
-        HookKind::FEntry | HookKind::FExit => {
+        HookKind::TpBtf | HookKind::FEntry | HookKind::FExit => {
             if btf.is_none() {
                 *btf = Some(Btf::from_sys_fs().map_err(|e| {
                     format!("loading {hook} failed: reading the kernel's BTF failed: {e}")
                 })?);
             }
             let btf = btf.as_ref().expect("set above");
-            if hook.kind == HookKind::FEntry {
-                let p: &mut FEntry = program.try_into().map_err(loading)?;
-                p.load(hook.target, btf).map_err(loading)?;
-                p.attach().map_err(attaching)?;
-            } else {
-                let p: &mut FExit = program.try_into().map_err(loading)?;
-                p.load(hook.target, btf).map_err(loading)?;
-                p.attach().map_err(attaching)?;
+            match hook.kind {
+                HookKind::TpBtf => {
+                    let p: &mut BtfTracePoint = program.try_into().map_err(loading)?;
+                    p.load(hook.target, btf).map_err(loading)?;
+                    p.attach().map_err(attaching)?;
+                }
+                HookKind::FEntry => {
+                    let p: &mut FEntry = program.try_into().map_err(loading)?;
+                    p.load(hook.target, btf).map_err(loading)?;
+                    p.attach().map_err(attaching)?;
+                }
+                _ => {
+                    let p: &mut FExit = program.try_into().map_err(loading)?;
+                    p.load(hook.target, btf).map_err(loading)?;
+                    p.attach().map_err(attaching)?;
+                }
             }
         }
         HookKind::KProbe | HookKind::KRetProbe => {
@@ -489,15 +500,19 @@ pub fn unload_program(program: &mut Program) -> Result<(), ProgramError> {
     }
 }
 
-/// A program error in one line: the verifier's log, which may follow, is left out.
+/// A program error in one line, with its causes: the verifier's log, which may follow, is
+/// left out.
 pub fn one_line(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError { io_error, .. } => format!("the kernel refused it: {io_error}"),
-        e => {
-            let text = e.to_string();
-            text.lines().next().unwrap_or_default().to_owned()
-        }
+    if let ProgramError::LoadError { io_error, .. } = e {
+        return format!("the kernel refused it: {io_error}");
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

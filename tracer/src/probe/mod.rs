@@ -5,22 +5,22 @@
 mod btf;
 pub mod format;
 pub mod io;
-mod privileges;
-mod tracefs;
+pub mod privileges;
+pub mod tracefs;
 
 use std::path::PathBuf;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_FILTERED,
     STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
-pub use io::{IoChoice, IoMechanism, IoStatus};
+pub use io::{Hook, HookKind, IoChoice, IoMechanism, IoStatus};
 pub use tracefs::Tracefs;
 
 use crate::model::{Family, State};
@@ -238,21 +238,7 @@ impl Probe {
         }
         privileges::check()?;
         let tracefs = tracefs::ensure()?;
-        let format_path = tracefs
-            .path
-            .join("events")
-            .join(TRACEPOINT.0)
-            .join(TRACEPOINT.1)
-            .join("format");
-        let text =
-            std::fs::read_to_string(&format_path).map_err(|source| ProbeError::FormatRead {
-                path: format_path.clone(),
-                source,
-            })?;
-        let offsets = format::parse(&text).map_err(|source| ProbeError::Format {
-            path: format_path,
-            source,
-        })?;
+        let offsets = read_offsets(&tracefs)?;
         let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
         // The configuration is frozen at load time, before any hook is tried: it is set
         // for what may work. If every candidate then fails, the transition program forgets
@@ -367,6 +353,84 @@ impl Probe {
                 source,
             })?;
         Ok(per_cpu.iter().sum())
+    }
+}
+
+/// Where the fields of `sock:inet_sock_set_state` records are, from its format file.
+pub fn read_offsets(tracefs: &Tracefs) -> Result<FieldOffsets, ProbeError> {
+    let path = tracefs
+        .path
+        .join("events")
+        .join(TRACEPOINT.0)
+        .join(TRACEPOINT.1)
+        .join("format");
+    let text = std::fs::read_to_string(&path).map_err(|source| ProbeError::FormatRead {
+        path: path.clone(),
+        source,
+    })?;
+    format::parse(&text).map_err(|source| ProbeError::Format { path, source })
+}
+
+/// The transition program, as a hook to try on its own.
+pub const TRANSITION_HOOK: Hook = Hook {
+    program: TRACEPOINT.1,
+    kind: HookKind::Tracepoint(TRACEPOINT.0),
+    target: TRACEPOINT.1,
+};
+
+/// A BTF-enabled tracepoint program (`tp_btf/inet_sock_set_state`) that does nothing: its
+/// only use is to tell whether the kernel accepts that program type.
+pub const TP_BTF_HOOK: Hook = Hook {
+    program: "doctor_tp_btf",
+    kind: HookKind::TpBtf,
+    target: TRACEPOINT.1,
+};
+
+/// The probe loaded with minimal maps but none of its programs, to try them one at a time
+/// (`tracer doctor`). Dropping it unloads whatever is still loaded.
+pub struct Trial {
+    ebpf: Ebpf,
+    btf: Option<Btf>,
+    /// What the kernel offers each send/receive mechanism, checked before loading.
+    pub plan: io::IoPlan,
+}
+
+impl Trial {
+    /// Loads the probe as `watch` would with no filters (the transition record's layout
+    /// read from `tracefs`), after checking privileges.
+    pub fn load(tracefs: &Tracefs) -> Result<Trial, ProbeError> {
+        if PROBE_OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt);
+        }
+        privileges::check()?;
+        let offsets = read_offsets(tracefs)?;
+        // The smallest ring: a page.
+        let ring = RingConfig::with_bytes(4096);
+        let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
+        let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
+        config.io_hints = 1;
+        config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        privileges::raise_memlock_limit();
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", ring.bytes)
+            .map_max_entries("SOCKET_IO", 1)
+            .map_max_entries("RECV_ARGS", 1)
+            .load(PROBE_OBJECT)?;
+        Ok(Trial {
+            ebpf,
+            btf: None,
+            plan,
+        })
+    }
+
+    /// Loads and attaches `hook`'s program, then detaches and unloads it; the error says
+    /// which step failed, in one line.
+    pub fn try_hook(&mut self, hook: &Hook) -> Result<(), String> {
+        let tried = io::attach_hook(&mut self.ebpf, hook, &mut self.btf);
+        let unloaded = io::unload_hooks(&mut self.ebpf, std::slice::from_ref(hook));
+        tried?;
+        unloaded.map_err(|e| e.to_string())
     }
 }
 
