@@ -20,8 +20,15 @@ pub const IPPROTO_TCP: u16 = 6;
 /// Index in the probe's `STATS` per-CPU array of the count of events the ring buffer had
 /// no room for.
 pub const STAT_LOST: u32 = 0;
+/// Index in `STATS` of the transitions whose record could not be read (bad offsets, a
+/// fault): 0 unless the probe and the kernel disagree.
+pub const STAT_UNREADABLE: u32 = 1;
+/// Index in `STATS` of the transitions of sockets that are not TCP over IPv4/IPv6.
+pub const STAT_NOT_TCP: u32 = 2;
+/// Index in `STATS` of the TCP transitions the user's filters left out.
+pub const STAT_FILTERED: u32 = 3;
 /// Number of entries in the probe's `STATS` array.
-pub const STAT_COUNT: u32 = 1;
+pub const STAT_COUNT: u32 = 4;
 
 /// One TCP state transition, as the probe writes it into the ring buffer.
 ///
@@ -115,9 +122,10 @@ const _: () = assert!(
 );
 
 /// The last send or receive on a TCP socket, as the probe keeps it per socket (keyed by
-/// the socket's kernel address) from `sock:sock_recv_length` and `sock:sock_send_length`,
-/// which run in the calling process's context: unlike the task current at a transition,
-/// this names a process that really uses the socket.
+/// the socket's kernel address) from whichever send/receive hooks the kernel offers
+/// (`sock:sock_recv_length`/`sock_send_length`, fexit/fentry or kprobes on
+/// `tcp_recvmsg`/`tcp_sendmsg`). All run in the calling process's context: unlike the
+/// task current at a transition, this names a process that really uses the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketIo {
@@ -194,11 +202,18 @@ pub struct ProbeConfig {
     /// 1: `offsets` are [`KNOWN_LAYOUT`] and the probe loads fields straight from the
     /// tracepoint context; 0: it copies the record and reads it at `offsets`.
     pub direct_access: u32,
-    /// 1: the send/receive tracepoints are attached, and the probe forgets a socket's
+    /// 1: a send/receive mechanism may be attached, and the probe forgets a socket's
     /// [`SocketIo`] when a new socket is born at the same address.
     pub io_hints: u32,
+    /// Position (from 0) of `flags` among `tcp_recvmsg`'s arguments, which the fexit and
+    /// kprobe programs read: 3 since Linux 5.19, 4 before (a `nonblock` argument preceded
+    /// it). Userspace takes it from the kernel's BTF.
+    pub recv_flags_arg: u32,
+    /// 1: the programs log unexpected cases through aya-log (`TRACER_DEBUG=1`); 0 prunes
+    /// the logging code at load time.
+    pub debug: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -213,6 +228,8 @@ impl ProbeConfig {
             wakeup_bytes: 0,
             direct_access: 0,
             io_hints: 0,
+            recv_flags_arg: 0,
+            debug: 0,
         }
     }
 }

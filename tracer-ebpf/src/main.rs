@@ -1,17 +1,23 @@
 //! Kernel side of the tracer: one program on `sock:inet_sock_set_state` that turns each TCP
 //! state transition into a [`TransitionEvent`] in a ring buffer, after applying the user's
-//! filters so that unwanted events never leave the kernel; and two on
-//! `sock:sock_recv_length` / `sock:sock_send_length` that remember, per socket, the last
-//! process to receive or send on it ([`SocketIo`]), for userspace to read when it flags one.
+//! filters so that unwanted events never leave the kernel; and programs that remember, per
+//! socket, the last process to receive or send on it ([`SocketIo`]), for userspace to read
+//! when it flags one. Those come in three interchangeable sets, of which userspace loads the
+//! best one the running kernel accepts: the tracepoints `sock:sock_recv_length` /
+//! `sock:sock_send_length` (Linux 6.3+), fexit/fentry on `tcp_recvmsg` / `tcp_sendmsg`
+//! (BTF and trampolines), or kprobes on the same functions.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
     EbpfContext,
 };
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
@@ -19,7 +25,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
     IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN,
-    MSG_PEEK, STAT_COUNT, STAT_LOST,
+    MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it
@@ -44,7 +50,8 @@ static CONFIG: ProbeConfig = ProbeConfig::new(FieldOffsets {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 
-/// Per-CPU counters (index `STAT_LOST`: events dropped because the ring buffer was full).
+/// Per-CPU counters of skipped events, by reason (`STAT_LOST`: the ring buffer was full;
+/// `STAT_UNREADABLE`, `STAT_NOT_TCP`, `STAT_FILTERED`).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
@@ -53,21 +60,55 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
 static SOCKET_IO: LruHashMap<u64, SocketIo> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// What a kprobe on `tcp_recvmsg` saw on entry, for the kretprobe, which only sees the
+/// return value: keyed by the calling thread (`pid_tgid`). LRU, because a kretprobe can miss
+/// a return (too many calls in flight) and leave an entry behind. Sized by userspace.
+#[map]
+static RECV_ARGS: LruHashMap<u64, RecvArgs> = LruHashMap::with_max_entries(1 << 13, 0);
+
+/// `tcp_recvmsg`'s arguments the return needs.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RecvArgs {
+    sk: u64,
+    flags: u64,
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A tracepoint program's return value is ignored; errors only mean "not recorded".
-    let _ = try_inet_sock_set_state(&ctx);
+    // A tracepoint program's return value is ignored; a skipped event is only counted.
+    if let Err(skip) = try_inet_sock_set_state(&ctx) {
+        count(skip);
+    }
     0
 }
 
-/// Why an event was not recorded.
+/// Why an event was not recorded; each reason has its per-CPU counter in `STATS`.
+#[derive(Clone, Copy)]
 enum Skip {
-    /// Filtered out, or not TCP.
-    Unwanted,
+    /// Not TCP over IPv4 or IPv6.
+    NotTcp,
+    /// Left out by the user's filters.
+    Filtered,
     /// The record could not be read (bad offsets or a fault).
     Unreadable,
-    /// The ring buffer was full; counted in `STATS`.
+    /// The ring buffer was full.
     Full,
+}
+
+/// Counts a skipped event in its `STATS` slot.
+#[inline(always)]
+fn count(skip: Skip) {
+    let index = match skip {
+        Skip::NotTcp => STAT_NOT_TCP,
+        Skip::Filtered => STAT_FILTERED,
+        Skip::Unreadable => STAT_UNREADABLE,
+        Skip::Full => STAT_LOST,
+    };
+    if let Some(n) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
+        unsafe { *n += 1 };
+    }
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
@@ -161,11 +202,11 @@ impl Fields for Copied<'_> {
 #[inline(always)]
 fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(), Skip> {
     if rec.read::<u16>(off.protocol)? != IPPROTO_TCP {
-        return Err(Skip::Unwanted);
+        return Err(Skip::NotTcp);
     }
     let family = rec.read::<u16>(off.family)?;
     if family != AF_INET && family != AF_INET6 {
-        return Err(Skip::Unwanted);
+        return Err(Skip::NotTcp);
     }
     let oldstate = rec.read::<i32>(off.oldstate)? as u32;
     let newstate = rec.read::<i32>(off.newstate)? as u32;
@@ -176,23 +217,23 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
         let _ = SOCKET_IO.remove(&skaddr);
     }
     if cfg.family != 0 && family != cfg.family {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     let sport = rec.read::<u16>(off.sport)?;
     let dport = rec.read::<u16>(off.dport)?;
     if cfg.port_count != 0 && !port_wanted(&cfg, sport, dport) {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     if cfg.state_mask != 0 {
         let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
         if seen & cfg.state_mask == 0 {
-            return Err(Skip::Unwanted);
+            return Err(Skip::Filtered);
         }
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if cfg.pid != 0 && pid != cfg.pid {
-        return Err(Skip::Unwanted);
+        return Err(Skip::Filtered);
     }
     // Addresses move as integers, loaded and stored in native order, so their bytes keep
     // network order; an IPv4 address in the low half of a u64 lands in the first 4 bytes
@@ -216,10 +257,6 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     };
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        if let Some(lost) = STATS.get_ptr_mut(STAT_LOST) {
-            // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
-            unsafe { *lost += 1 };
-        }
         return Err(Skip::Full);
     };
     let ev = entry.as_mut_ptr();
@@ -266,47 +303,181 @@ fn is_birth(oldstate: u32, newstate: u32) -> bool {
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    note_io(&ctx, true);
+    // As for every hook here, errors only mean "not noted"; the return value is ignored.
+    let _ = try_sock_io_length(&ctx, true);
     0
 }
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    note_io(&ctx, false);
+    let _ = try_sock_io_length(&ctx, false);
     0
 }
 
-/// Notes who received or sent on a TCP socket. These fire on every send and receive on
-/// the machine, so the common case (the same process again) is one lookup and two stores
-/// in place; only a new socket or a new process costs an insert.
+/// Why a send or receive was not noted.
+enum IoSkip {
+    /// Not a TCP socket.
+    NotTcp,
+    /// An argument or the return value could not be read.
+    Unreadable,
+    /// The kretprobe found no entry from its kprobe (attached mid-call, or evicted).
+    NoEntry,
+    /// The map refused the update.
+    Map,
+}
+
+/// `sock:sock_recv_length` / `sock:sock_send_length`: every socket's sends and receives,
+/// TCP's among them.
 #[inline(always)]
-fn note_io(ctx: &TracePointContext, recv: bool) {
+fn try_sock_io_length(ctx: &TracePointContext, recv: bool) -> Result<(), IoSkip> {
     // Userspace attaches these programs only after checking the format files against
     // IO_LAYOUT, so its constant offsets are the running kernel's.
     let rec = Direct(ctx.as_ptr() as *const u8);
-    let (Ok(protocol), Ok(family)) = (
-        rec.read::<u16>(IO_LAYOUT.protocol),
-        rec.read::<u16>(IO_LAYOUT.family),
-    ) else {
-        return;
-    };
+    let protocol = rec
+        .read::<u16>(IO_LAYOUT.protocol)
+        .map_err(|_| IoSkip::Unreadable)?;
+    let family = rec
+        .read::<u16>(IO_LAYOUT.family)
+        .map_err(|_| IoSkip::Unreadable)?;
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
-        return;
+        return Err(IoSkip::NotTcp);
     }
-    let (Ok(sk), Ok(ret), Ok(flags)) = (
-        rec.read::<u64>(IO_LAYOUT.sk),
-        rec.read::<i32>(IO_LAYOUT.ret),
-        rec.read::<i32>(IO_LAYOUT.flags),
-    ) else {
-        return;
-    };
-    let op = if !recv {
+    let sk = rec
+        .read::<u64>(IO_LAYOUT.sk)
+        .map_err(|_| IoSkip::Unreadable)?;
+    let op = if recv {
+        let ret = rec
+            .read::<i32>(IO_LAYOUT.ret)
+            .map_err(|_| IoSkip::Unreadable)?;
+        let flags = rec
+            .read::<i32>(IO_LAYOUT.flags)
+            .map_err(|_| IoSkip::Unreadable)?;
+        recv_op(ret, flags as u64)
+    } else {
         IO_SEND
-    } else if ret == 0 && flags & MSG_PEEK == 0 {
+    };
+    note_io(sk, op)
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_fexit(ctx: FExitContext) -> i32 {
+    let _ = try_tcp_recvmsg_fexit(&ctx);
+    0
+}
+
+/// After `tcp_recvmsg(sk, msg, len, [nonblock,] flags, addr_len)` returned.
+#[inline(always)]
+fn try_tcp_recvmsg_fexit(ctx: &FExitContext) -> Result<(), IoSkip> {
+    let sk: u64 = ctx.arg(0);
+    // The position comes from the kernel's BTF, the helper takes it at run time (no
+    // constant context offset needed). The helpers need Linux 5.17; older kernels refuse
+    // the program and userspace falls back to kprobes.
+    let mut flags = 0u64;
+    // SAFETY: the helper writes one u64 into `flags`, a local.
+    if unsafe { gen::bpf_get_func_arg(ctx.as_ptr(), cfg_recv_flags_arg(), &mut flags) } != 0 {
+        return Err(IoSkip::Unreadable);
+    }
+    let ret: i32 = ctx.ret().map_err(|_| IoSkip::Unreadable)?;
+    note_io(sk, recv_op(ret, flags))
+}
+
+#[fentry(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_fentry(ctx: FEntryContext) -> i32 {
+    let _ = try_tcp_sendmsg_fentry(&ctx);
+    0
+}
+
+/// On entry to `tcp_sendmsg(sk, msg, size)`, whose signature has not changed since 4.x.
+#[inline(always)]
+fn try_tcp_sendmsg_fentry(ctx: &FEntryContext) -> Result<(), IoSkip> {
+    note_io(ctx.arg(0), IO_SEND)
+}
+
+#[kprobe]
+pub fn tcp_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
+    let _ = try_tcp_recvmsg_kprobe(&ctx);
+    0
+}
+
+/// On entry to `tcp_recvmsg`: keeps the socket and the flags for the return.
+#[inline(always)]
+fn try_tcp_recvmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
+    let sk: u64 = ctx.arg(0).ok_or(IoSkip::Unreadable)?;
+    // Context loads must sit at constant offsets: load both candidate registers and pick
+    // one by the (constant) position rather than index the registers at run time.
+    let flags_at_3: u64 = ctx.arg(3).ok_or(IoSkip::Unreadable)?;
+    let flags_at_4: u64 = ctx.arg(4).ok_or(IoSkip::Unreadable)?;
+    let flags = if cfg_recv_flags_arg() == 3 {
+        flags_at_3
+    } else {
+        flags_at_4
+    };
+    RECV_ARGS
+        .insert(&bpf_get_current_pid_tgid(), &RecvArgs { sk, flags }, 0)
+        .map_err(|_| IoSkip::Map)
+}
+
+#[kretprobe]
+pub fn tcp_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
+    let _ = try_tcp_recvmsg_kretprobe(&ctx);
+    0
+}
+
+/// On return from `tcp_recvmsg`: the entry's socket and flags, with the result.
+#[inline(always)]
+fn try_tcp_recvmsg_kretprobe(ctx: &RetProbeContext) -> Result<(), IoSkip> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once; the entry is removed right after.
+    let args = unsafe { RECV_ARGS.get(&id) }
+        .copied()
+        .ok_or(IoSkip::NoEntry)?;
+    let _ = RECV_ARGS.remove(&id);
+    let ret: i32 = ctx.ret();
+    note_io(args.sk, recv_op(ret, args.flags))
+}
+
+#[kprobe]
+pub fn tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
+    let _ = try_tcp_sendmsg_kprobe(&ctx);
+    0
+}
+
+/// On entry to `tcp_sendmsg(sk, msg, size)`.
+#[inline(always)]
+fn try_tcp_sendmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
+    note_io(ctx.arg(0).ok_or(IoSkip::Unreadable)?, IO_SEND)
+}
+
+/// `tracer doctor`'s check that BTF-enabled tracepoints load and attach here; it does
+/// nothing when run.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn doctor_tp_btf(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// `CONFIG.recv_flags_arg`, read as the verifier's constant.
+#[inline(always)]
+fn cfg_recv_flags_arg() -> u32 {
+    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
+    unsafe { core::ptr::read_volatile(&CONFIG.recv_flags_arg) }
+}
+
+/// A receive's [`SocketIo::op`]: the end of stream when it returned 0 without `MSG_PEEK`
+/// (a peek leaves the end of stream for the next read).
+#[inline(always)]
+fn recv_op(ret: i32, flags: u64) -> u32 {
+    if ret == 0 && flags & MSG_PEEK as u64 == 0 {
         IO_EOF
     } else {
         IO_RECV
-    };
+    }
+}
+
+/// Notes that the current process did `op` on the TCP socket at `sk`. These hooks fire on
+/// every send and receive on the machine, so the common case (the same process again) is
+/// one lookup and two stores in place; only a new socket or a new process costs an insert.
+#[inline(always)]
+fn note_io(sk: u64, op: u32) -> Result<(), IoSkip> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // (The cheaper coarse clock is refused in tracing programs.)
     // SAFETY: a helper without arguments or preconditions.
@@ -318,17 +489,23 @@ fn note_io(ctx: &TracePointContext, recv: bool) {
             if (*io).pid == pid {
                 (*io).ts_ns = now;
                 (*io).op = op;
-                return;
+                return Ok(());
             }
         }
     }
-    let io = SocketIo {
-        ts_ns: now,
-        pid,
-        op,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    let mut io = MaybeUninit::<SocketIo>::uninit();
+    let p = io.as_mut_ptr();
+    // SAFETY: every field of `p`, a local, is written before it is read: the helper fills
+    // all of `comm`, padding the name with zeros, or zeroes it on failure. Going through
+    // `bpf_get_current_comm()`'s Result instead costs byte-wise copies and memset calls.
+    let io = unsafe {
+        addr_of_mut!((*p).ts_ns).write(now);
+        addr_of_mut!((*p).pid).write(pid);
+        addr_of_mut!((*p).op).write(op);
+        gen::bpf_get_current_comm(addr_of_mut!((*p).comm).cast(), COMM_LEN as u32);
+        io.assume_init_ref()
     };
-    let _ = SOCKET_IO.insert(&sk, &io, 0);
+    SOCKET_IO.insert(&sk, io, 0).map_err(|_| IoSkip::Map)
 }
 
 #[inline(always)]

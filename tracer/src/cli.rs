@@ -27,6 +27,17 @@ pub enum Command {
     Watch(WatchArgs),
     /// Rebuild an incident from a recording made with `watch --record` (no root needed).
     Report(ReportArgs),
+    /// Check what this machine offers `watch`, by trying it: exit 0 when it can run
+    /// fully, 1 when degraded, 2 when it cannot run (needs root for the full check).
+    Doctor(DoctorArgs),
+}
+
+/// Options of `tracer doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Output format: human text, or one JSON object (see the README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// Options of `tracer watch`.
@@ -429,7 +440,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<WatchArgs, clap::Error> {
         match parse_cli(args)?.command {
             Command::Watch(w) => Ok(w),
-            Command::Report(_) => panic!("{args:?} is not a watch command"),
+            _ => panic!("{args:?} is not a watch command"),
         }
     }
 
@@ -440,8 +451,17 @@ mod tests {
     fn report(args: &[&str]) -> Result<ReportArgs, clap::Error> {
         match parse_cli(args)?.command {
             Command::Report(r) => Ok(r),
-            Command::Watch(_) => panic!("{args:?} is not a report command"),
+            _ => panic!("{args:?} is not a report command"),
         }
+    }
+
+    #[test]
+    fn doctor_arguments() {
+        let Command::Doctor(d) = parse_cli(&["doctor", "--format", "json"]).unwrap().command else {
+            panic!("not a doctor command");
+        };
+        assert_eq!(d.format, Format::Json);
+        assert!(parse_cli(&["doctor", "--port", "1"]).is_err());
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! transitions and decisions to disk, and [`report`] rebuilds an incident from them later.
 //! [`model`] holds the types every stage shares; each module imports only from stages
 //! before it and from `model`.
+//! [`doctor`] tells what the running kernel offers, by trying it.
 
 pub mod aggregate;
 pub mod attribute;
 pub mod cli;
 pub mod decode;
+pub mod doctor;
 pub mod model;
 pub mod output;
 pub mod probe;

@@ -5,6 +5,12 @@ use tracer::cli::{Cli, Command};
 fn main() -> ExitCode {
     // Usage errors print one line (plus clap's hint) and exit with status 2.
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if let Command::Doctor(args) = &cli.command {
+        return match tracer::doctor::run(args, std::io::stdout().lock()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(anyhow::Error::new(e).context("writing the report failed")),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -18,6 +24,7 @@ fn main() -> ExitCode {
             Command::Report(args) => {
                 tracer::report::run(args, std::io::stdout().lock(), std::io::stderr())
             }
+            Command::Doctor(_) => unreachable!("run above, without the runtime"),
         }
     });
     match result {

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     decode::Transition,
     model::{Comm, Origin, Owner, PidHint, Socket, State},
+    probe::SkipCounts,
 };
 
 impl Serialize for Comm {
@@ -87,9 +88,10 @@ pub struct Attached {
     /// `direct` when the probe loads fields straight from the tracepoint context (the
     /// kernel's layout is the known one), `copy` when it copies the record first.
     pub record_access: &'static str,
-    /// The send/receive tracepoints that give stuck sockets their `last_io`; empty when
-    /// this kernel lacks them (a warning says why).
-    pub io_tracepoints: Vec<String>,
+    /// The send/receive hooks that give stuck sockets their `last_io`, e.g.
+    /// `["fexit:tcp_recvmsg", "fentry:tcp_sendmsg"]`; empty when none works here (a warning
+    /// says why).
+    pub io_probes: Vec<String>,
 }
 
 /// The filters pushed into the probe.
@@ -120,6 +122,8 @@ pub struct StopInfo {
     pub events: u64,
     /// Transitions the probe dropped because the ring buffer was full.
     pub lost: u64,
+    /// Transitions the probe saw and skipped in the kernel, by reason.
+    pub skipped: SkipCounts,
     /// Records received that could not be decoded (a probe/userspace mismatch; 0 normally).
     pub undecodable: u64,
     pub duration_ms: u64,

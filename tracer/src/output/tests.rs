@@ -12,7 +12,10 @@ use super::{
     text::{fd_usage, human_duration},
     *,
 };
-use crate::model::{Comm, Family, HeldBy, IoOp, LastIo, Origin, Owner, Socket, TimeStyle};
+use crate::{
+    model::{Comm, Family, HeldBy, IoOp, LastIo, Origin, Owner, Socket, TimeStyle},
+    probe::SkipCounts,
+};
 
 /// 2026-11-25T06:00:00Z at monotonic zero.
 const EPOCH: i128 = 1_795_586_400 * 1_000_000_000;
@@ -322,7 +325,7 @@ fn start_info(time: SystemTime) -> StartInfo {
             tracefs: "/sys/kernel/tracing".into(),
             tracefs_mounted_by_tracer: false,
             record_access: "direct",
-            io_tracepoints: Vec::new(),
+            io_probes: Vec::new(),
         },
         filters: FilterInfo::default(),
         ring_buffer_bytes: 1 << 24,
@@ -422,6 +425,7 @@ fn stop_and_lost_records() {
         reason: StopReason::Signal,
         events: 12,
         lost: 3,
+        skipped: SkipCounts::default(),
         undecodable: 0,
         duration_ms: 1500,
         flagged: 2,
@@ -448,7 +452,8 @@ fn stop_and_lost_records() {
     );
     assert_eq!(
         lines[1],
-        serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,"undecodable":0,"duration_ms":1500,
+        serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,
+            "skipped":{"unreadable":0,"not_tcp":0,"filtered":0},"undecodable":0,"duration_ms":1500,
             "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0,"unrecorded":0})
     );
     assert!(
@@ -461,5 +466,18 @@ fn stop_and_lost_records() {
     assert_eq!(
         status,
         "tracer: stopped after 1.5s: 12 transitions, 3 lost\n"
+    );
+    let skipped = StopInfo {
+        skipped: SkipCounts {
+            unreadable: 0,
+            not_tcp: 2,
+            filtered: 40,
+        },
+        ..stop
+    };
+    let (_, status) = render(Format::Text, |o| o.stop(&skipped).unwrap());
+    assert_eq!(
+        status,
+        "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
     );
 }

@@ -299,12 +299,18 @@ impl Render for Text {
     }
 
     fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()> {
+        let skipped = info.skipped.to_string();
         writeln!(
             page.status,
-            "tracer: stopped after {:.1}s: {} transitions, {} lost",
+            "tracer: stopped after {:.1}s: {} transitions, {} lost{}",
             info.duration_ms as f64 / 1000.0,
             info.events,
-            info.lost
+            info.lost,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped {skipped}")
+            }
         )
     }
 

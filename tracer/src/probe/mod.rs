@@ -1,22 +1,26 @@
-//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state` (and, where the
-//! kernel has them, to the send/receive tracepoints that name a socket's users), and hands
+//! Stage 1: loads the BPF probe, attaches it to `sock:inet_sock_set_state` (and to the best
+//! send/receive hooks the kernel offers, which name a socket's users: see [`io`]), and hands
 //! out its ring buffer, drop counters and per-socket last send/receive.
 
+mod btf;
 pub mod format;
-mod privileges;
-mod tracefs;
+pub mod io;
+pub mod privileges;
+pub mod tracefs;
 
-use std::{io, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
-    Ebpf, EbpfLoader,
+    programs::{ProgramError, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_LOST,
+    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_FILTERED,
+    STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
+pub use io::{Hook, HookKind, IoChoice, IoMechanism, IoStatus};
 pub use tracefs::Tracefs;
 
 use crate::model::{Family, State};
@@ -28,10 +32,10 @@ static PROBE_OBJECT: &[u8] =
 /// Tracepoint category and name the probe attaches to.
 pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 
-/// Tracepoints that run in the process receiving or sending on a socket (Linux 6.3+);
-/// program names match the tracepoint names.
-pub const IO_TRACEPOINTS: [(&str, &str); 2] =
-    [("sock", "sock_recv_length"), ("sock", "sock_send_length")];
+/// Threads that may be inside `tcp_recvmsg` at once for the kprobe mechanism to follow:
+/// its kretprobe finds the socket by thread (16 bytes of key and value each, allocated
+/// up front, only when kprobes may be used).
+const RECV_CALLS: u32 = 1 << 13;
 
 /// Why the probe could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +50,10 @@ pub enum ProbeError {
     #[error("{0}")]
     Tracefs(String),
     #[error("cannot read the tracepoint format {path}: {source}; run as root")]
-    FormatRead { path: PathBuf, source: io::Error },
+    FormatRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("unsupported tracepoint format {path}: {source}")]
     Format {
         path: PathBuf,
@@ -54,8 +61,26 @@ pub enum ProbeError {
     },
     #[error("loading the BPF probe failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("attaching to tracepoint sock:inet_sock_set_state failed: {0}")]
-    Attach(#[from] aya::programs::ProgramError),
+    #[error(
+        "the BPF probe has no program {0}: the probe embedded in this binary is from another \
+         version; rebuild with `cargo xtask build`"
+    )]
+    NoProgram(&'static str),
+    #[error("loading the BPF program {program} failed: {source}")]
+    LoadProgram {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching to {target} failed: {source}")]
+    Attach {
+        target: String,
+        source: ProgramError,
+    },
+    #[error("detaching the BPF program {program} failed: {source}")]
+    Detach {
+        program: &'static str,
+        source: ProgramError,
+    },
     #[error("reading the probe's map {name} failed: {source}")]
     Read {
         name: &'static str,
@@ -68,6 +93,8 @@ pub enum ProbeError {
     },
     #[error("at most {MAX_PORTS} ports can be filtered, got {0}")]
     TooManyPorts(usize),
+    #[error("{0}")]
+    Diagnostics(String),
 }
 
 /// What the kernel keeps: the user's filters.
@@ -114,10 +141,36 @@ impl RingConfig {
     }
 }
 
+/// Diagnostics switches, from the environment: they force the paths other kernels take,
+/// so each can be tested on a kernel that has a better one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// `TRACER_RECORD_ACCESS=copy`: copy the tracepoint record even when its layout is known.
+    pub access: RecordAccess,
+    /// `TRACER_IO_PROBES=auto|tracepoint|fentry|kprobe|none`: the send/receive hooks to try.
+    pub io: IoChoice,
+}
+
+impl Diagnostics {
+    /// Reads the switches; a value that names nothing known is an error.
+    pub fn from_env() -> Result<Diagnostics, ProbeError> {
+        let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
+            Some(v) if v == "copy" => RecordAccess::Copy,
+            _ => RecordAccess::Auto,
+        };
+        let io = match std::env::var(IoChoice::ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map_err(ProbeError::Diagnostics)?,
+            _ => IoChoice::Auto,
+        };
+        Ok(Diagnostics { access, io })
+    }
+}
+
 /// How the probe reads the tracepoint record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecordAccess {
     /// Straight from the context when the layout is [`KNOWN_LAYOUT`], else by copy.
+    #[default]
     Auto,
     /// Always copy the record (the path other kernels' layouts take; for diagnostics).
     Copy,
@@ -158,10 +211,10 @@ pub struct Probe {
     /// Holds the programs and their links.
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
-    /// Last send/receive per socket; `None` when the send/receive tracepoints are off.
+    /// Last send/receive per socket; `None` without send/receive hooks.
     socket_io: Option<HashMap<MapData, u64, SocketIo>>,
-    /// Why the send/receive tracepoints are off, when they are.
-    pub io_off: Option<String>,
+    /// The send/receive hooks attached, or why there are none.
+    pub io: IoStatus,
     /// How tracefs was found.
     pub tracefs: Tracefs,
     /// True when the probe reads fields straight from the tracepoint context.
@@ -171,13 +224,13 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges, finds (or mounts) tracefs, loads the probe with `filters` pushed
     /// into it, and attaches it. Returns it with the ring buffer its transitions arrive on.
-    /// The send/receive tracepoints, remembering up to `io_sockets` sockets, are attached
-    /// when the kernel has them with the layout the probe reads; otherwise
-    /// [`Probe::io_off`] says why not, and the rest works without them.
+    /// The best send/receive hooks the kernel accepts (of those `diagnostics.io` allows),
+    /// remembering up to `io_sockets` sockets, are attached too; without any,
+    /// [`IoStatus::off`] in [`Probe::io`] says why, and the rest works without them.
     pub fn attach(
         filters: &Filters,
         ring: RingConfig,
-        access: RecordAccess,
+        diagnostics: &Diagnostics,
         io_sockets: u32,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if PROBE_OBJECT.is_empty() {
@@ -185,48 +238,27 @@ impl Probe {
         }
         privileges::check()?;
         let tracefs = tracefs::ensure()?;
-        let format_path = tracefs
-            .path
-            .join("events")
-            .join(TRACEPOINT.0)
-            .join(TRACEPOINT.1)
-            .join("format");
-        let text =
-            std::fs::read_to_string(&format_path).map_err(|source| ProbeError::FormatRead {
-                path: format_path.clone(),
-                source,
-            })?;
-        let offsets = format::parse(&text).map_err(|source| ProbeError::Format {
-            path: format_path,
-            source,
-        })?;
-        let mut config = filters.to_config(offsets, ring, access)?;
-        let mut io_off = io_formats(&tracefs.path).err();
-        config.io_hints = io_off.is_none() as u32;
+        let offsets = read_offsets(&tracefs)?;
+        let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
+        // The configuration is frozen at load time, before any hook is tried: it is set
+        // for what may work. If every candidate then fails, the transition program forgets
+        // notes at births in an empty map, a cheap miss.
+        let plan = io::IoPlan::new(diagnostics.io, &tracefs.path);
+        let any_io = !plan.candidates.is_empty();
+        config.io_hints = any_io as u32;
+        config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        let kprobes = plan.candidates.contains(&IoMechanism::Kprobe);
 
         privileges::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", ring.bytes)
-            .map_max_entries("SOCKET_IO", io_sockets.max(1))
+            // Maps are allocated whole at load time: only as big as what may use them.
+            .map_max_entries("SOCKET_IO", if any_io { io_sockets.max(1) } else { 1 })
+            .map_max_entries("RECV_ARGS", if kprobes { RECV_CALLS } else { 1 })
             .load(PROBE_OBJECT)?;
         attach_tracepoint(&mut ebpf, TRACEPOINT)?;
-        if io_off.is_none() {
-            for tp in IO_TRACEPOINTS {
-                if let Err(e) = attach_tracepoint(&mut ebpf, tp) {
-                    // The first line only: a verifier log may follow.
-                    let e = e.to_string();
-                    let e = e.lines().next().unwrap_or_default();
-                    io_off = Some(format!(
-                        "attaching to tracepoint {}:{} failed: {e}",
-                        tp.0, tp.1
-                    ));
-                    // Half of them would cost every send or receive for nothing.
-                    unload(&mut ebpf, &IO_TRACEPOINTS)?;
-                    break;
-                }
-            }
-        }
+        let io = plan.attach(&mut ebpf)?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Map {
@@ -244,7 +276,7 @@ impl Probe {
                 name: "STATS",
                 source,
             })?;
-        let socket_io = if io_off.is_none() {
+        let socket_io = if io.mechanism.is_some() {
             let map = take(&mut ebpf, "SOCKET_IO")?;
             Some(HashMap::try_from(map).map_err(|source| ProbeError::Map {
                 name: "SOCKET_IO",
@@ -258,7 +290,7 @@ impl Probe {
                 ebpf,
                 stats,
                 socket_io,
-                io_off,
+                io,
                 tracefs,
                 direct_access: config.direct_access != 0,
             },
@@ -269,8 +301,16 @@ impl Probe {
     /// Detaches and unloads the programs, so that nothing more is written: what the ring
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
-        unload(&mut self.ebpf, &[TRACEPOINT])?;
-        unload(&mut self.ebpf, &IO_TRACEPOINTS)
+        if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
+            io::unload_program(program).map_err(|source| ProbeError::Detach {
+                program: TRACEPOINT.1,
+                source,
+            })?;
+        }
+        if let Some(m) = self.io.mechanism {
+            io::unload_hooks(&mut self.ebpf, m.hooks())?;
+        }
+        Ok(())
     }
 
     /// The last send or receive the probe saw on the socket at kernel address `sk`, if
@@ -291,10 +331,24 @@ impl Probe {
 
     /// Events the probe had to drop because the ring buffer was full, summed over CPUs.
     pub fn lost(&self) -> Result<u64, ProbeError> {
+        self.stat(STAT_LOST)
+    }
+
+    /// Transitions the probe skipped before the ring buffer, by reason, summed over CPUs.
+    pub fn skipped(&self) -> Result<SkipCounts, ProbeError> {
+        Ok(SkipCounts {
+            unreadable: self.stat(STAT_UNREADABLE)?,
+            not_tcp: self.stat(STAT_NOT_TCP)?,
+            filtered: self.stat(STAT_FILTERED)?,
+        })
+    }
+
+    /// The counter at `index` of `STATS`, summed over CPUs.
+    fn stat(&self, index: u32) -> Result<u64, ProbeError> {
         let per_cpu = self
             .stats
-            .get(&STAT_LOST, 0)
-            .map_err(|source| ProbeError::Map {
+            .get(&index, 0)
+            .map_err(|source| ProbeError::Read {
                 name: "STATS",
                 source,
             })?;
@@ -302,47 +356,131 @@ impl Probe {
     }
 }
 
+/// Where the fields of `sock:inet_sock_set_state` records are, from its format file.
+pub fn read_offsets(tracefs: &Tracefs) -> Result<FieldOffsets, ProbeError> {
+    let path = tracefs
+        .path
+        .join("events")
+        .join(TRACEPOINT.0)
+        .join(TRACEPOINT.1)
+        .join("format");
+    let text = std::fs::read_to_string(&path).map_err(|source| ProbeError::FormatRead {
+        path: path.clone(),
+        source,
+    })?;
+    format::parse(&text).map_err(|source| ProbeError::Format { path, source })
+}
+
+/// The transition program, as a hook to try on its own.
+pub const TRANSITION_HOOK: Hook = Hook {
+    program: TRACEPOINT.1,
+    kind: HookKind::Tracepoint(TRACEPOINT.0),
+    target: TRACEPOINT.1,
+};
+
+/// A BTF-enabled tracepoint program (`tp_btf/inet_sock_set_state`) that does nothing: its
+/// only use is to tell whether the kernel accepts that program type.
+pub const TP_BTF_HOOK: Hook = Hook {
+    program: "doctor_tp_btf",
+    kind: HookKind::TpBtf,
+    target: TRACEPOINT.1,
+};
+
+/// The probe loaded with minimal maps but none of its programs, to try them one at a time
+/// (`tracer doctor`). Dropping it unloads whatever is still loaded.
+pub struct Trial {
+    ebpf: Ebpf,
+    btf: Option<Btf>,
+    /// What the kernel offers each send/receive mechanism, checked before loading.
+    pub plan: io::IoPlan,
+}
+
+impl Trial {
+    /// Loads the probe as `watch` would with no filters (the transition record's layout
+    /// read from `tracefs`), after checking privileges.
+    pub fn load(tracefs: &Tracefs) -> Result<Trial, ProbeError> {
+        if PROBE_OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt);
+        }
+        privileges::check()?;
+        let offsets = read_offsets(tracefs)?;
+        // The smallest ring: a page.
+        let ring = RingConfig::with_bytes(4096);
+        let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
+        let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
+        config.io_hints = 1;
+        config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        privileges::raise_memlock_limit();
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", ring.bytes)
+            .map_max_entries("SOCKET_IO", 1)
+            .map_max_entries("RECV_ARGS", 1)
+            .load(PROBE_OBJECT)?;
+        Ok(Trial {
+            ebpf,
+            btf: None,
+            plan,
+        })
+    }
+
+    /// Loads and attaches `hook`'s program, then detaches and unloads it; the error says
+    /// which step failed, in one line.
+    pub fn try_hook(&mut self, hook: &Hook) -> Result<(), String> {
+        let tried = io::attach_hook(&mut self.ebpf, hook, &mut self.btf);
+        let unloaded = io::unload_hooks(&mut self.ebpf, std::slice::from_ref(hook));
+        tried?;
+        unloaded.map_err(|e| e.to_string())
+    }
+}
+
+/// Transitions the probe saw and did not pass on, by why; events the ring buffer had no
+/// room for are counted apart (`lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SkipCounts {
+    /// The record could not be read: 0 unless the probe and the kernel disagree.
+    pub unreadable: u64,
+    /// Not TCP over IPv4/IPv6 (the tracepoint also fires for other protocols).
+    pub not_tcp: u64,
+    /// Left out by `--port`, `--pid` (with `--events`), `--family` or `--state`.
+    pub filtered: u64,
+}
+
+impl std::fmt::Display for SkipCounts {
+    /// The non-zero counts, e.g. `40 filtered out, 2 not TCP`; empty when all are 0.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.filtered, "filtered out"),
+            (self.not_tcp, "not TCP"),
+            (self.unreadable, "unreadable"),
+        ];
+        let shown: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n != 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        f.write_str(&shown.join(", "))
+    }
+}
+
 /// Loads the program named for tracepoint `tp` and attaches it there.
-fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&str, &str)) -> Result<(), aya::programs::ProgramError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, tp: (&'static str, &'static str)) -> Result<(), ProbeError> {
+    let loading = |source| ProbeError::LoadProgram {
+        program: tp.1,
+        source,
+    };
     let program: &mut TracePoint = ebpf
         .program_mut(tp.1)
-        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-        .try_into()?;
-    program.load()?;
-    program.attach(tp.0, tp.1)?;
-    Ok(())
-}
-
-/// Detaches and unloads those of the programs for `tracepoints` that are loaded.
-fn unload(ebpf: &mut Ebpf, tracepoints: &[(&str, &str)]) -> Result<(), ProbeError> {
-    for (_, name) in tracepoints {
-        if let Some(program) = ebpf.program_mut(name) {
-            let program: &mut TracePoint = program.try_into()?;
-            if program.fd().is_ok() {
-                program.unload()?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks that the send/receive tracepoints exist with the layout the probe reads.
-fn io_formats(tracefs: &std::path::Path) -> Result<(), String> {
-    for (category, name) in IO_TRACEPOINTS {
-        let path = tracefs
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                format!("this kernel has no tracepoint {category}:{name} (Linux 6.3+)")
-            }
-            _ => format!("cannot read {}: {e}", path.display()),
+        .ok_or(ProbeError::NoProgram(tp.1))?
+        .try_into()
+        .map_err(loading)?;
+    program.load().map_err(loading)?;
+    program
+        .attach(tp.0, tp.1)
+        .map_err(|source| ProbeError::Attach {
+            target: format!("tracepoint {}:{}", tp.0, tp.1),
+            source,
         })?;
-        format::check_io(&text)
-            .map_err(|e| format!("unsupported format {}: {e}", path.display()))?;
-    }
     Ok(())
 }
 
@@ -365,6 +503,54 @@ mod tests {
         assert!(!f.admits_socket(Family::Ipv6, 61616, 40000, cw));
         assert!(!f.admits_socket(Family::Ipv4, 61616, 40000, TcpState::Established.into()));
         assert!(Filters::default().admits_socket(Family::Ipv6, 1, 2, State(42)));
+    }
+
+    #[test]
+    fn errors_name_what_failed() {
+        let read = ProbeError::Read {
+            name: "STATS",
+            source: aya::maps::MapError::KeyNotFound,
+        };
+        assert!(read
+            .to_string()
+            .starts_with("reading the probe's map STATS failed"));
+        let detach = ProbeError::Detach {
+            program: "inet_sock_set_state",
+            source: ProgramError::NotLoaded,
+        };
+        assert_eq!(
+            detach.to_string(),
+            "detaching the BPF program inet_sock_set_state failed: the program is not loaded"
+        );
+        let attach = ProbeError::Attach {
+            target: "tracepoint sock:inet_sock_set_state".into(),
+            source: ProgramError::AlreadyAttached,
+        };
+        assert!(attach
+            .to_string()
+            .starts_with("attaching to tracepoint sock:inet_sock_set_state failed"));
+        let load = ProbeError::LoadProgram {
+            program: "inet_sock_set_state",
+            source: ProgramError::NotLoaded,
+        };
+        assert!(load
+            .to_string()
+            .starts_with("loading the BPF program inet_sock_set_state failed"));
+    }
+
+    #[test]
+    fn skip_counts_show_what_is_not_zero() {
+        assert_eq!(SkipCounts::default().to_string(), "");
+        let counts = SkipCounts {
+            unreadable: 1,
+            not_tcp: 0,
+            filtered: 40,
+        };
+        assert_eq!(counts.to_string(), "40 filtered out, 1 unreadable");
+        assert_eq!(
+            serde_json::to_value(counts).unwrap(),
+            serde_json::json!({"unreadable":1,"not_tcp":0,"filtered":40})
+        );
     }
 
     #[test]

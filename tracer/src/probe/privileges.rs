@@ -28,11 +28,28 @@ fn effective_capabilities(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// This process's effective capability mask (`CapEff`), if it can be read.
+pub fn effective() -> Option<u64> {
+    effective_capabilities(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// Which of the capabilities the probe can use are in `effective`.
+pub fn relevant_names(effective: u64) -> Vec<&'static str> {
+    [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| effective & (1 << cap) != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// Fails with one line naming what is missing when this process cannot load the probe.
 pub fn check() -> Result<(), ProbeError> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     // Without a readable CapEff let the kernel decide; its error is reported then.
-    let Some(effective) = effective_capabilities(&status) else {
+    let Some(effective) = effective() else {
         return Ok(());
     };
     match missing(effective) {
@@ -67,6 +84,16 @@ mod tests {
         assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_PERFMON)), None);
         assert_eq!(missing(1 << CAP_SYS_ADMIN), None);
         assert_eq!(missing(0x000001ffffffffff), None);
+    }
+
+    #[test]
+    fn names_the_capabilities_held() {
+        assert_eq!(
+            relevant_names(0x000001ffffffffff),
+            ["CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"]
+        );
+        assert_eq!(relevant_names(1 << CAP_BPF), ["CAP_BPF"]);
+        assert!(relevant_names(0).is_empty());
     }
 
     #[test]

@@ -27,15 +27,39 @@ fn is_mounted(path: &Path) -> bool {
     path.join("events").is_dir()
 }
 
+/// Where tracefs is mounted, from `/proc/self/mounts`: readable by anyone, unlike tracefs
+/// itself, so this also tells "mounted but not readable" from "not mounted".
+pub fn mount_points() -> Vec<PathBuf> {
+    tracefs_in(&std::fs::read_to_string("/proc/self/mounts").unwrap_or_default())
+}
+
+/// The tracefs mount points in a `/proc/self/mounts` text.
+fn tracefs_in(mounts: &str) -> Vec<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (point, fstype) = (fields.nth(1)?, fields.next()?);
+            (fstype == "tracefs").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// The mounted tracefs, if there is one.
+pub fn find() -> Option<Tracefs> {
+    [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .find(|path| is_mounted(Path::new(path)))
+        .map(|path| Tracefs {
+            path: path.into(),
+            mounted_by_us: false,
+        })
+}
+
 /// Returns the mounted tracefs, mounting it at [`TRACEFS`] when there is none.
 pub fn ensure() -> Result<Tracefs, ProbeError> {
-    for path in [TRACEFS, DEBUGFS_TRACING] {
-        if is_mounted(Path::new(path)) {
-            return Ok(Tracefs {
-                path: path.into(),
-                mounted_by_us: false,
-            });
-        }
+    if let Some(found) = find() {
+        return Ok(found);
     }
     mount().map_err(|e| {
         ProbeError::Tracefs(format!(
@@ -67,5 +91,19 @@ fn mount() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_tracefs_mount_points() {
+        let mounts = "sysfs /sys sysfs rw,nosuid 0 0\n\
+                      nodev /sys/kernel/tracing tracefs rw,relatime 0 0\n\
+                      debugfs /sys/kernel/debug debugfs rw 0 0\n";
+        assert_eq!(tracefs_in(mounts), [PathBuf::from(TRACEFS)]);
+        assert!(tracefs_in("proc /proc proc rw 0 0\n").is_empty());
     }
 }

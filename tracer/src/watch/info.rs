@@ -14,7 +14,7 @@ use crate::{
     output::{
         Attached, FilterInfo, RecordInfo, Rfc3339, StartInfo, StopInfo, StopReason, WallClock,
     },
-    probe::{Filters, Probe, RingConfig, IO_TRACEPOINTS, TRACEPOINT},
+    probe::{Filters, Probe, RingConfig, SkipCounts, TRACEPOINT},
     record::Header,
 };
 
@@ -71,13 +71,7 @@ pub(super) fn start_info(
             } else {
                 "copy"
             },
-            io_tracepoints: match probe.io_off {
-                Some(_) => Vec::new(),
-                None => IO_TRACEPOINTS
-                    .iter()
-                    .map(|(c, n)| format!("{c}:{n}"))
-                    .collect(),
-            },
+            io_probes: probe.io.probes.clone(),
         },
         filters: FilterInfo {
             ports: filters.ports.clone(),
@@ -106,6 +100,7 @@ pub(super) fn stop_info<W: Write, E: Write>(
     reason: StopReason,
     started: Instant,
     unrecorded: u64,
+    skipped: SkipCounts,
 ) -> StopInfo {
     let stats = session.engine.stats();
     let counts = &session.counts;
@@ -114,6 +109,7 @@ pub(super) fn stop_info<W: Write, E: Write>(
         reason,
         events: counts.events,
         lost: counts.lost,
+        skipped,
         undecodable: counts.undecodable,
         duration_ms: started.elapsed().as_millis() as u64,
         flagged: counts.flagged,

@@ -24,7 +24,7 @@ use crate::{
     cli::WatchArgs,
     model::{Family, Format, Thresholds},
     output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
-    probe::{Filters, Probe, RecordAccess, RingConfig},
+    probe::{Diagnostics, Filters, Probe, RingConfig},
     record::{
         writer::{self, Recorder},
         SocketEntry,
@@ -59,22 +59,17 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
     );
 
-    // A diagnostics switch: force the path kernels with another record layout take.
-    let access = match std::env::var_os("TRACER_RECORD_ACCESS") {
-        Some(v) if v == "copy" => RecordAccess::Copy,
-        _ => RecordAccess::Auto,
-    };
+    // Switches that force the paths other kernels take (record layout, send/receive hooks).
+    let diagnostics = Diagnostics::from_env()?;
     // The recording's file comes first: a path that cannot be written fails before the
     // probe is loaded.
     let record_file = match &args.record {
         Some(path) => Some((path, writer::prepare(path)?)),
         None => None,
     };
-    let (mut probe, ring) = Probe::attach(&filters, ring_config, access, io_sockets(args))?;
-    if let Some(why) = &probe.io_off {
-        eprintln!(
-            "tracer: warning: {why}; stuck sockets are reported without their last send/receive"
-        );
+    let (mut probe, ring) = Probe::attach(&filters, ring_config, &diagnostics, io_sockets(args))?;
+    if let Some(why) = &probe.io.off {
+        eprintln!("tracer: warning: {why}");
     }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
@@ -177,7 +172,10 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
-    let stop = info::stop_info(&session, reason, started, unrecorded);
+    let skipped = probe
+        .skipped()
+        .context("reading the probe's count of skipped transitions failed")?;
+    let stop = info::stop_info(&session, reason, started, unrecorded, skipped);
     quiet_on_broken_pipe(written(session.output.stop(&stop)))?;
     Ok(())
 }

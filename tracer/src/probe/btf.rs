@@ -1,0 +1,198 @@
+//! Reads a kernel function's parameter names from BTF (`/sys/kernel/btf/vmlinux`), so that
+//! the probe finds `tcp_recvmsg`'s flags wherever this kernel's signature puts them. aya
+//! parses BTF too, but does not expose function prototypes.
+
+/// Where the running kernel's BTF is.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+const TYPE_LEN: usize = 12;
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_ENUM64: u32 = 19;
+
+/// Why the parameters could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    #[error("not BTF data (bad magic or header)")]
+    BadHeader,
+    #[error("BTF data is truncated")]
+    Truncated,
+    #[error("BTF has an unknown type kind {0}")]
+    UnknownKind(u32),
+    #[error("BTF has no function {0}")]
+    NoFunction(String),
+    #[error("BTF function {0} has no prototype")]
+    NoPrototype(String),
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    let bytes = data.get(at..at + 4).ok_or(BtfError::Truncated)?;
+    Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+}
+
+/// The NUL-terminated string at `offset` of the string section.
+fn string_at(strings: &[u8], offset: u32) -> Result<&str, BtfError> {
+    let tail = strings.get(offset as usize..).ok_or(BtfError::Truncated)?;
+    let end = tail
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(BtfError::Truncated)?;
+    std::str::from_utf8(&tail[..end]).map_err(|_| BtfError::Truncated)
+}
+
+/// Bytes that follow a type's 12-byte header, by kind.
+fn extra_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG.
+        2 | 7..=12 | 16 | 18 => 0,
+        k => return Err(BtfError::UnknownKind(k)),
+    })
+}
+
+/// The parameter names of function `name` in the (little-endian) BTF blob `data`, in order.
+pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError> {
+    if data.len() < HEADER_LEN || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
+        return Err(BtfError::BadHeader);
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+    let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+    let types = data
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .ok_or(BtfError::Truncated)?;
+    let strings = data
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .ok_or(BtfError::Truncated)?;
+
+    // Offsets of each type by id (ids start at 1; 0 is void), and the function's prototype.
+    let mut offsets = vec![0];
+    let mut proto = None;
+    let mut at = 0;
+    while at < types.len() {
+        let info = u32_at(types, at + 4)?;
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        if kind == KIND_FUNC && proto.is_none() && string_at(strings, u32_at(types, at)?)? == name {
+            proto = Some(u32_at(types, at + 8)? as usize);
+        }
+        offsets.push(at);
+        at += TYPE_LEN + extra_len(kind, vlen)?;
+    }
+    let proto = proto.ok_or_else(|| BtfError::NoFunction(name.to_owned()))?;
+    let at = *offsets
+        .get(proto)
+        .filter(|_| proto != 0)
+        .ok_or_else(|| BtfError::NoPrototype(name.to_owned()))?;
+    let info = u32_at(types, at + 4)?;
+    if (info >> 24) & 0x1f != KIND_FUNC_PROTO {
+        return Err(BtfError::NoPrototype(name.to_owned()));
+    }
+    (0..(info & 0xffff) as usize)
+        .map(|i| string_at(strings, u32_at(types, at + TYPE_LEN + 8 * i)?).map(str::to_owned))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A BTF blob with `int`, `void *`, and one function per (name, parameter names).
+    pub(crate) fn blob(functions: &[(&str, &[&str])]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut string = |s: &str| {
+            let at = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            at
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        // 1: int (with its extra word); 2: void * (a pointer to type 0).
+        push(&[string("int"), KIND_INT << 24, 4, 32]);
+        push(&[0, 2 << 24, 0]);
+        let mut id = 3;
+        for (name, params) in functions {
+            let mut proto = vec![0, KIND_FUNC_PROTO << 24 | params.len() as u32, 1];
+            for p in *params {
+                proto.extend([string(p), 2]);
+            }
+            push(&proto);
+            push(&[string(name), KIND_FUNC << 24 | 1, id]);
+            id += 2;
+        }
+        let mut data = Vec::new();
+        data.extend_from_slice(&MAGIC.to_le_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for w in [HEADER_LEN as u32, 0, types.len() as u32, types.len() as u32] {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        data.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        data.extend_from_slice(&types);
+        data.extend_from_slice(&strings);
+        data
+    }
+
+    #[test]
+    fn finds_a_functions_parameters() {
+        let data = blob(&[
+            ("tcp_sendmsg", &["sk", "msg", "size"]),
+            ("tcp_recvmsg", &["sk", "msg", "len", "flags", "addr_len"]),
+        ]);
+        assert_eq!(
+            function_params(&data, "tcp_recvmsg").unwrap(),
+            ["sk", "msg", "len", "flags", "addr_len"]
+        );
+        assert_eq!(
+            function_params(&data, "tcp_sendmsg").unwrap(),
+            ["sk", "msg", "size"]
+        );
+        assert_eq!(
+            function_params(&data, "tcp_close"),
+            Err(BtfError::NoFunction("tcp_close".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_btf() {
+        assert_eq!(function_params(b"ELF", "f"), Err(BtfError::BadHeader));
+        let data = blob(&[("f", &["a"])]);
+        assert_eq!(
+            function_params(&data[..data.len() - 8], "f"),
+            Err(BtfError::Truncated)
+        );
+    }
+
+    #[test]
+    fn reads_the_running_kernels_btf() {
+        // Where the kernel has BTF (every kernel this project targets), tcp_recvmsg's first
+        // parameter is the socket and its flags come third or fourth.
+        let Ok(data) = std::fs::read(VMLINUX) else {
+            eprintln!("no {VMLINUX}: nothing to check");
+            return;
+        };
+        let params = function_params(&data, "tcp_recvmsg").unwrap();
+        assert_eq!(params[0], "sk");
+        assert!(matches!(
+            params.iter().position(|p| p == "flags"),
+            Some(3 | 4)
+        ));
+    }
+}
