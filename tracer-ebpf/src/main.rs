@@ -20,6 +20,7 @@ use aya_ebpf::{
     },
     EbpfContext,
 };
+use aya_log_ebpf::{debug, warn};
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
@@ -76,11 +77,44 @@ struct RecvArgs {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A tracepoint program's return value is ignored; a skipped event is only counted.
+    // A tracepoint program's return value is ignored; a skipped event is only counted
+    // (and, with TRACER_DEBUG, logged when it should not happen).
     if let Err(skip) = try_inet_sock_set_state(&ctx) {
         count(skip);
+        if debug_on() {
+            log_skip(&ctx, skip);
+        }
     }
     0
+}
+
+/// Whether userspace asked for logs (`TRACER_DEBUG=1`). CONFIG is frozen read-only, so the
+/// verifier knows the answer and drops the logging code when it is no.
+#[inline(always)]
+fn debug_on() -> bool {
+    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
+    unsafe { core::ptr::read_volatile(&CONFIG.debug) != 0 }
+}
+
+/// Logs the skips that should not happen: a record the probe cannot read, a full ring.
+#[inline(always)]
+fn log_skip(ctx: &TracePointContext, skip: Skip) {
+    match skip {
+        Skip::Unreadable(at) => warn!(
+            ctx,
+            "inet_sock_set_state: record unreadable at byte {}: the format file and the record disagree",
+            at
+        ),
+        Skip::Full(old, new, sport, dport) => warn!(
+            ctx,
+            "inet_sock_set_state: ring buffer full, lost state {} -> {} of port {} -> {}",
+            old,
+            new,
+            sport,
+            dport
+        ),
+        Skip::NotTcp | Skip::Filtered => {}
+    }
 }
 
 /// Why an event was not recorded; each reason has its per-CPU counter in `STATS`.
@@ -90,10 +124,11 @@ enum Skip {
     NotTcp,
     /// Left out by the user's filters.
     Filtered,
-    /// The record could not be read (bad offsets or a fault).
-    Unreadable,
-    /// The ring buffer was full.
-    Full,
+    /// The record could not be read (bad offsets or a fault) at this byte.
+    Unreadable(u16),
+    /// The ring buffer was full: the transition's old and new states, local and remote
+    /// ports.
+    Full(u32, u32, u16, u16),
 }
 
 /// Counts a skipped event in its `STATS` slot.
@@ -102,8 +137,8 @@ fn count(skip: Skip) {
     let index = match skip {
         Skip::NotTcp => STAT_NOT_TCP,
         Skip::Filtered => STAT_FILTERED,
-        Skip::Unreadable => STAT_UNREADABLE,
-        Skip::Full => STAT_LOST,
+        Skip::Unreadable(_) => STAT_UNREADABLE,
+        Skip::Full(..) => STAT_LOST,
     };
     if let Some(n) = STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
@@ -170,14 +205,14 @@ impl<'a> Copied<'a> {
     ) -> Result<Self, Skip> {
         let len = offsets.record_len as u32;
         if len == 0 || len as usize > MAX_RECORD_LEN {
-            return Err(Skip::Unreadable);
+            return Err(Skip::Unreadable(offsets.record_len));
         }
         // BPF has no native memset/memcpy (they become byte loops): the buffer stays
         // uninitialised for the helper to fill, and every read is integer-sized.
         // SAFETY: the context points at a record at least `record_len` long, as the format
         // file this length came from says; `buf` has room for MAX_RECORD_LEN bytes.
         if unsafe { gen::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, ctx.as_ptr()) } != 0 {
-            return Err(Skip::Unreadable);
+            return Err(Skip::Unreadable(0));
         }
         Ok(Copied {
             buf,
@@ -191,7 +226,7 @@ impl Fields for Copied<'_> {
     fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
         let o = offset as usize;
         if o + core::mem::size_of::<T>() > self.len {
-            return Err(Skip::Unreadable);
+            return Err(Skip::Unreadable(offset));
         }
         // SAFETY: within the bytes the helper initialised (checked above).
         Ok(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().cast::<u8>().add(o).cast::<T>()) })
@@ -257,7 +292,7 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     };
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        return Err(Skip::Full);
+        return Err(Skip::Full(oldstate, newstate, sport, dport));
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved, 8-byte aligned TransitionEvent in the ring buffer; every
@@ -303,18 +338,19 @@ fn is_birth(oldstate: u32, newstate: u32) -> bool {
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    // As for every hook here, errors only mean "not noted"; the return value is ignored.
-    let _ = try_sock_io_length(&ctx, true);
+    // The return value is ignored, as for every hook here.
+    noted(&ctx, "sock_recv_length", try_sock_io_length(&ctx, true));
     0
 }
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    let _ = try_sock_io_length(&ctx, false);
+    noted(&ctx, "sock_send_length", try_sock_io_length(&ctx, false));
     0
 }
 
 /// Why a send or receive was not noted.
+#[derive(Clone, Copy)]
 enum IoSkip {
     /// Not a TCP socket.
     NotTcp,
@@ -322,8 +358,32 @@ enum IoSkip {
     Unreadable,
     /// The kretprobe found no entry from its kprobe (attached mid-call, or evicted).
     NoEntry,
-    /// The map refused the update.
-    Map,
+    /// The map refused the update, with this error.
+    Map(i32),
+}
+
+/// The end of every send/receive hook: a skip only means "not noted"; with TRACER_DEBUG,
+/// the ones that should not happen are logged.
+#[inline(always)]
+fn noted<C: EbpfContext>(ctx: &C, program: &'static str, result: Result<(), IoSkip>) {
+    let Err(skip) = result else {
+        return;
+    };
+    if !debug_on() {
+        return;
+    }
+    match skip {
+        IoSkip::Unreadable => warn!(
+            ctx,
+            "{}: an argument or the return value is unreadable", program
+        ),
+        IoSkip::Map(e) => warn!(ctx, "{}: a map update failed ({})", program, e),
+        IoSkip::NoEntry => debug!(
+            ctx,
+            "{}: no entry from the kprobe (attached mid-call, or evicted)", program
+        ),
+        IoSkip::NotTcp => {}
+    }
 }
 
 /// `sock:sock_recv_length` / `sock:sock_send_length`: every socket's sends and receives,
@@ -361,7 +421,7 @@ fn try_sock_io_length(ctx: &TracePointContext, recv: bool) -> Result<(), IoSkip>
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_fexit(ctx: FExitContext) -> i32 {
-    let _ = try_tcp_recvmsg_fexit(&ctx);
+    noted(&ctx, "tcp_recvmsg_fexit", try_tcp_recvmsg_fexit(&ctx));
     0
 }
 
@@ -383,7 +443,7 @@ fn try_tcp_recvmsg_fexit(ctx: &FExitContext) -> Result<(), IoSkip> {
 
 #[fentry(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_fentry(ctx: FEntryContext) -> i32 {
-    let _ = try_tcp_sendmsg_fentry(&ctx);
+    noted(&ctx, "tcp_sendmsg_fentry", try_tcp_sendmsg_fentry(&ctx));
     0
 }
 
@@ -395,7 +455,7 @@ fn try_tcp_sendmsg_fentry(ctx: &FEntryContext) -> Result<(), IoSkip> {
 
 #[kprobe]
 pub fn tcp_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
-    let _ = try_tcp_recvmsg_kprobe(&ctx);
+    noted(&ctx, "tcp_recvmsg_kprobe", try_tcp_recvmsg_kprobe(&ctx));
     0
 }
 
@@ -414,12 +474,16 @@ fn try_tcp_recvmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
     };
     RECV_ARGS
         .insert(&bpf_get_current_pid_tgid(), &RecvArgs { sk, flags }, 0)
-        .map_err(|_| IoSkip::Map)
+        .map_err(IoSkip::Map)
 }
 
 #[kretprobe]
 pub fn tcp_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
-    let _ = try_tcp_recvmsg_kretprobe(&ctx);
+    noted(
+        &ctx,
+        "tcp_recvmsg_kretprobe",
+        try_tcp_recvmsg_kretprobe(&ctx),
+    );
     0
 }
 
@@ -438,7 +502,7 @@ fn try_tcp_recvmsg_kretprobe(ctx: &RetProbeContext) -> Result<(), IoSkip> {
 
 #[kprobe]
 pub fn tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
-    let _ = try_tcp_sendmsg_kprobe(&ctx);
+    noted(&ctx, "tcp_sendmsg_kprobe", try_tcp_sendmsg_kprobe(&ctx));
     0
 }
 
@@ -505,7 +569,7 @@ fn note_io(sk: u64, op: u32) -> Result<(), IoSkip> {
         gen::bpf_get_current_comm(addr_of_mut!((*p).comm).cast(), COMM_LEN as u32);
         io.assume_init_ref()
     };
-    SOCKET_IO.insert(&sk, io, 0).map_err(|_| IoSkip::Map)
+    SOCKET_IO.insert(&sk, io, 0).map_err(IoSkip::Map)
 }
 
 #[inline(always)]

@@ -3,6 +3,7 @@
 //! out its ring buffer, drop counters and per-socket last send/receive.
 
 mod btf;
+mod debug;
 pub mod format;
 pub mod io;
 pub mod privileges;
@@ -149,6 +150,8 @@ pub struct Diagnostics {
     pub access: RecordAccess,
     /// `TRACER_IO_PROBES=auto|tracepoint|fentry|kprobe|none`: the send/receive hooks to try.
     pub io: IoChoice,
+    /// `TRACER_DEBUG=1`: the probe logs what should not happen, forwarded to stderr.
+    pub debug: bool,
 }
 
 impl Diagnostics {
@@ -162,7 +165,8 @@ impl Diagnostics {
             Ok(v) if !v.is_empty() => v.parse().map_err(ProbeError::Diagnostics)?,
             _ => IoChoice::Auto,
         };
-        Ok(Diagnostics { access, io })
+        let debug = std::env::var_os("TRACER_DEBUG").is_some_and(|v| v == "1");
+        Ok(Diagnostics { access, io, debug })
     }
 }
 
@@ -213,6 +217,8 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
     /// Last send/receive per socket; `None` without send/receive hooks.
     socket_io: Option<HashMap<MapData, u64, SocketIo>>,
+    /// The probe's log, forwarded to stderr (`TRACER_DEBUG=1`).
+    logs: Option<debug::Logs>,
     /// The send/receive hooks attached, or why there are none.
     pub io: IoStatus,
     /// How tracefs was found.
@@ -247,6 +253,7 @@ impl Probe {
         let any_io = !plan.candidates.is_empty();
         config.io_hints = any_io as u32;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        config.debug = diagnostics.debug as u32;
         let kprobes = plan.candidates.contains(&IoMechanism::Kprobe);
 
         privileges::raise_memlock_limit();
@@ -256,7 +263,13 @@ impl Probe {
             // Maps are allocated whole at load time: only as big as what may use them.
             .map_max_entries("SOCKET_IO", if any_io { io_sockets.max(1) } else { 1 })
             .map_max_entries("RECV_ARGS", if kprobes { RECV_CALLS } else { 1 })
+            // aya-log's ring: its default 128 KiB only when logging, a page otherwise.
+            .map_max_entries("AYA_LOGS", if diagnostics.debug { 1 << 17 } else { 4096 })
             .load(PROBE_OBJECT)?;
+        let logs = match diagnostics.debug {
+            true => Some(debug::Logs::forward(&mut ebpf)?),
+            false => None,
+        };
         attach_tracepoint(&mut ebpf, TRACEPOINT)?;
         let io = plan.attach(&mut ebpf)?;
 
@@ -290,6 +303,7 @@ impl Probe {
                 ebpf,
                 stats,
                 socket_io,
+                logs,
                 io,
                 tracefs,
                 direct_access: config.direct_access != 0,
@@ -309,6 +323,9 @@ impl Probe {
         }
         if let Some(m) = self.io.mechanism {
             io::unload_hooks(&mut self.ebpf, m.hooks())?;
+        }
+        if let Some(logs) = &self.logs {
+            logs.flush();
         }
         Ok(())
     }
@@ -416,6 +433,7 @@ impl Trial {
             .map_max_entries("EVENTS", ring.bytes)
             .map_max_entries("SOCKET_IO", 1)
             .map_max_entries("RECV_ARGS", 1)
+            .map_max_entries("AYA_LOGS", 4096)
             .load(PROBE_OBJECT)?;
         Ok(Trial {
             ebpf,
