@@ -10,6 +10,20 @@
 //!    `-Z build-std=core` is allowed (what the Linux kernel's own Rust build does).
 //!
 //! Either needs `bpf-linker` built against the same LLVM major as that rustc.
+//!
+//! Why not aya-build 0.2.0 (pinned in the workspace only for aya-ebpf's build script):
+//! - with rustup on PATH it reaches a compiler only through `rustup run <toolchain> cargo`
+//!   and removes `RUSTC`, so Debian's `/usr/bin/rustc` would have to be a rustup toolchain.
+//!   `rustc-web` ships no cargo and rustup 1.29 refuses `cargo` in a linked toolchain without
+//!   one, so setup would have to assemble a directory pairing Debian's rustc with another
+//!   toolchain's cargo and `rustup toolchain link` it into the user's `~/.rustup` (a build
+//!   script must not), and it breaks when that other toolchain is removed or updated.
+//! - it builds into `OUT_DIR`, one per profile: `core` and the probe would be compiled for
+//!   debug (clippy, unit tests) and again for release, 1-3 minutes each on 2 cores, where
+//!   the code below shares one `target/bpf`.
+//!
+//! A rustup nightly with rust-src would work with it as is; that case is handled here the
+//! same way (`rustup run nightly cargo`).
 
 use std::{
     env,
