@@ -1,40 +1,24 @@
 //! Cost of printing one transition (`watch --events`), as text and as JSON, into a
 //! buffered stream. Run with `cargo bench -p tracer --bench output`.
 
+mod common;
+
 use std::{
     hint::black_box,
     io::{self, BufWriter},
-    net::Ipv4Addr,
     time::Instant,
 };
 
+use common::transition;
 use tracer::{
     decode::Transition,
-    model::{Comm, Family, Format, State},
+    model::Format,
     output::{Output, TextStyle, WallClock},
 };
-use tracer_common::TcpState;
 
 const N: u64 = 2_000_000;
 /// 2026-11-25T06:00:00Z at monotonic zero.
 const EPOCH_NS: i128 = 1_795_586_400 * 1_000_000_000;
-
-fn transition(i: u64) -> Transition {
-    Transition {
-        ts_ns: 3_600_000_000_000 + i * 5_000,
-        sk: 0xffff_8880_0000_0000 + (i % 65536) * 2048,
-        pid: 123_456,
-        tid: 123_470,
-        comm: Comm::from("java"),
-        family: Family::Ipv4,
-        saddr: Ipv4Addr::LOCALHOST.into(),
-        sport: 61616,
-        daddr: Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8).into(),
-        dport: (i % 28000) as u16 + 32768,
-        old: State::from(TcpState::Established),
-        new: State::from(TcpState::CloseWait),
-    }
-}
 
 /// ns per transition written in `format`.
 fn measure(format: Format, transitions: &[Transition]) -> f64 {

@@ -1,39 +1,23 @@
 //! Cost of recording: encoding a transition on the watch loop, and reading entries back in
 //! a report. Run with `cargo bench -p tracer --bench record`.
 
-use std::{net::Ipv4Addr, time::Instant};
+mod common;
 
+use std::time::Instant;
+
+use common::transition;
 use tracer::{
     decode::Transition,
-    model::{Comm, Family, State},
     record::{
         reader::Reader,
         writer::{encode, prologue},
         Entry,
     },
 };
-use tracer_common::TcpState;
 
 const N: u64 = 2_000_000;
 /// Entries per chunk handed to the writer thread.
 const CHUNK: usize = 4096;
-
-fn transition(i: u64) -> Transition {
-    Transition {
-        ts_ns: 3_600_000_000_000 + i * 5_000,
-        sk: 0xffff_8880_0000_0000 + (i % 65536) * 2048,
-        pid: 123_456,
-        tid: 123_470,
-        comm: Comm::from("java"),
-        family: Family::Ipv4,
-        saddr: Ipv4Addr::LOCALHOST.into(),
-        sport: 61616,
-        daddr: Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8).into(),
-        dport: (i % 28000) as u16 + 32768,
-        old: State::from(TcpState::Established),
-        new: State::from(TcpState::CloseWait),
-    }
-}
 
 fn main() {
     let transitions: Vec<Transition> = (0..N).map(transition).collect();

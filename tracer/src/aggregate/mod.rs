@@ -347,4 +347,4 @@ fn runs_in_caller(old: State, new: State) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

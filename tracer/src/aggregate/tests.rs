@@ -20,7 +20,8 @@ fn ends(sport: u16, dport: u16) -> Endpoints {
     }
 }
 
-fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
+/// A transition of socket `sk` between 127.0.0.1:61616 and a peer port of its own.
+pub(crate) fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
     Transition {
         ts_ns,
         sk,

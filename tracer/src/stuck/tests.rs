@@ -1,32 +1,16 @@
-use std::net::Ipv4Addr;
-
 use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::*;
-use crate::model::{Comm, Endpoints, Family, HeldBy, Origin};
+use crate::{
+    aggregate::tests::t,
+    model::{Endpoints, HeldBy, Origin},
+};
 
 const SEC: u64 = 1_000_000_000;
 
 fn close_wait_after(secs: u64) -> Thresholds {
     Thresholds::new(&[(CloseWait, Duration::from_secs(secs))])
-}
-
-fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
-    Transition {
-        ts_ns,
-        sk,
-        pid: 7,
-        tid: 7,
-        comm: Comm::from("java"),
-        family: Family::Ipv4,
-        saddr: Ipv4Addr::LOCALHOST.into(),
-        sport: 61616,
-        daddr: Ipv4Addr::LOCALHOST.into(),
-        dport: 40000 + (sk % 1000) as u16,
-        old: old.into(),
-        new: new.into(),
-    }
 }
 
 /// An accepted socket whose peer closes at `at`.
