@@ -783,6 +783,20 @@ fn rotated_segments_are_read_in_order() {
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
 }
 
+/// A timeline's transitions as (old, new, remote port), the report record left out.
+fn transitions_after_the_header(r: &[Value]) -> Vec<(&str, &str, u64)> {
+    r[1..]
+        .iter()
+        .map(|r| {
+            (
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap(),
+                r["dport"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn timeline_by_address_includes_the_connect_before_the_port() {
     let mut entries = incident();
@@ -796,16 +810,7 @@ fn timeline_by_address_includes_the_connect_before_the_port() {
     entries.insert(7, tr(5 * S + 2, 0xd0, 1, SynSent, Close));
     entries.insert(8, tr(5 * S + 3, 0xc0, 40003, SynSent, Established));
     let r = report_bytes(&bytes_of(&entries), &["--timeline", "10.0.0.9:40003"]).unwrap();
-    let seen: Vec<(&str, &str, u64)> = r[1..]
-        .iter()
-        .map(|r| {
-            (
-                r["old"].as_str().unwrap(),
-                r["new"].as_str().unwrap(),
-                r["dport"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let seen = transitions_after_the_header(&r);
     assert_eq!(
         seen,
         [("CLOSE", "SYN_SENT", 0), ("SYN_SENT", "ESTABLISHED", 40003)]
@@ -825,16 +830,7 @@ fn timeline_by_address_includes_an_accept_recorded_with_the_listeners_addresses(
     entries.insert(5, Entry::Transition(born));
     entries.insert(6, tr(5 * S + 1, 0xc0, 40003, SynRecv, Established));
     let r = report_bytes(&bytes_of(&entries), &["--timeline", "10.0.0.9:40003"]).unwrap();
-    let seen: Vec<(&str, &str, u64)> = r[1..]
-        .iter()
-        .map(|r| {
-            (
-                r["old"].as_str().unwrap(),
-                r["new"].as_str().unwrap(),
-                r["dport"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let seen = transitions_after_the_header(&r);
     assert_eq!(
         seen,
         [
