@@ -219,20 +219,15 @@ impl Replay {
     /// Keeps what the engine decided that the report shows.
     fn decide(&mut self) {
         for d in std::mem::take(&mut self.decisions) {
-            let (key, socket, ts_ns) = match &d {
-                Decision::Stuck(f) => (f.key, &f.socket, f.at_ns),
-                Decision::Resolved(r) => (r.key, &r.socket, r.left_ns),
+            let (key, socket, event) = match d {
+                Decision::Stuck(f) => (f.key, f.socket, Event::Stuck(f)),
+                Decision::Resolved(r) => (r.key, r.socket, Event::Resolved(r)),
                 // The live run's evictions are in its summaries and stop entry.
                 Decision::Evicted { .. } => continue,
             };
-            if !self.options.in_window(ts_ns) || !self.followed(key, socket) {
-                continue;
+            if self.options.in_window(event.ts_ns()) && self.followed(key, &socket) {
+                self.events.push(event);
             }
-            self.events.push(match d {
-                Decision::Stuck(f) => Event::Stuck(f),
-                Decision::Resolved(r) => Event::Resolved(r),
-                Decision::Evicted { .. } => unreachable!("skipped above"),
-            });
         }
     }
 
