@@ -329,6 +329,16 @@ pub fn socket_of(seen: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> Str
         .clone()
 }
 
+/// A connection to `listener` that the client closes and the server reads to the end of
+/// stream; both ends are closed on return.
+pub fn closed_session(listener: &TcpListener) {
+    let addr = listener.local_addr().expect("listener address");
+    let client = TcpStream::connect(addr).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(client);
+    assert_eq!(server.read(&mut [0u8; 1]).expect("read EOF"), 0);
+}
+
 /// A client that connects, reads the greeting, and closes. The server then reads the end
 /// of stream when `read_eof`, else only peeks at it.
 pub fn client_session(

@@ -1,12 +1,9 @@
 //! `TRACER_DEBUG=1`: the probe logs what should not happen through aya-log, forwarded to
 //! stderr; without it, nothing of the kind (the verifier drops the logging code).
 
-use std::{
-    io::Read,
-    net::{IpAddr, Ipv4Addr, TcpStream},
-};
+use std::net::{IpAddr, Ipv4Addr};
 
-use integration_tests::{bound_socket, listen, privileged, Tracer};
+use integration_tests::{bound_socket, closed_session, listen, privileged, Tracer};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -27,10 +24,7 @@ fn overflow(env: &[(&str, &str)]) -> String {
     tracer.signal(libc::SIGSTOP);
     let listener = listen(socket);
     for _ in 0..50 {
-        let client = TcpStream::connect((V4, port)).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        drop(client);
-        assert_eq!(server.read(&mut [0u8; 1]).expect("read EOF"), 0);
+        closed_session(&listener);
     }
     drop(listener);
     tracer.signal(libc::SIGCONT);

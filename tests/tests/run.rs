@@ -11,19 +11,15 @@ use std::{
 };
 
 use integration_tests::{
-    bound_socket, finish, listen, privileged, spawn_tracer, tracer_bin, Tracer, DEADLINE,
+    bound_socket, closed_session, finish, listen, privileged, spawn_tracer, tracer_bin, Tracer,
+    DEADLINE,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Opens and closes one connection to a fresh listener on `port`.
-fn connection(socket: socket2::Socket, port: u16) {
-    let listener = listen(socket);
-    let client = TcpStream::connect((V4, port)).expect("connect");
-    let (mut server, _) = listener.accept().expect("accept");
-    drop(client);
-    let mut buf = [0u8; 1];
-    assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+/// Opens and closes one connection to a fresh listener on `socket`.
+fn connection(socket: socket2::Socket) {
+    closed_session(&listen(socket));
 }
 
 #[test]
@@ -45,7 +41,7 @@ fn text_output_shows_each_transition_on_one_line() {
         header.starts_with("TIME(UTC)") && header.contains("TRANSITION"),
         "{header}"
     );
-    connection(socket, port);
+    connection(socket);
     let deadline = Instant::now() + DEADLINE;
     let line = loop {
         let line = rx
@@ -137,7 +133,7 @@ fn closed_stdout_ends_quietly_with_success() {
         .expect("start record");
     assert!(first.starts_with("{\"type\":\"start\""), "{first}");
     // The reader is gone (like `tracer ... | head -1`); the next transition hits EPIPE.
-    connection(socket, port);
+    connection(socket);
     let (status, stderr) = finish(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(stderr, "", "a closed pipe is not an error");

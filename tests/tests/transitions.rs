@@ -9,8 +9,8 @@ use std::{
 };
 
 use integration_tests::{
-    bound_socket, kernel_has_known_layout, kernel_version, life, listen, privileged, socket_of,
-    transitions, Seen, Tracer,
+    bound_socket, closed_session, kernel_has_known_layout, kernel_version, life, listen,
+    privileged, socket_of, transitions, Seen, Tracer,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -338,10 +338,7 @@ fn a_full_ring_buffer_loses_events_but_counts_every_one() {
     tracer.signal(libc::SIGSTOP);
     let listener = listen(socket);
     for _ in 0..CONNECTIONS {
-        let client = TcpStream::connect((V4, port)).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        drop(client);
-        assert_eq!(server.read(&mut [0u8; 1]).expect("read EOF"), 0);
+        closed_session(&listener);
     }
     drop(listener);
     tracer.signal(libc::SIGCONT);
