@@ -10,6 +10,9 @@ pub const COMM_LEN: usize = 16;
 /// Most ports `--port` can push into the probe.
 pub const MAX_PORTS: usize = 8;
 
+/// Most network namespaces `--netns` can push into the probe.
+pub const MAX_NETNS: usize = 8;
+
 /// `AF_INET`, as the tracepoint reports it.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6`, as the tracepoint reports it.
@@ -61,10 +64,15 @@ pub struct TransitionEvent {
     pub daddr: [u8; 16],
     /// Command name of the current task, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// Inode of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`);
+    /// 0 when the probe has no offsets for it or could not read it.
+    pub netns: u32,
+    /// Keeps the record a multiple of 8 bytes, as the ring buffer would pad it anyway.
+    pub reserved: u32,
 }
 
 /// Byte size of a [`TransitionEvent`] record in the ring buffer.
-pub const TRANSITION_EVENT_SIZE: usize = 80;
+pub const TRANSITION_EVENT_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == TRANSITION_EVENT_SIZE);
 
 /// Where each field sits in a `sock:inet_sock_set_state` record, read by userspace from the
@@ -177,6 +185,18 @@ const _: () = assert!(
         && IO_LAYOUT.flags.is_multiple_of(4)
 );
 
+/// Where the probe finds a socket's network namespace inode, from kernel BTF: the
+/// `struct net *` at `sk_net` bytes into `struct sock` (`__sk_common.skc_net.net`), then
+/// the inode at `net_inum` bytes into `struct net` (`ns.inum`). `sk_net == 0` means
+/// unknown (no BTF): the probe then reports namespace 0 and cannot filter by namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    pub sk_net: u16,
+    pub net_inum: u16,
+}
+const _: () = assert!(core::mem::size_of::<NetnsOffsets>() == 4);
+
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
 
@@ -194,8 +214,12 @@ pub struct ProbeConfig {
     pub family: u16,
     /// Bit `1 << state` set for each state kept on either side of a transition; 0 keeps all.
     pub state_mask: u32,
-    /// Process (thread-group) id kept; 0 keeps every process.
-    pub pid: u32,
+    /// Where the socket's network namespace inode is.
+    pub netns_offsets: NetnsOffsets,
+    /// Network namespaces kept (by inode); only the first `netns_count` are used.
+    pub netns: [u32; MAX_NETNS],
+    /// 0 keeps every namespace.
+    pub netns_count: u32,
     /// Ring buffer bytes available above which the probe wakes the reader; below it the
     /// reader finds events on its own short poll, which saves a wakeup per event under load.
     pub wakeup_bytes: u32,
@@ -213,7 +237,7 @@ pub struct ProbeConfig {
     /// the logging code at load time.
     pub debug: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 108);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -224,7 +248,12 @@ impl ProbeConfig {
             port_count: 0,
             family: 0,
             state_mask: 0,
-            pid: 0,
+            netns_offsets: NetnsOffsets {
+                sk_net: 0,
+                net_inum: 0,
+            },
+            netns: [0; MAX_NETNS],
+            netns_count: 0,
             wakeup_bytes: 0,
             direct_access: 0,
             io_hints: 0,

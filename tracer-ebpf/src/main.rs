@@ -25,7 +25,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
-    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_PORTS, MAX_RECORD_LEN,
+    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, MAX_RECORD_LEN,
     MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
@@ -265,11 +265,12 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
             return Err(Skip::Filtered);
         }
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    if cfg.pid != 0 && pid != cfg.pid {
+    let netns = netns_of(&cfg, skaddr);
+    if cfg.netns_count != 0 && !netns_wanted(&cfg, netns) {
         return Err(Skip::Filtered);
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
     // Addresses move as integers, loaded and stored in native order, so their bytes keep
     // network order; an IPv4 address in the low half of a u64 lands in the first 4 bytes
     // on this little-endian target (bpfel, the only one built).
@@ -309,6 +310,8 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
         addr_of_mut!((*ev).newstate).write(newstate as u8);
         addr_of_mut!((*ev).saddr).cast::<[u64; 2]>().write(saddr);
         addr_of_mut!((*ev).daddr).cast::<[u64; 2]>().write(daddr);
+        addr_of_mut!((*ev).netns).write(netns);
+        addr_of_mut!((*ev).reserved).write(0);
         let comm = addr_of_mut!((*ev).comm);
         if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
             comm.cast::<[u64; 2]>().write([0, 0]);
@@ -570,6 +573,49 @@ fn note_io(sk: u64, op: u32) -> Result<(), IoSkip> {
         io.assume_init_ref()
     };
     SOCKET_IO.insert(&sk, io, 0).map_err(IoSkip::Map)
+}
+
+/// The inode of the network namespace of the socket at `sk`
+/// (`sk->__sk_common.skc_net.net->ns.inum`), at offsets userspace took from kernel BTF; 0
+/// without them or when a read fails. Two reads, because the namespace is behind a pointer.
+#[inline(always)]
+fn netns_of(cfg: &ProbeConfig, sk: u64) -> u32 {
+    let off = cfg.netns_offsets;
+    if off.sk_net == 0 {
+        return 0;
+    }
+    let mut net = 0u64;
+    let mut inum = 0u32;
+    // SAFETY: the helpers check the kernel addresses and write only into the locals.
+    unsafe {
+        if gen::bpf_probe_read_kernel(
+            addr_of_mut!(net).cast(),
+            8,
+            (sk + off.sk_net as u64) as *const _,
+        ) != 0
+            || net == 0
+            || gen::bpf_probe_read_kernel(
+                addr_of_mut!(inum).cast(),
+                4,
+                (net + off.net_inum as u64) as *const _,
+            ) != 0
+        {
+            return 0;
+        }
+    }
+    inum
+}
+
+#[inline(always)]
+fn netns_wanted(cfg: &ProbeConfig, netns: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_NETNS {
+        if i < cfg.netns_count as usize && cfg.netns[i] == netns {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]

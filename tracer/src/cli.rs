@@ -3,12 +3,12 @@
 
 use std::{
     ops::RangeInclusive,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use tracer_common::{TcpState, MAX_PORTS};
+use tracer_common::{TcpState, MAX_NETNS, MAX_PORTS};
 
 use crate::model::{Family, Format, Target};
 
@@ -60,14 +60,20 @@ pub struct WatchArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Keep transitions that ran in the context of process PID (see the README for what
-    /// that catches and what it cannot).
+    /// Show the sockets process PID holds or acts on: its stuck sockets, and with
+    /// --events the transitions of sockets it was seen on (see the README).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
 
     /// Keep only one address family.
     #[arg(long, value_enum)]
     pub family: Option<FamilyArg>,
+
+    /// Keep only sockets in network namespace NETNS: its inode (as `ls -l
+    /// /proc/PID/ns/net` shows it) or a path to it, such as /run/netns/NAME or
+    /// /proc/PID/ns/net (repeatable, up to 8). Applied in the kernel.
+    #[arg(long = "netns", value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Vec<u32>,
 
     /// Keep transitions into or out of STATE, e.g. CLOSE_WAIT (repeatable).
     #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
@@ -234,8 +240,48 @@ impl Cli {
                 ),
             ));
         }
+        if w.netns.len() > MAX_NETNS {
+            return Err(Cli::command().error(
+                ErrorKind::TooManyValues,
+                format!(
+                    "--netns is given {} times; the probe filters at most {MAX_NETNS} namespaces",
+                    w.netns.len()
+                ),
+            ));
+        }
         Ok(cli)
     }
+}
+
+/// A network namespace: an inode number, or a path to a namespace file (`/proc/PID/ns/net`,
+/// a bind mount under `/run/netns`), whose inode is the namespace's.
+pub fn parse_netns(s: &str) -> Result<u32, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or_else(|| format!("{s:?} is not a namespace inode"));
+    }
+    netns_inode(Path::new(s)).map_err(|e| format!("{s}: {e}"))
+}
+
+/// The inode of the network namespace file at `path`.
+fn netns_inode(path: &Path) -> Result<u32, String> {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    // NS_GET_NSTYPE (linux/nsfs.h): only namespace files answer it, with their kind.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without arguments on a descriptor this function owns.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind == -1 {
+        return Err("not a namespace file (expected /run/netns/NAME or /proc/PID/ns/net)".into());
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Err("a namespace, but not a network namespace".into());
+    }
+    let ino = file.metadata().map_err(|e| e.to_string())?.ino();
+    u32::try_from(ino).map_err(|_| format!("namespace inode {ino} is out of range"))
 }
 
 /// Parses a human duration (`500ms`, `30s`, `5m`, `1h30m`); zero is refused.

@@ -22,6 +22,8 @@ pub struct Transition {
     pub tid: u32,
     /// Command name of that task.
     pub comm: Comm,
+    /// Inode of the socket's network namespace; 0 when the probe could not read it.
+    pub netns: u32,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -35,6 +37,7 @@ impl Transition {
     /// The endpoints of the socket it is about.
     pub fn ends(&self) -> Endpoints {
         Endpoints {
+            netns: self.netns,
             family: self.family,
             saddr: self.saddr,
             sport: self.sport,
@@ -55,7 +58,7 @@ pub enum DecodeError {
 
 /// Decodes one record written by the probe.
 pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
-    // The ring buffer pads records to 8 bytes; the probe's record is exactly 80.
+    // The ring buffer pads records to 8 bytes; the probe's record is exactly 88.
     if bytes.len() != TRANSITION_EVENT_SIZE {
         return Err(DecodeError::Length { got: bytes.len() });
     }
@@ -81,6 +84,7 @@ pub fn from_event(ev: &TransitionEvent) -> Result<Transition, DecodeError> {
         pid: ev.pid,
         tid: ev.tid,
         comm: Comm::new(ev.comm),
+        netns: ev.netns,
         family,
         saddr,
         sport: ev.sport,
@@ -132,6 +136,8 @@ mod tests {
             saddr,
             daddr,
             comm,
+            netns: 4026532111,
+            reserved: 0,
         }
     }
 
@@ -185,10 +191,10 @@ mod tests {
     fn rejects_bad_length_and_family() {
         let ev = event(AF_INET, [0; 16], [0; 16]);
         let bytes = bytes_of(&ev);
-        assert_eq!(decode(&bytes[..79]), Err(DecodeError::Length { got: 79 }));
+        assert_eq!(decode(&bytes[..87]), Err(DecodeError::Length { got: 87 }));
         let mut padded = bytes.clone();
         padded.extend_from_slice(&[0; 8]);
-        assert_eq!(decode(&padded), Err(DecodeError::Length { got: 88 }));
+        assert_eq!(decode(&padded), Err(DecodeError::Length { got: 96 }));
         assert_eq!(
             decode(&bytes_of(&event(1, [0; 16], [0; 16]))),
             Err(DecodeError::Family(1))

@@ -12,6 +12,7 @@ fn close_wait_after(secs: u64) -> Thresholds {
 
 fn ends(sport: u16, dport: u16) -> Endpoints {
     Endpoints {
+        netns: 0,
         family: Family::Ipv4,
         saddr: Ipv4Addr::LOCALHOST.into(),
         sport,
@@ -28,6 +29,7 @@ pub(crate) fn t(ts_ns: u64, sk: u64, old: TcpState, new: TcpState) -> Transition
         pid: 7,
         tid: 7,
         comm: Comm::from("curl"),
+        netns: 0,
         family: Family::Ipv4,
         saddr: Ipv4Addr::LOCALHOST.into(),
         sport: 61616,

@@ -5,6 +5,7 @@
 //! per event. The pid current at a transition is not used as the owner: transitions such
 //! as ESTABLISHED -> CLOSE_WAIT run in softirq, in whatever task happened to be running.
 
+pub mod netns;
 pub mod procfs;
 pub mod sock_diag;
 

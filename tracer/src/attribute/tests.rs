@@ -56,6 +56,7 @@ impl System for Fake {
 
 fn v4(sport: u16, dport: u16) -> Endpoints {
     Endpoints {
+        netns: 0,
         family: Family::Ipv4,
         saddr: Ipv4Addr::LOCALHOST.into(),
         sport,
@@ -197,6 +198,7 @@ fn a_process_that_exits_mid_lookup_is_skipped() {
 #[test]
 fn ipv6_listener_matches_by_exact_address_first() {
     let any = Endpoints {
+        netns: 0,
         family: Family::Ipv6,
         saddr: Ipv6Addr::UNSPECIFIED.into(),
         sport: 8080,

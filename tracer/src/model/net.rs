@@ -106,9 +106,13 @@ impl fmt::Debug for Comm {
     }
 }
 
-/// The 4-tuple (and family) of a socket.
+/// Where a socket is: its network namespace, family and 4-tuple. Every container has its
+/// own `127.0.0.1`, so the same addresses in two namespaces are two sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoints {
+    /// Inode of the socket's network namespace (what `ls -l /proc/PID/ns/net` shows);
+    /// 0 when unknown (a kernel without BTF, a recording made before namespaces were read).
+    pub netns: u32,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,

@@ -99,6 +99,8 @@ pub struct Attached {
 pub struct FilterInfo {
     pub ports: Vec<u16>,
     pub pid: Option<u32>,
+    /// `--netns`: namespace inodes kept in the kernel (empty: all).
+    pub netns: Vec<u32>,
     pub family: Option<&'static str>,
     pub states: Vec<&'static str>,
 }

@@ -167,6 +167,7 @@ mod tests {
         Socket {
             id: 0,
             ends: Endpoints {
+                netns: 0,
                 family: Family::Ipv4,
                 saddr: Ipv4Addr::LOCALHOST.into(),
                 sport,

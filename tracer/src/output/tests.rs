@@ -37,6 +37,7 @@ fn transition(family: Family) -> Transition {
         pid: 4242,
         tid: 4243,
         comm: Comm::from("java"),
+        netns: 4026531840,
         family,
         saddr,
         sport: 61616,
@@ -93,6 +94,7 @@ fn leaked() -> (Socket, Ownership) {
     let socket = Socket {
         id: 1,
         ends: Endpoints {
+            netns: 0,
             family: Family::Ipv4,
             saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sport: 61616,

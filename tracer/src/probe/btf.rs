@@ -2,6 +2,8 @@
 //! the probe finds `tcp_recvmsg`'s flags wherever this kernel's signature puts them. aya
 //! parses BTF too, but does not expose function prototypes.
 
+use tracer_common::NetnsOffsets;
+
 /// Where the running kernel's BTF is.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -24,6 +26,8 @@ const KIND_ENUM64: u32 = 19;
 /// Why the parameters could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BtfError {
+    #[error("cannot read kernel BTF: {0}")]
+    Unreadable(String),
     #[error("not BTF data (bad magic or header)")]
     BadHeader,
     #[error("BTF data is truncated")]
@@ -34,6 +38,8 @@ pub enum BtfError {
     NoFunction(String),
     #[error("BTF function {0} has no prototype")]
     NoPrototype(String),
+    #[error("BTF has no {0}")]
+    NoMember(String),
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -64,46 +70,167 @@ fn extra_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
     })
 }
 
+/// Where the probe finds a socket's network namespace inode in the running kernel, from
+/// its BTF: `sock.__sk_common.skc_net.net` (a `struct net *`), then `net.ns.inum`.
+pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
+    let sk_net = member_offset(data, "sock", &["__sk_common", "skc_net", "net"])?;
+    let net_inum = member_offset(data, "net", &["ns", "inum"])?;
+    let narrow = |o: u32, what: &str| {
+        u16::try_from(o).map_err(|_| BtfError::NoMember(format!("{what} within 64 KiB")))
+    };
+    Ok(NetnsOffsets {
+        sk_net: narrow(sk_net, "sock.__sk_common.skc_net")?,
+        net_inum: narrow(net_inum, "net.ns.inum")?,
+    })
+}
+
+/// A parsed BTF blob: its types, indexed by id, and its strings.
+struct Btf<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+    /// Byte offset in `types` of each type, by id (ids start at 1; 0 is void).
+    offsets: Vec<usize>,
+}
+
+/// A type's kind, name offset, member count and the word after them (size or type).
+struct TypeHeader {
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+}
+
+impl<'a> Btf<'a> {
+    /// Parses the (little-endian) BTF blob `data`.
+    fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        if data.len() < HEADER_LEN || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
+            return Err(BtfError::BadHeader);
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Truncated)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Truncated)?;
+        let mut btf = Btf {
+            types,
+            strings,
+            offsets: vec![0],
+        };
+        let mut at = 0;
+        while at < types.len() {
+            let h = btf.header_at(at)?;
+            btf.offsets.push(at);
+            at += TYPE_LEN + extra_len(h.kind, h.vlen)?;
+        }
+        Ok(btf)
+    }
+
+    fn header_at(&self, at: usize) -> Result<TypeHeader, BtfError> {
+        let info = u32_at(self.types, at + 4)?;
+        Ok(TypeHeader {
+            name: u32_at(self.types, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(self.types, at + 8)?,
+        })
+    }
+
+    /// The offset in `types` and the header of type `id`.
+    fn get(&self, id: u32) -> Option<(usize, TypeHeader)> {
+        let at = *self.offsets.get(id as usize).filter(|_| id != 0)?;
+        Some((at, self.header_at(at).ok()?))
+    }
+
+    fn name(&self, offset: u32) -> Result<&'a str, BtfError> {
+        string_at(self.strings, offset)
+    }
+
+    /// The first type of `kind` named `name` (with members, for a struct: not a forward
+    /// declaration's twin).
+    fn find(&self, kind: u32, name: &str) -> Option<u32> {
+        (1..self.offsets.len() as u32).find(|&id| {
+            self.get(id).is_some_and(|(_, h)| {
+                h.kind == kind && (kind != KIND_STRUCT || h.vlen > 0) && self.name(h.name) == Ok(name)
+            })
+        })
+    }
+
+    /// Type `id` with typedefs and qualifiers (const, volatile, restrict, type tags) peeled.
+    fn resolve(&self, mut id: u32) -> Option<(usize, TypeHeader)> {
+        for _ in 0..32 {
+            let (at, h) = self.get(id)?;
+            match h.kind {
+                8..=11 | 18 => id = h.size_or_type,
+                _ => return Some((at, h)),
+            }
+        }
+        None
+    }
+
+    /// Byte offset and type of member `member` of the struct or union `id`, looking into
+    /// anonymous members too (`union { struct { ... }; }`).
+    fn member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
+        let (at, h) = self.resolve(id)?;
+        if h.kind != KIND_STRUCT && h.kind != KIND_UNION {
+            return None;
+        }
+        for i in 0..h.vlen {
+            let m = at + TYPE_LEN + 12 * i;
+            let name = u32_at(self.types, m).ok()?;
+            let ty = u32_at(self.types, m + 4).ok()?;
+            let raw = u32_at(self.types, m + 8).ok()?;
+            // With kind_flag, the top 8 bits give a bitfield's size.
+            let bits = if h.kind_flag { raw & 0xff_ffff } else { raw };
+            if name == 0 {
+                if let Some((inner, t)) = self.member(ty, member) {
+                    return Some((bits / 8 + inner, t));
+                }
+            } else if self.name(name).ok()? == member {
+                return Some((bits / 8, ty));
+            }
+        }
+        None
+    }
+}
+
 /// The parameter names of function `name` in the (little-endian) BTF blob `data`, in order.
 pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError> {
-    if data.len() < HEADER_LEN || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-        return Err(BtfError::BadHeader);
-    }
-    let hdr_len = u32_at(data, 4)? as usize;
-    let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
-    let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-    let types = data
-        .get(hdr_len + type_off..hdr_len + type_off + type_len)
-        .ok_or(BtfError::Truncated)?;
-    let strings = data
-        .get(hdr_len + str_off..hdr_len + str_off + str_len)
-        .ok_or(BtfError::Truncated)?;
-
-    // Offsets of each type by id (ids start at 1; 0 is void), and the function's prototype.
-    let mut offsets = vec![0];
-    let mut proto = None;
-    let mut at = 0;
-    while at < types.len() {
-        let info = u32_at(types, at + 4)?;
-        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
-        if kind == KIND_FUNC && proto.is_none() && string_at(strings, u32_at(types, at)?)? == name {
-            proto = Some(u32_at(types, at + 8)? as usize);
-        }
-        offsets.push(at);
-        at += TYPE_LEN + extra_len(kind, vlen)?;
-    }
-    let proto = proto.ok_or_else(|| BtfError::NoFunction(name.to_owned()))?;
-    let at = *offsets
-        .get(proto)
-        .filter(|_| proto != 0)
+    let btf = Btf::parse(data)?;
+    let func = btf
+        .find(KIND_FUNC, name)
+        .ok_or_else(|| BtfError::NoFunction(name.to_owned()))?;
+    let (_, func) = btf.get(func).ok_or(BtfError::Truncated)?;
+    let (at, proto) = btf
+        .get(func.size_or_type)
+        .filter(|(_, h)| h.kind == KIND_FUNC_PROTO)
         .ok_or_else(|| BtfError::NoPrototype(name.to_owned()))?;
-    let info = u32_at(types, at + 4)?;
-    if (info >> 24) & 0x1f != KIND_FUNC_PROTO {
-        return Err(BtfError::NoPrototype(name.to_owned()));
-    }
-    (0..(info & 0xffff) as usize)
-        .map(|i| string_at(strings, u32_at(types, at + TYPE_LEN + 8 * i)?).map(str::to_owned))
+    (0..proto.vlen)
+        .map(|i| btf.name(u32_at(btf.types, at + TYPE_LEN + 8 * i)?).map(str::to_owned))
         .collect()
+}
+
+/// The byte offset of `path` (member names, one per level of nesting) in struct
+/// `structure`, e.g. `("sock", ["__sk_common", "skc_net", "net"])`.
+pub fn member_offset(data: &[u8], structure: &str, path: &[&str]) -> Result<u32, BtfError> {
+    let btf = Btf::parse(data)?;
+    let mut ty = btf
+        .find(KIND_STRUCT, structure)
+        .ok_or_else(|| BtfError::NoMember(structure.to_owned()))?;
+    let mut offset = 0;
+    for (i, member) in path.iter().enumerate() {
+        let (o, t) = btf
+            .member(ty, member)
+            .ok_or_else(|| BtfError::NoMember(format!("{structure}.{}", path[..=i].join("."))))?;
+        offset += o;
+        ty = t;
+    }
+    Ok(offset)
 }
 
 #[cfg(test)]
@@ -188,6 +315,11 @@ pub(crate) mod tests {
             eprintln!("no {VMLINUX}: nothing to check");
             return;
         };
+        // The namespace is behind a pointer somewhere in sock_common, and its inode a
+        // little way into struct net.
+        let off = netns_offsets(&data).unwrap();
+        assert!(off.sk_net > 0 && off.sk_net % 8 == 0 && off.sk_net < 136, "{off:?}");
+        assert!(off.net_inum % 4 == 0 && off.net_inum < 1024, "{off:?}");
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(

@@ -2,7 +2,7 @@
 //! send/receive hooks the kernel offers, which name a socket's users: see [`io`]), and hands
 //! out its ring buffer, drop counters and per-socket last send/receive.
 
-mod btf;
+pub mod btf;
 mod debug;
 pub mod format;
 pub mod io;
@@ -17,7 +17,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_PORTS, STAT_FILTERED,
+    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, STAT_FILTERED,
     STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
@@ -94,6 +94,10 @@ pub enum ProbeError {
     },
     #[error("at most {MAX_PORTS} ports can be filtered, got {0}")]
     TooManyPorts(usize),
+    #[error("at most {MAX_NETNS} network namespaces can be filtered, got {0}")]
+    TooManyNetns(usize),
+    #[error("--netns needs the kernel's BTF ({path}) to read each socket's namespace: {error}", path = btf::VMLINUX)]
+    NetnsUnknown { error: btf::BtfError },
     #[error("{0}")]
     Diagnostics(String),
 }
@@ -103,8 +107,8 @@ pub enum ProbeError {
 pub struct Filters {
     /// Keep a transition when either port is one of these (empty: all).
     pub ports: Vec<u16>,
-    /// Keep only transitions run in this process's context.
-    pub pid: Option<u32>,
+    /// Keep only sockets in these network namespaces, by inode (empty: all).
+    pub netns: Vec<u32>,
     /// Keep only this family.
     pub family: Option<Family>,
     /// Keep a transition when either side is one of these states (empty: all).
@@ -201,7 +205,11 @@ impl Filters {
         let mut cfg = ProbeConfig::new(offsets);
         cfg.ports[..self.ports.len()].copy_from_slice(&self.ports);
         cfg.port_count = self.ports.len() as u16;
-        cfg.pid = self.pid.unwrap_or(0);
+        if self.netns.len() > MAX_NETNS {
+            return Err(ProbeError::TooManyNetns(self.netns.len()));
+        }
+        cfg.netns[..self.netns.len()].copy_from_slice(&self.netns);
+        cfg.netns_count = self.netns.len() as u32;
         cfg.family = self.family.map_or(0, Family::af);
         cfg.state_mask = self.states.iter().fold(0, |m, s| m | 1 << (*s as u8));
         cfg.wakeup_bytes = ring.wakeup_bytes;
@@ -225,6 +233,9 @@ pub struct Probe {
     pub tracefs: Tracefs,
     /// True when the probe reads fields straight from the tracepoint context.
     pub direct_access: bool,
+    /// Whether the probe reads each socket's network namespace (at offsets from kernel
+    /// BTF), or why not: then every namespace is reported as 0.
+    pub netns: Result<(), btf::BtfError>,
 }
 
 impl Probe {
@@ -246,6 +257,16 @@ impl Probe {
         let tracefs = tracefs::ensure()?;
         let offsets = read_offsets(&tracefs)?;
         let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
+        let netns = std::fs::read(btf::VMLINUX)
+            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
+            .and_then(|data| btf::netns_offsets(&data));
+        match &netns {
+            Ok(off) => config.netns_offsets = *off,
+            Err(e) if !filters.netns.is_empty() => {
+                return Err(ProbeError::NetnsUnknown { error: e.clone() })
+            }
+            Err(_) => {}
+        }
         // The configuration is frozen at load time, before any hook is tried: it is set
         // for what may work. If every candidate then fails, the transition program forgets
         // notes at births in an empty map, a cheap miss.
@@ -307,6 +328,7 @@ impl Probe {
                 io,
                 tracefs,
                 direct_access: config.direct_access != 0,
+                netns: netns.map(|_| ()),
             },
             ring,
         ))
@@ -575,7 +597,7 @@ mod tests {
     fn filters_become_probe_config() {
         let filters = Filters {
             ports: vec![61616, 8080],
-            pid: Some(4242),
+            netns: vec![4026531840, 4026532000],
             family: Some(Family::Ipv6),
             states: vec![TcpState::CloseWait, TcpState::LastAck],
         };
@@ -588,7 +610,8 @@ mod tests {
             .unwrap();
         assert_eq!(&cfg.ports[..3], &[61616, 8080, 0]);
         assert_eq!(cfg.port_count, 2);
-        assert_eq!(cfg.pid, 4242);
+        assert_eq!(&cfg.netns[..3], &[4026531840, 4026532000, 0]);
+        assert_eq!(cfg.netns_count, 2);
         assert_eq!(cfg.family, 10);
         assert_eq!(cfg.state_mask, (1 << 8) | (1 << 9));
         assert_eq!(cfg.wakeup_bytes, 4096);
@@ -597,7 +620,7 @@ mod tests {
             .to_config(KNOWN_LAYOUT, ring, RecordAccess::Auto)
             .unwrap();
         assert_eq!(
-            (all.port_count, all.pid, all.family, all.state_mask),
+            (all.port_count, all.netns_count, all.family, all.state_mask),
             (0, 0, 0, 0)
         );
         // Direct context loads only for the layout they were written for, and not when

@@ -15,6 +15,11 @@
 //! its [`Header`], followed by a checkpoint: one [`Entry::Socket`] per socket the table
 //! held, so that a segment can be read without those rotated away before it.
 //!
+//! Since 1.2, an entry about one socket (socket, transition, owners, stuck, resolved, gone)
+//! carries after its 1.1 encoding the socket's network namespace inode (a varint), and a
+//! header carries the tracer's own namespace and the `--netns` filter ([`HeaderExt`]).
+//! Entries of older files have none: namespace 0, unknown.
+//!
 //! Compatibility: a reader refuses a newer major version, and major 0 (the development
 //! format before the first release). Within a major version, a newer minor may add entry
 //! kinds at the end of [`Entry`] (older readers skip and count them) and fields at the end
@@ -40,7 +45,7 @@ use crate::{
 /// transfers and files of other kinds are told apart at once.
 pub const MAGIC: [u8; 8] = *b"\x89tracer\n";
 /// Format version written: entries change only by additions within a major version.
-pub const VERSION: (u16, u16) = (1, 1);
+pub const VERSION: (u16, u16) = (1, 2);
 /// Size of the prologue: magic and version.
 pub const PROLOGUE_LEN: usize = 12;
 /// Size of an entry's frame before the payload: length and CRC.
@@ -107,6 +112,71 @@ pub struct Header {
     /// How many [`Entry::Socket`] follow: the start-up snapshot in segment 0, the table's
     /// sockets at the rotation in later segments.
     pub checkpoint: u32,
+    /// What 1.2 added, written after the rest (see the module's documentation).
+    #[serde(skip)]
+    pub ext: HeaderExt,
+}
+
+/// The header's fields since 1.2.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderExt {
+    /// The tracer's own network namespace (inode); 0 when unknown.
+    pub netns: u32,
+    /// `--netns`: the namespaces the kernel kept (empty: all).
+    pub netns_filter: Vec<u32>,
+}
+
+impl Entry {
+    /// The socket an entry is about, for the kinds about one socket.
+    fn ends_mut(&mut self) -> Option<&mut EndsEntry> {
+        match self {
+            Entry::Socket(e) => Some(&mut e.ends),
+            Entry::Transition(e) => Some(&mut e.ends),
+            Entry::Owners(e) => Some(&mut e.ends),
+            Entry::Stuck(e) => Some(&mut e.ends),
+            Entry::Resolved(e) => Some(&mut e.ends),
+            Entry::Gone(e) => Some(&mut e.ends),
+            Entry::Header(_) | Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) => None,
+        }
+    }
+
+    /// Writes the entry's payload into `buf`: its postcard encoding, then the fields added
+    /// since 1.1. `None` when `buf` is too small.
+    pub fn encode_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let main = postcard::to_slice(self, buf).ok()?.len();
+        let ext = match self {
+            Entry::Header(h) => postcard::to_slice(&h.ext, &mut buf[main..]).ok()?.len(),
+            Entry::Socket(SocketEntry { ends, .. })
+            | Entry::Transition(TransitionEntry { ends, .. })
+            | Entry::Stuck(StuckEntry { ends, .. })
+            | Entry::Resolved(ResolvedEntry { ends, .. })
+            | Entry::Gone(GoneEntry { ends, .. }) => {
+                postcard::to_slice(&ends.netns, &mut buf[main..]).ok()?.len()
+            }
+            Entry::Owners(o) => postcard::to_slice(&o.ends.netns, &mut buf[main..]).ok()?.len(),
+            Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) => 0,
+        };
+        Some(&buf[..main + ext])
+    }
+
+    /// Reads a payload written by [`Entry::encode_into`] (or by an older version, without
+    /// the later fields).
+    pub fn decode(payload: &[u8]) -> Result<Entry, postcard::Error> {
+        let (mut entry, rest) = postcard::take_from_bytes::<Entry>(payload)?;
+        if rest.is_empty() {
+            return Ok(entry);
+        }
+        if let Entry::Header(h) = &mut entry {
+            if let Ok((ext, _)) = postcard::take_from_bytes::<HeaderExt>(rest) {
+                h.ext = ext;
+            }
+        } else if let Some(ends) = entry.ends_mut() {
+            if let Ok((netns, _)) = postcard::take_from_bytes::<u32>(rest) {
+                ends.netns = netns;
+            }
+        }
+        Ok(entry)
+    }
 }
 
 /// Address family.
@@ -134,7 +204,7 @@ impl From<FamilyEntry> for Family {
     }
 }
 
-/// A socket's four-tuple.
+/// A socket's four-tuple, and its network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndsEntry {
     pub family: FamilyEntry,
@@ -142,6 +212,9 @@ pub struct EndsEntry {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// Written after the entry since 1.2 (see the module's documentation).
+    #[serde(skip)]
+    pub netns: u32,
 }
 
 impl From<Endpoints> for EndsEntry {
@@ -152,6 +225,7 @@ impl From<Endpoints> for EndsEntry {
             sport: e.sport,
             daddr: e.daddr,
             dport: e.dport,
+            netns: e.netns,
         }
     }
 }
@@ -159,6 +233,7 @@ impl From<Endpoints> for EndsEntry {
 impl From<EndsEntry> for Endpoints {
     fn from(e: EndsEntry) -> Self {
         Endpoints {
+            netns: e.netns,
             family: e.family.into(),
             saddr: e.saddr,
             sport: e.sport,
@@ -321,6 +396,7 @@ impl From<&TransitionEntry> for Transition {
             pid: e.task.pid,
             tid: e.tid,
             comm: Comm::new(e.task.comm),
+            netns: e.ends.netns,
             family: e.ends.family.into(),
             saddr: e.ends.saddr,
             sport: e.ends.sport,

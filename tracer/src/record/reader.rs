@@ -165,7 +165,7 @@ impl<R: Read> Reader<R> {
                     let entry = if kind.is_some_and(|k| k >= ENTRY_KINDS) {
                         None
                     } else {
-                        Some(postcard::from_bytes::<Entry>(payload))
+                        Some(Entry::decode(payload))
                     };
                     self.consume(FRAME_LEN + len);
                     match entry {

@@ -30,6 +30,10 @@ fn header(segment: u32) -> Header {
         states: vec![],
         max_sockets: 262_144,
         checkpoint: 0,
+        ext: HeaderExt {
+            netns: 4026531840,
+            netns_filter: vec![4026532001],
+        },
     }
 }
 
@@ -40,6 +44,7 @@ fn transition(i: u64) -> Transition {
         pid: 4242,
         tid: 4243,
         comm: Comm::from("java"),
+        netns: 4026532000 + i as u32,
         family: if i.is_multiple_of(2) {
             Family::Ipv4
         } else {
@@ -198,9 +203,9 @@ fn transitions_are_compact() {
     encode(&Entry::Transition((&transition(0)).into()), &mut v4);
     let mut v6 = Vec::new();
     encode(&Entry::Transition((&transition(1)).into()), &mut v6);
-    // Frame included; a transition is 80 bytes in the ring buffer whatever its family.
-    assert!(v4.len() <= 52, "IPv4 transition takes {} bytes", v4.len());
-    assert!(v6.len() <= 76, "IPv6 transition takes {} bytes", v6.len());
+    // Frame included; a transition is 88 bytes in the ring buffer whatever its family.
+    assert!(v4.len() <= 57, "IPv4 transition takes {} bytes", v4.len());
+    assert!(v6.len() <= 81, "IPv6 transition takes {} bytes", v6.len());
 }
 
 #[test]

@@ -57,16 +57,20 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
     // to a Vec byte by byte; larger ones (owners with long command lines) take a Vec.
     // Every entry type serializes: only the small buffer can be too small.
     let mut small = [0u8; 256];
-    let large;
-    let payload = match postcard::to_slice(entry, &mut small) {
-        Ok(p) => &*p,
-        Err(_) => match postcard::to_stdvec(entry) {
-            Ok(v) => {
-                large = v;
-                &large[..]
+    let mut large = Vec::new();
+    let payload = match entry.encode_into(&mut small) {
+        Some(p) => p,
+        None => {
+            // Room for its 1.1 encoding and the fields added since (at most 9 varints).
+            let Ok(len) = postcard::to_stdvec(entry).map(|v| v.len()) else {
+                return;
+            };
+            large.resize(len + 64, 0);
+            match entry.encode_into(&mut large) {
+                Some(p) => p,
+                None => return,
             }
-            Err(_) => return,
-        },
+        }
     };
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());

@@ -32,6 +32,7 @@ fn ends(dport: u16) -> EndsEntry {
         sport: 61616,
         daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
         dport,
+        netns: 0,
     }
 }
 
@@ -44,6 +45,7 @@ fn tr(ts_ns: u64, sk: u64, dport: u16, old: TcpState, new: TcpState) -> Entry {
             pid: 0,
             tid: 0,
             comm: Comm::from("swapper/0"),
+            netns: e.netns,
             family: Family::Ipv4,
             saddr: e.saddr,
             sport: e.sport,
@@ -103,6 +105,7 @@ fn incident() -> Vec<Entry> {
             states: vec![],
             max_sockets: 1024,
             checkpoint: 1,
+            ext: HeaderExt::default(),
         })),
         Entry::Socket(SocketEntry {
             key: KeyEntry::Snapshot(7),
@@ -658,7 +661,7 @@ fn damaged_recordings_give_what_they_hold() {
     assert!(err.contains("No such file"), "{err}");
 }
 
-/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.1 does not
+/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.2 does not
 /// define after the header.
 fn newer_minor(entries: &[Entry], minor: u16) -> Vec<u8> {
     let mut b = MAGIC.to_vec();
@@ -708,17 +711,17 @@ fn a_newer_minor_version_is_read_and_warned_about_once() {
     );
 
     // Without entries of new kinds, the warning says only that some may be missing.
-    let r = report_bytes(&newer_minor(&all, 2)[..], &[]).unwrap();
+    let r = report_bytes(&newer_minor(&all, 3)[..], &[]).unwrap();
     let w = r[0]["warnings"][0].as_str().unwrap();
     assert!(
-        w.contains("(format 1.2): entries it added are skipped (1 skipped)"),
+        w.contains("(format 1.3): entries it added are skipped (1 skipped)"),
         "{w}"
     );
     let mut b = bytes_of(&all);
-    b[10] = 2;
+    b[10] = 3;
     let r = report_bytes(&b, &[]).unwrap();
     assert!(r[0]["warnings"][0].as_str().unwrap().ends_with(
-        "(format 1.2): entries it added are skipped; report it with a newer tracer to see them"
+        "(format 1.3): entries it added are skipped; report it with a newer tracer to see them"
     ));
 
     // An unknown kind in a file of this tracer's own version is not blamed on a newer one.
@@ -732,7 +735,7 @@ fn a_newer_minor_version_is_read_and_warned_about_once() {
     assert!(r[0]["warnings"][0]
         .as_str()
         .unwrap()
-        .ends_with(": skipped entries of kinds format 1.1 does not define: 1"));
+        .ends_with(": skipped entries of kinds format 1.2 does not define: 1"));
 }
 
 #[test]

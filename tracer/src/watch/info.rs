@@ -15,7 +15,7 @@ use crate::{
         Attached, FilterInfo, RecordInfo, Rfc3339, StartInfo, StopInfo, StopReason, WallClock,
     },
     probe::{Filters, Probe, RingConfig, SkipCounts, TRACEPOINT},
-    record::Header,
+    record::{Header, HeaderExt},
 };
 
 /// The first entry of the recording of a run that began at monotonic `start_ns`.
@@ -25,6 +25,7 @@ pub(super) fn header(
     thresholds: &Thresholds,
     clock: &WallClock,
     start_ns: u64,
+    own_netns: u32,
 ) -> Header {
     Header {
         recording: random_id(),
@@ -39,11 +40,16 @@ pub(super) fn header(
             .map(|(s, d)| (s as u8, d.as_millis() as u64))
             .collect(),
         ports: filters.ports.clone(),
-        pid: filters.pid,
+        // Since 1.2 `--pid` filters nothing in the kernel.
+        pid: None,
         family: filters.family.map(Into::into),
         states: filters.states.iter().map(|&s| s as u8).collect(),
         max_sockets: args.max_sockets,
         checkpoint: 0,
+        ext: HeaderExt {
+            netns: own_netns,
+            netns_filter: filters.netns.clone(),
+        },
     }
 }
 
@@ -76,6 +82,7 @@ pub(super) fn start_info(
         filters: FilterInfo {
             ports: filters.ports.clone(),
             pid: args.pid,
+            netns: filters.netns.clone(),
             family: filters.family.map(Family::name),
             states: filters.states.iter().map(|s| s.name()).collect(),
         },

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    attribute::{Attributor, Host},
+    attribute::{netns, Attributor, Host},
     cli::WatchArgs,
     model::{Family, Format, Thresholds},
     output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
@@ -46,9 +46,9 @@ const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
 pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let filters = Filters {
         ports: args.ports.clone(),
-        // With --events, --pid filters transitions in the kernel; otherwise it selects the
-        // stuck sockets a process owns, and the table needs every transition to see them.
-        pid: args.pid.filter(|_| args.events),
+        // --pid is no kernel filter: the transitions that matter most (into CLOSE_WAIT)
+        // run in softirq, in whatever task was current; userspace selects by owner.
+        netns: args.netns.clone(),
         family: args.family.map(Family::from),
         states: args.states.clone(),
     };
@@ -98,7 +98,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let recorder = match record_file {
         Some((path, file)) => {
-            let header = info::header(args, &filters, &thresholds, &clock, start_ns);
+            let header = info::header(args, &filters, &thresholds, &clock, start_ns, netns::own());
             let snapshot: Vec<SocketEntry> = engine
                 .table()
                 .sockets()
@@ -135,7 +135,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         attributor,
         recorder,
         args.events,
-        args.pid.filter(|_| !args.events),
+        args.pid,
     );
     let start = info::start_info(
         args,
