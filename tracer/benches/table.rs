@@ -22,6 +22,7 @@ fn transition(sk: u64, ts_ns: u64, old: TcpState, new: TcpState) -> Transition {
         pid: 4242,
         tid: 4242,
         comm: Comm::from("java"),
+        netns: 4026531840,
         family: Family::Ipv4,
         saddr: Ipv4Addr::LOCALHOST.into(),
         sport: 61616,

@@ -17,6 +17,7 @@ pub fn transition(i: u64) -> Transition {
         pid: 123_456,
         tid: 123_470,
         comm: Comm::from("java"),
+        netns: 4026531840,
         family: Family::Ipv4,
         saddr: Ipv4Addr::LOCALHOST.into(),
         sport: 61616,

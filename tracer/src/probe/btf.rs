@@ -318,8 +318,8 @@ pub(crate) mod tests {
         // The namespace is behind a pointer somewhere in sock_common, and its inode a
         // little way into struct net.
         let off = netns_offsets(&data).unwrap();
-        assert!(off.sk_net > 0 && off.sk_net % 8 == 0 && off.sk_net < 136, "{off:?}");
-        assert!(off.net_inum % 4 == 0 && off.net_inum < 1024, "{off:?}");
+        assert!(off.sk_net > 0 && off.sk_net.is_multiple_of(8) && off.sk_net < 136, "{off:?}");
+        assert!(off.net_inum.is_multiple_of(4) && off.net_inum < 1024, "{off:?}");
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(
