@@ -253,6 +253,8 @@ pub enum Record<'a> {
     Transition {
         time: Rfc3339,
         ts_ns: u64,
+        /// The socket's network namespace (inode); `null` when unknown.
+        netns: Option<u32>,
         family: &'static str,
         saddr: IpAddr,
         sport: u16,
@@ -290,6 +292,7 @@ pub enum Record<'a> {
         /// When it was known to be in `state` already: a lower bound of its entry.
         since: Rfc3339,
         state: State,
+        netns: Option<u32>,
         family: &'static str,
         saddr: IpAddr,
         sport: u16,
@@ -331,6 +334,9 @@ pub struct SocketRecord<'a> {
     /// `stuck` in a report: whether it was still stuck at the end of the report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub still_stuck: Option<bool>,
+    /// The socket's network namespace (inode, as `ls -l /proc/PID/ns/net` shows it);
+    /// `null` when unknown.
+    pub netns: Option<u32>,
     pub family: &'static str,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -443,6 +449,7 @@ impl<'a> SocketReport<'a> {
             stuck_is_lower_bound: None,
             new: None,
             still_stuck: None,
+            netns: netns(s.ends.netns),
             family: s.ends.family.name(),
             saddr: s.ends.saddr,
             sport: s.ends.sport,
@@ -494,6 +501,7 @@ impl Render for Json {
         let record = Record::Transition {
             time: Rfc3339(page.clock.at(t.ts_ns)),
             ts_ns: t.ts_ns,
+            netns: netns(t.netns),
             family: t.family.name(),
             saddr: t.saddr,
             sport: t.sport,
@@ -602,6 +610,7 @@ impl Render for Json {
         let record = Record::Existing {
             since: Rfc3339(page.clock.at(s.since_ns)),
             state: s.state,
+            netns: netns(s.ends.netns),
             family: s.ends.family.name(),
             saddr: s.ends.saddr,
             sport: s.ends.sport,
@@ -624,6 +633,11 @@ impl Render for Json {
     fn state_times(&mut self, page: &mut Page, states: &[StateTime]) -> io::Result<()> {
         Json::line(page, &Record::StateTimes { states })
     }
+}
+
+/// A namespace inode as JSON gives it: `null` for 0, unknown.
+fn netns(inode: u32) -> Option<u32> {
+    (inode != 0).then_some(inode)
 }
 
 /// Whole milliseconds, as every `_ms` field counts.

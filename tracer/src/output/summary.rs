@@ -50,6 +50,8 @@ pub struct Group {
     /// The owning process (the first holder), if known.
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The sockets' network namespace (inode), if known.
+    pub netns: Option<u32>,
     #[serde(skip)]
     pub port: ServicePort,
     pub count: usize,
@@ -71,16 +73,17 @@ pub fn group<'a>(
     stuck: impl Iterator<Item = (&'a Socket, Option<&'a Ownership>)>,
     mut fd_count: impl FnMut(u32) -> Option<usize>,
 ) -> Vec<Group> {
-    let mut groups: HashMap<(State, Option<u32>, ServicePort), Group> = HashMap::new();
+    let mut groups: HashMap<(State, Option<u32>, u32, ServicePort), Group> = HashMap::new();
     for (s, ownership) in stuck {
         let owner = ownership.and_then(|o| o.owners.first());
         let pid = owner.map(|o| o.process.pid);
         let g = groups
-            .entry((s.state, pid, ServicePort::of(s)))
+            .entry((s.state, pid, s.ends.netns, ServicePort::of(s)))
             .or_insert_with(|| Group {
                 state: s.state,
                 pid,
                 comm: owner.map(|o| o.process.comm.clone()),
+                netns: (s.ends.netns != 0).then_some(s.ends.netns),
                 port: ServicePort::of(s),
                 count: 0,
                 oldest_since_ns: s.since_ns,
@@ -109,6 +112,7 @@ pub fn group<'a>(
             .cmp(&a.count)
             .then(a.oldest_since_ns.cmp(&b.oldest_since_ns))
             .then(a.pid.cmp(&b.pid))
+            .then(a.netns.cmp(&b.netns))
             .then(a.port.cmp(&b.port))
     });
     groups

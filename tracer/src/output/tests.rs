@@ -17,6 +17,9 @@ use crate::{
     probe::SkipCounts,
 };
 
+/// The network namespace of the host, which the tests' tracer runs in too.
+const HOST_NETNS: u32 = 4026531840;
+
 /// 2026-11-25T06:00:00Z at monotonic zero.
 const EPOCH: i128 = 1_795_586_400 * 1_000_000_000;
 
@@ -37,7 +40,7 @@ fn transition(family: Family) -> Transition {
         pid: 4242,
         tid: 4243,
         comm: Comm::from("java"),
-        netns: 4026531840,
+        netns: HOST_NETNS,
         family,
         saddr,
         sport: 61616,
@@ -52,7 +55,14 @@ fn render(
     format: Format,
     f: impl FnOnce(&mut Output<&mut Vec<u8>, &mut Vec<u8>>),
 ) -> (String, String) {
-    render_styled(format, TextStyle::default(), f)
+    render_styled(
+        format,
+        TextStyle {
+            own_netns: HOST_NETNS,
+            ..TextStyle::default()
+        },
+        f,
+    )
 }
 
 /// What `f` writes to an output of `format` (text in `style`): data, then status.
@@ -83,7 +93,7 @@ fn transition_as_json() {
     assert_eq!(
         out,
         "{\"type\":\"transition\",\"time\":\"2026-11-25T06:01:01.000000123Z\",\"ts_ns\":61000000123,\
-         \"family\":\"ipv6\",\"saddr\":\"::1\",\"sport\":61616,\"daddr\":\"::ffff:10.0.0.1\",\"dport\":40000,\
+         \"netns\":4026531840,\"family\":\"ipv6\",\"saddr\":\"::1\",\"sport\":61616,\"daddr\":\"::ffff:10.0.0.1\",\"dport\":40000,\
          \"old\":\"ESTABLISHED\",\"new\":\"CLOSE_WAIT\",\"pid\":4242,\"tid\":4243,\"comm\":\"java\",\
          \"sk\":\"0xffff88800abcd000\"}\n"
     );
@@ -94,7 +104,7 @@ fn leaked() -> (Socket, Ownership) {
     let socket = Socket {
         id: 1,
         ends: Endpoints {
-            netns: 0,
+            netns: HOST_NETNS,
             family: Family::Ipv4,
             saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sport: 61616,
@@ -155,7 +165,7 @@ fn stuck_and_resolved_as_json() {
     assert_eq!(
         lines[0],
         serde_json::json!({"type":"stuck","time":"2026-11-25T06:00:31.500000000Z","state":"CLOSE_WAIT",
-            "age_ms":30500,"age_is_lower_bound":false,"threshold_ms":30000,"family":"ipv4",
+            "age_ms":30500,"age_is_lower_bound":false,"threshold_ms":30000,"netns":HOST_NETNS,"family":"ipv4",
             "saddr":"127.0.0.1","sport":61616,"daddr":"10.0.0.9","dport":40000,"sk":"0xffff888000001000",
             "origin":"accepted","held_by":"fd","owner":owner,
             "other_owners":[{"pid":4300,"comm":"java","cmdline":"java -jar activemq.jar","uid":1000,
@@ -391,6 +401,7 @@ fn rfc3339_times_on_every_line() {
     let style = TextStyle {
         color: false,
         time: TimeStyle::Rfc3339,
+        own_netns: HOST_NETNS,
     };
     let (out, status) = render_styled(Format::Text, style, |o| {
         o.start(&start_info(clock.at(0))).unwrap();
@@ -482,4 +493,43 @@ fn stop_and_lost_records() {
         status,
         "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
     );
+}
+
+#[test]
+fn text_names_a_namespace_other_than_the_tracers() {
+    let (mut socket, ownership) = leaked();
+    let alert = |socket: &Socket| {
+        let report = SocketReport {
+            key: SocketKey::Sk(1),
+            socket,
+            ownership: &ownership,
+        };
+        let groups = summary::group(std::iter::once((socket, Some(&ownership))), |_| None);
+        render(Format::Text, |o| {
+            o.stuck(&report, 31_000_000_000, Duration::from_secs(30))
+                .unwrap();
+            let stats = TableStats {
+                tracked: 1,
+                ..TableStats::default()
+            };
+            o.summary(
+                SummaryReason::Stop,
+                &groups,
+                stats,
+                &BTreeMap::new(),
+                31_000_000_000,
+            )
+            .unwrap();
+        })
+        .0
+    };
+    let home = alert(&socket);
+    assert!(!home.contains("netns"), "{home}");
+    socket.ends.netns = 4026532999;
+    let away = alert(&socket);
+    assert!(
+        away.contains("127.0.0.1:61616 <- 10.0.0.9:40000 netns 4026532999 java[4242]"),
+        "{away}"
+    );
+    assert!(away.contains("on :61616 netns 4026532999 (oldest"), "{away}");
 }

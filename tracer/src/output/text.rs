@@ -35,6 +35,8 @@ pub struct TextStyle {
     pub color: bool,
     /// How lines are dated (`--time`).
     pub time: TimeStyle,
+    /// The tracer's own network namespace: sockets elsewhere are marked with theirs.
+    pub own_netns: u32,
 }
 
 /// Writes text.
@@ -72,6 +74,60 @@ impl Text {
     }
 
     /// Width of the time column of transitions.
+    /// `127.0.0.1:61616 <- 127.0.0.1:40000`: local end first, and the arrow of [`arrow`];
+    /// then the socket's network namespace when it is not the tracer's.
+    fn endpoints(&self, s: &Socket) -> String {
+        format!(
+            "{} {} {}{}",
+            SocketAddr::new(s.ends.saddr, s.ends.sport),
+            arrow(s.origin),
+            SocketAddr::new(s.ends.daddr, s.ends.dport),
+            self.netns(s.ends.netns)
+        )
+    }
+
+    /// ` netns 4026532123` for a namespace other than the tracer's own, else nothing.
+    fn netns(&self, netns: u32) -> String {
+        if netns == 0 || netns == self.style.own_netns {
+            String::new()
+        } else {
+            format!(" netns {netns}")
+        }
+    }
+
+    /// One group of a summary: who holds how many sockets in which state, where.
+    fn group_line(&self, page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
+        let who = match (&g.comm, g.pid) {
+            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+            _ => "an unknown process".to_owned(),
+        };
+        let place = match g.port {
+            ServicePort::Local(_) => "on",
+            ServicePort::Remote(..) => "to",
+        };
+        write!(
+            page.out,
+            "  {who} holds {} in {} {place} {}{} (oldest {}{})",
+            plural(g.count, "socket"),
+            g.state,
+            g.port,
+            self.netns(g.netns.unwrap_or(0)),
+            at_least(g.oldest_is_lower_bound),
+            human_duration(super::since(g.oldest_since_ns, at_ns))
+        )?;
+        if let Some(n) = g.fd_count {
+            write!(page.out, ", {}", fd_usage(n, g.fd_limit))?;
+        }
+        if g.eof_read > 0 && g.state == TcpState::CloseWait.into() {
+            write!(
+                page.out,
+                "; read end of stream on {} and kept them",
+                g.eof_read
+            )?;
+        }
+        writeln!(page.out)
+    }
+
     fn time_width(&self) -> usize {
         match self.style.time {
             TimeStyle::Clock => "06:33:10.123456".len(),
@@ -184,14 +240,15 @@ impl Render for Text {
         let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
         writeln!(
             page.out,
-            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}",
+            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}{}",
             t.pid,
             t.comm,
             SocketAddr::new(t.saddr, t.sport),
             arrow(opened_by(t)),
             SocketAddr::new(t.daddr, t.dport),
             t.old,
-            t.new
+            t.new,
+            self.netns(t.netns)
         )
     }
 
@@ -225,7 +282,7 @@ impl Render for Text {
             self.paint(RED, "STUCK"),
             r.socket.state,
             human_duration(super::since(r.socket.since_ns, at_ns)),
-            endpoints(r.socket),
+            self.endpoints(r.socket),
             owner_text(r),
             io_text(r, at_ns)
         )
@@ -250,7 +307,7 @@ impl Render for Text {
             r.socket.state,
             at_least(r.socket.since_is_lower_bound),
             human_duration(super::since(r.socket.since_ns, left_ns)),
-            endpoints(r.socket),
+            self.endpoints(r.socket),
         )
     }
 
@@ -278,7 +335,7 @@ impl Render for Text {
             s.stats.tracked
         )?;
         for g in s.groups {
-            group_line(page, g, s.at_ns)?;
+            self.group_line(page, g, s.at_ns)?;
         }
         let mut advised = Vec::new();
         for g in s.groups {
@@ -361,7 +418,7 @@ impl Render for Text {
         writeln!(
             page.out,
             "{time} OPEN {} already in {} when the recording started",
-            endpoints(s),
+            self.endpoints(s),
             s.state
         )
     }
@@ -442,38 +499,6 @@ impl Render for Text {
     }
 }
 
-/// One group of a summary: who holds how many sockets in which state, where.
-fn group_line(page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
-    let who = match (&g.comm, g.pid) {
-        (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
-        _ => "an unknown process".to_owned(),
-    };
-    let place = match g.port {
-        ServicePort::Local(_) => "on",
-        ServicePort::Remote(..) => "to",
-    };
-    write!(
-        page.out,
-        "  {who} holds {} in {} {place} {} (oldest {}{})",
-        plural(g.count, "socket"),
-        g.state,
-        g.port,
-        at_least(g.oldest_is_lower_bound),
-        human_duration(super::since(g.oldest_since_ns, at_ns))
-    )?;
-    if let Some(n) = g.fd_count {
-        write!(page.out, ", {}", fd_usage(n, g.fd_limit))?;
-    }
-    if g.eof_read > 0 && g.state == TcpState::CloseWait.into() {
-        write!(
-            page.out,
-            "; read end of stream on {} and kept them",
-            g.eof_read
-        )?;
-    }
-    writeln!(page.out)
-}
-
 /// The warning that the probe dropped `lost` more transitions (`total` so far); a status
 /// line in every format.
 pub(super) fn warn_lost(page: &mut Page, lost: u64, total: u64) -> io::Result<()> {
@@ -539,16 +564,6 @@ pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
         Some(l) if l > 0 => format!("fds {count}/{l} ({}%)", count as u64 * 100 / l),
         _ => format!("fds {count} (no limit)"),
     }
-}
-
-/// `127.0.0.1:61616 <- 127.0.0.1:40000`: local end first, and the arrow of [`arrow`].
-fn endpoints(s: &Socket) -> String {
-    format!(
-        "{} {} {}",
-        SocketAddr::new(s.ends.saddr, s.ends.sport),
-        arrow(s.origin),
-        SocketAddr::new(s.ends.daddr, s.ends.dport)
-    )
 }
 
 /// The arrow between the local and the remote end, on every line: it points from the side

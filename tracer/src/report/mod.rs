@@ -81,6 +81,7 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         TextStyle {
             color: false,
             time: args.time,
+            own_netns: header.ext.netns,
         },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),

@@ -123,6 +123,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         TextStyle {
             color,
             time: args.time,
+            own_netns: netns::own(),
         },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),
