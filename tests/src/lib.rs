@@ -206,7 +206,8 @@ impl Tracer {
             "no event may be lost in a test this small: {stop}"
         );
         assert_eq!(stop["undecodable"], 0);
-        if self.records[0]["mode"] != "events" {
+        // With --pid, only that process's sockets' transitions are printed.
+        if self.records[0]["mode"] != "events" || !self.records[0]["filters"]["pid"].is_null() {
             return std::mem::take(&mut self.records);
         }
         let transitions = self

@@ -10,7 +10,7 @@ use std::{
 
 use integration_tests::{
     bound_socket, closed_session, kernel_has_known_layout, kernel_version, life, listen,
-    privileged, socket_of, transitions, Seen, Tracer,
+    leak, privileged, socket_of, transitions, Seen, Tracer,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -273,8 +273,8 @@ fn state_filter_keeps_transitions_touching_the_state() {
 }
 
 #[test]
-fn pid_filter_keeps_transitions_run_by_that_process() {
-    if !privileged("pid_filter_keeps_transitions_run_by_that_process") {
+fn pid_with_events_follows_that_processes_sockets() {
+    if !privileged("pid_with_events_follows_that_processes_sockets") {
         return;
     }
     let me = std::process::id();
@@ -285,6 +285,8 @@ fn pid_filter_keeps_transitions_run_by_that_process() {
         &me.to_string(),
         "--port",
         &port.to_string(),
+        "--close-wait",
+        "1s",
     ]);
     let listener = listen(socket);
     // The client is another process: its connect() runs in its own context.
@@ -295,27 +297,51 @@ fn pid_filter_keeps_transitions_run_by_that_process() {
         ])
         .spawn()
         .expect("bash");
-    let (server, _) = listener.accept().expect("accept");
+    let (server, bash) = listener.accept().expect("accept");
     drop(server);
     assert!(client.wait().expect("bash client").success());
+    // Then a leak of ours: the peer closes, we keep the socket.
+    let leaked = leak(V4.into(), port, &listener, 1);
+    let records = tracer
+        .wait_for("our leak to be flagged", |r| {
+            r.iter().any(|r| r["type"] == "stuck")
+        })
+        .to_vec();
+    let stuck: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "stuck").collect();
+    assert_eq!(stuck.len(), 1, "{stuck:#?}");
+    assert_eq!(stuck[0]["dport"], leaked[0].1);
+    assert_eq!(stuck[0]["owner"]["pid"], me);
+    drop(leaked);
     drop(listener);
     tracer.wait_for("our listener to close", is_last_of_listener(port));
     let seen = transitions(&tracer.stop());
-    let others: Vec<&Seen> = seen.iter().filter(|s| s.pid != me as u64).collect();
-    assert!(others.is_empty(), "--pid {me} let through: {others:#?}");
+    // Never bash's socket, although our segments moved it in our context.
+    let theirs: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.sport == u64::from(bash.port()))
+        .collect();
+    assert!(theirs.is_empty(), "--pid {me} let through: {theirs:#?}");
     let lives: Vec<String> = seen
         .iter()
         .map(|s| format!("{}->{}", s.old, s.new))
         .collect();
-    for ours in ["CLOSE->LISTEN", "ESTABLISHED->FIN_WAIT1", "LISTEN->CLOSE"] {
+    for ours in [
+        "CLOSE->LISTEN",
+        "ESTABLISHED->FIN_WAIT1",
+        "ESTABLISHED->CLOSE_WAIT",
+        "CLOSE_WAIT->LAST_ACK",
+        "LISTEN->CLOSE",
+    ] {
         assert!(
             lives.iter().any(|l| l == ours),
-            "{ours} ran in our context: {lives:?}"
+            "{ours} of our sockets is missing: {lives:?}"
         );
     }
+    // What bash's segments did to our sockets ran in bash's context and is shown too.
     assert!(
-        !lives.iter().any(|l| l == "CLOSE->SYN_SENT"),
-        "the client's connect ran in bash: {lives:?}"
+        seen.iter()
+            .any(|s| s.sport == u64::from(port) && s.pid != u64::from(me)),
+        "our accepted socket's handshake ran in softirq: {seen:#?}"
     );
 }
 

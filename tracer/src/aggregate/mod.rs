@@ -334,7 +334,7 @@ impl Table {
 /// Whether the task current at an `old -> new` transition is the process that made a
 /// system call on the socket: connect, listen, close or shutdown. Transitions caused by an
 /// arriving packet (into CLOSE_WAIT, say) run in softirq, in whatever task was running.
-fn runs_in_caller(old: State, new: State) -> bool {
+pub(crate) fn runs_in_caller(old: State, new: State) -> bool {
     use TcpState::*;
     matches!(
         (old.known(), new.known()),

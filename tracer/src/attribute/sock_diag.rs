@@ -106,7 +106,7 @@ fn from_response(family: Family, r: &InetResponse) -> Option<DiagSocket> {
     Some(DiagSocket {
         cookie: u64::from_ne_bytes(id.cookie),
         ends: Endpoints {
-            netns: 0,
+            netns: super::netns::own(),
             family,
             saddr: address(family, id.source_address)?,
             sport: id.source_port,

@@ -4,6 +4,7 @@
 //! a closed stdout. [`session`] is the driver around the engine; [`info`] what the run
 //! says about itself.
 
+mod focus;
 mod info;
 mod session;
 
@@ -31,6 +32,7 @@ use crate::{
     },
     stuck::Engine,
 };
+use focus::Focus;
 use session::Session;
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -138,6 +140,9 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         args.events,
         args.pid,
     );
+    if let (true, Some(pid)) = (args.events, args.pid) {
+        session.focus(Focus::new(pid, []));
+    }
     let start = info::start_info(
         args,
         &probe,

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 
-use super::{written, ATTRIBUTION_SPACING};
+use super::{focus::Focus, written, ATTRIBUTION_SPACING};
 use crate::{
     aggregate::Resolved,
     attribute::{Attributor, Host},
@@ -41,6 +41,8 @@ pub(super) struct Session<W: Write, E: Write> {
     pending: Vec<Flag>,
     /// Print every transition (`--events`).
     events: bool,
+    /// `--pid` with `--events`: print only the transitions of that process's sockets.
+    focus: Option<Focus>,
     /// `--pid` in watch mode: report only sockets this process holds.
     owner_pid: Option<u32>,
     /// Earliest time (monotonic ns) of the next attribution.
@@ -76,6 +78,7 @@ impl<W: Write, E: Write> Session<W, E> {
             attributor,
             pending: Vec::new(),
             events,
+            focus: None,
             owner_pid,
             next_attribution_ns: 0,
             attribution_failed: false,
@@ -85,6 +88,11 @@ impl<W: Write, E: Write> Session<W, E> {
             decisions: decided,
             evicted_unsaid: (0, 0),
         }
+    }
+
+    /// Prints only the transitions of the sockets `focus` follows (`--events --pid`).
+    pub(super) fn focus(&mut self, focus: Focus) {
+        self.focus = Some(focus);
     }
 
     /// Reads every pending record into the engine; prints transitions in `--events` mode
@@ -99,7 +107,7 @@ impl<W: Write, E: Write> Session<W, E> {
                     if let Some(r) = &mut self.recorder {
                         r.transition(&t);
                     }
-                    if self.events {
+                    if self.events && self.focus.as_mut().is_none_or(|f| f.admits(&t)) {
                         self.output.transition(&t)?;
                     }
                     self.engine.transition(&t, &mut self.decisions);
@@ -274,6 +282,11 @@ impl<W: Write, E: Write> Session<W, E> {
                 continue;
             }
             ownership.last_io = self.last_io(probe, flag.key.sk());
+            if let (Some(focus), Some(pid)) = (&mut self.focus, self.owner_pid) {
+                if ownership.involves(pid, &flag.socket) {
+                    focus.holds(flag.key.sk(), flag.socket.ends);
+                }
+            }
             self.counts.flagged += 1;
             if let Some(r) = &mut self.recorder {
                 r.push(Entry::Stuck(StuckEntry {
