@@ -301,7 +301,7 @@ fn pid_with_events_follows_that_processes_sockets() {
     drop(server);
     assert!(client.wait().expect("bash client").success());
     // Then a leak of ours: the peer closes, we keep the socket.
-    let leaked = leak(V4.into(), port, &listener, 1);
+    let leaked = leak(V4, port, &listener, 1);
     let records = tracer
         .wait_for("our leak to be flagged", |r| {
             r.iter().any(|r| r["type"] == "stuck")
