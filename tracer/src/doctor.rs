@@ -16,7 +16,7 @@ use crate::{
     cli::DoctorArgs,
     model::{Family, Format},
     probe::{
-        io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_HOOK, TRANSITION_HOOK,
+        btf, io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_HOOK, TRANSITION_HOOK,
     },
 };
 
@@ -187,7 +187,12 @@ pub fn run(args: &DoctorArgs, out: impl Write) -> io::Result<u8> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
-    let mut checks = vec![privileges_check(), memlock_check(&kernel), btf_check()];
+    let mut checks = vec![
+        privileges_check(),
+        memlock_check(&kernel),
+        btf_check(),
+        netns_check(),
+    ];
     let privileged = checks[0].status == Status::Ok;
     let tracefs = tracefs_check(privileged, &mut checks);
     let io = match tracefs {
@@ -292,6 +297,29 @@ fn btf_check() -> Check {
             Impact::None,
             "fentry/fexit and tp_btf cannot load; kprobes find tcp_recvmsg's flags by the \
              kernel version",
+        ),
+    }
+}
+
+/// Whether the probe can read each socket's network namespace: offsets from kernel BTF.
+fn netns_check() -> Check {
+    let offsets = std::fs::read(BTF)
+        .map_err(|e| e.to_string())
+        .and_then(|data| btf::netns_offsets(&data).map_err(|e| e.to_string()));
+    match offsets {
+        Ok(o) => Check::ok(
+            "netns",
+            format!(
+                "each socket's namespace read at sock+{} -> net+{} (offsets from BTF)",
+                o.sk_net, o.net_inum
+            ),
+        ),
+        Err(e) => Check::not_ok(
+            "netns",
+            Status::Missing,
+            e,
+            Impact::Degraded,
+            "sockets in other network namespaces (containers) are not told apart, their owners              are not found, and --netns is refused",
         ),
     }
 }

@@ -92,6 +92,17 @@ pub struct Attached {
     /// `["fexit:tcp_recvmsg", "fentry:tcp_sendmsg"]`; empty when none works here (a warning
     /// says why).
     pub io_probes: Vec<String>,
+    /// Where the probe reads each socket's network namespace: byte offsets taken from
+    /// kernel BTF of `sock.__sk_common.skc_net.net` and `net.ns.inum`; `null` when the
+    /// kernel has no BTF (every `netns` is then `null`, and a warning says so).
+    pub netns_offsets: Option<NetnsOffsetsInfo>,
+}
+
+/// [`Attached::netns_offsets`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct NetnsOffsetsInfo {
+    pub sk_net: u16,
+    pub net_inum: u16,
 }
 
 /// The filters pushed into the probe.

@@ -23,7 +23,7 @@ use crate::{
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
 pub use json::{
-    Attached, FilterInfo, LiveInfo, Offender, RecordInfo, ReportInfo, StartInfo, StateTime,
+    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo, StateTime,
     StopInfo, StopReason, SummaryReason, TransitionCount,
 };
 use summary::Group;

@@ -338,6 +338,10 @@ fn start_info(time: SystemTime) -> StartInfo {
             tracefs_mounted_by_tracer: false,
             record_access: "direct",
             io_probes: Vec::new(),
+            netns_offsets: Some(NetnsOffsetsInfo {
+                sk_net: 48,
+                net_inum: 136,
+            }),
         },
         filters: FilterInfo::default(),
         ring_buffer_bytes: 1 << 24,

@@ -17,7 +17,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, STAT_FILTERED,
+    FieldOffsets, NetnsOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, STAT_FILTERED,
     STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
@@ -235,7 +235,7 @@ pub struct Probe {
     pub direct_access: bool,
     /// Whether the probe reads each socket's network namespace (at offsets from kernel
     /// BTF), or why not: then every namespace is reported as 0.
-    pub netns: Result<(), btf::BtfError>,
+    pub netns: Result<NetnsOffsets, btf::BtfError>,
 }
 
 impl Probe {
@@ -328,7 +328,7 @@ impl Probe {
                 io,
                 tracefs,
                 direct_access: config.direct_access != 0,
-                netns: netns.map(|_| ()),
+                netns,
             },
             ring,
         ))

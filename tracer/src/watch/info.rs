@@ -12,7 +12,7 @@ use crate::{
     cli::WatchArgs,
     model::{Family, Thresholds},
     output::{
-        Attached, FilterInfo, RecordInfo, Rfc3339, StartInfo, StopInfo, StopReason, WallClock,
+        Attached, FilterInfo, NetnsOffsetsInfo, RecordInfo, Rfc3339, StartInfo, StopInfo, StopReason, WallClock,
     },
     probe::{Filters, Probe, RingConfig, SkipCounts, TRACEPOINT},
     record::{Header, HeaderExt},
@@ -78,6 +78,10 @@ pub(super) fn start_info(
                 "copy"
             },
             io_probes: probe.io.probes.clone(),
+            netns_offsets: probe.netns.as_ref().ok().map(|o| NetnsOffsetsInfo {
+                sk_net: o.sk_net,
+                net_inum: o.net_inum,
+            }),
         },
         filters: FilterInfo {
             ports: filters.ports.clone(),

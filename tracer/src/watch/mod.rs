@@ -73,6 +73,11 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if let Some(why) = &probe.io.off {
         eprintln!("tracer: warning: {why}");
     }
+    if let Err(e) = &probe.netns {
+        eprintln!(
+            "tracer: warning: {e}; sockets' network namespaces are unknown, and owners are looked for in the tracer's own namespace only"
+        );
+    }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
