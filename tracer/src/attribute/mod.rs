@@ -1,10 +1,13 @@
 //! Stage 4: names the processes that own sockets, the way `ss -p` does: sock_diag gives
 //! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode.
 //!
+//! [`container`] reads the container or service an owner runs in from its cgroup.
+//!
 //! This runs only for sockets being flagged (and once at start, for the snapshot), never
 //! per event. The pid current at a transition is not used as the owner: transitions such
 //! as ESTABLISHED -> CLOSE_WAIT run in softirq, in whatever task happened to be running.
 
+pub mod container;
 pub mod procfs;
 pub mod sock_diag;
 
