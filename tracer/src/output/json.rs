@@ -16,6 +16,7 @@ use super::{
     text, Outcome, Page, Render, SocketReport, Summary,
 };
 use crate::{
+    attribute::container::Container,
     decode::Transition,
     model::{Comm, Origin, Owner, PidHint, Socket, State},
     probe::SkipCounts,
@@ -210,6 +211,8 @@ pub struct Offender {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cmdline: Option<String>,
+    /// Its container or systemd service, if known.
+    pub container: Option<Container>,
     /// Stuck sockets it held, in all and per state.
     pub stuck: usize,
     pub states: BTreeMap<String, usize>,
@@ -374,6 +377,8 @@ pub struct OwnerRecord<'a> {
     /// Soft RLIMIT_NOFILE; `null` when unlimited.
     pub fd_limit: Option<u64>,
     pub cgroup: Option<&'a str>,
+    /// The container or systemd service, read from `cgroup`.
+    pub container: Option<Container>,
 }
 
 impl<'a> From<&'a Owner> for OwnerRecord<'a> {
@@ -387,6 +392,7 @@ impl<'a> From<&'a Owner> for OwnerRecord<'a> {
             fd_count: o.fd_count,
             fd_limit: o.process.fd_limit,
             cgroup: o.process.cgroup.as_deref(),
+            container: o.process.container(),
         }
     }
 }

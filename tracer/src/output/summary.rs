@@ -10,7 +10,10 @@ use std::{
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use crate::model::{IoOp, Origin, Ownership, Socket, State};
+use crate::{
+    attribute::container::Container,
+    model::{IoOp, Origin, Ownership, Socket, State},
+};
 
 /// The port that names the service a socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +53,8 @@ pub struct Group {
     /// The owning process (the first holder), if known.
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// Its container or systemd service, if known.
+    pub container: Option<Container>,
     #[serde(skip)]
     pub port: ServicePort,
     pub count: usize,
@@ -81,6 +86,7 @@ pub fn group<'a>(
                 state: s.state,
                 pid,
                 comm: owner.map(|o| o.process.comm.clone()),
+                container: owner.and_then(|o| o.process.container()),
                 port: ServicePort::of(s),
                 count: 0,
                 oldest_since_ns: s.since_ns,

@@ -332,6 +332,7 @@ impl Report<'_> {
                 pid,
                 comm: owner.map(|w| w.process.comm.clone()),
                 cmdline: owner.map(|w| w.process.cmdline.clone()),
+                container: owner.and_then(|w| w.process.container()),
                 stuck: 0,
                 states: BTreeMap::new(),
                 ports: Vec::new(),
