@@ -102,6 +102,9 @@ pub struct FilterInfo {
     pub pid: Option<u32>,
     pub family: Option<&'static str>,
     pub states: Vec<&'static str>,
+    /// `--container` and `--cgroup`, which select stuck sockets by owner.
+    pub container: Option<String>,
+    pub cgroup: Option<String>,
 }
 
 /// Why the run ended.
@@ -180,6 +183,9 @@ pub struct ReportInfo<'a> {
     pub recorded_thresholds: BTreeMap<&'static str, u64>,
     pub ports: &'a [u16],
     pub pid: Option<u32>,
+    /// `--container` and `--cgroup`.
+    pub container: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
     /// `--timeline`: the socket followed.
     pub timeline: Option<String>,
     /// Entries and transitions read, and bytes lost to damage.

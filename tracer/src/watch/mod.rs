@@ -137,6 +137,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         args.events,
         args.pid.filter(|_| !args.events),
     );
+    session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(
         args,
         &probe,
