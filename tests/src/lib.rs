@@ -372,6 +372,69 @@ pub fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<
         .collect()
 }
 
+/// A `leaky` server (`tests/src/bin/leaky.rs`) in a process of its own: it accepts every
+/// connection, reads it to the end of stream and never closes it. Killed when dropped.
+pub struct Leaky {
+    pub child: Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Leaky {
+    /// Starts one listening on a free port of `ip`, and waits until it listens.
+    pub fn spawn(ip: IpAddr) -> Leaky {
+        let mut child = Command::new(leaky_bin())
+            .args([ip.to_string(), "0".to_owned()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start leaky");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut line);
+        let Some(port) = line
+            .trim_end()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+        else {
+            let _ = child.kill();
+            panic!("leaky did not say `ready <port>` but {line:?} (its stderr is above)");
+        };
+        Leaky { child, port }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Leaky {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `leaky` binary: cargo builds it beside the test executables' `deps` directory
+/// (what `CARGO_BIN_EXE_leaky` names, which only the test crates get), also when they are
+/// run without cargo, as `cargo xtask test` and its guests do.
+fn leaky_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable's directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("the target directory")
+    } else {
+        dir
+    };
+    let path = dir.join("leaky");
+    assert!(
+        path.is_file(),
+        "no leaky binary at {}; `cargo test -p integration-tests` builds it",
+        path.display()
+    );
+    path
+}
+
 /// Whether the running kernel lays `sock:inet_sock_set_state` records out as
 /// [`tracer_common::KNOWN_LAYOUT`], the layout the probe reads straight from the context;
 /// read from tracefs by a parser of the tests' own, not the tracer's. Call it while a

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{
+    builder::NonEmptyStringValueParser, error::ErrorKind, Args, CommandFactory, Parser, Subcommand,
+    ValueEnum,
+};
 use tracer_common::{TcpState, MAX_NETNS, MAX_PORTS};
 
 use crate::model::{Family, Format, Target};
@@ -64,6 +67,15 @@ pub struct WatchArgs {
     /// --events the transitions of sockets it was seen on (see the README).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
+
+    /// Report only stuck sockets held by a process in the container whose id starts with
+    /// ID (or in the systemd service so named).
+    #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+    pub container: Option<String>,
+
+    /// Report only stuck sockets held by a process whose cgroup path starts with PATH.
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
+    pub cgroup: Option<String>,
 
     /// Keep only one address family.
     #[arg(long, value_enum)]
@@ -165,6 +177,15 @@ pub struct ReportArgs {
     /// Keep stuck sockets that process PID held, or last acted or sent/received on.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
+
+    /// Keep stuck sockets held by a process in the container whose id starts with ID (or
+    /// in the systemd service so named).
+    #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+    pub container: Option<String>,
+
+    /// Keep stuck sockets held by a process whose cgroup path starts with PATH.
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
+    pub cgroup: Option<String>,
 
     /// Print the whole life of one socket: its kernel address (0xffff...) or an ADDR:PORT
     /// at either end (`[::1]:61616` for IPv6).
@@ -529,6 +550,10 @@ mod tests {
             "61616",
             "--pid",
             "42",
+            "--container",
+            "3f2a1b9c8d7e",
+            "--cgroup",
+            "/kubepods.slice",
             "--timeline",
             "[::1]:61616",
         ])
@@ -545,6 +570,8 @@ mod tests {
         );
         assert_eq!(r.to, Some(TimeArg::After(Duration::from_secs(900))));
         assert_eq!((r.ports, r.pid), (vec![61616], Some(42)));
+        assert_eq!(r.container.as_deref(), Some("3f2a1b9c8d7e"));
+        assert_eq!(r.cgroup.as_deref(), Some("/kubepods.slice"));
         assert_eq!(
             r.timeline,
             Some(Target::Addr("[::1]:61616".parse().unwrap()))
@@ -553,6 +580,7 @@ mod tests {
 
         let d = report(&["report", "rec"]).unwrap();
         assert_eq!((d.close_wait, d.from, d.timeline), (None, None, None));
+        assert_eq!((d.container, d.cgroup), (None, None));
         assert_eq!(
             parse_target("0xffff88800abcd000"),
             Ok(Target::Sk(0xffff_8880_0abc_d000))
@@ -564,6 +592,9 @@ mod tests {
             &["report", "rec", "--from", "yesterday"],
             &["report", "rec", "--close-wait", "0s"],
             &["report", "rec", "--port", "0"],
+            &["report", "rec", "--container", ""],
+            &["report", "rec", "--cgroup="],
+            &["report", "rec", "--container"],
         ] {
             let err = parse_cli(bad).expect_err(&format!("{bad:?} must be refused"));
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
@@ -707,6 +738,10 @@ mod tests {
             "80",
             "--pid",
             "42",
+            "--container",
+            "3f2a",
+            "--cgroup",
+            "/system.slice/docker-",
             "--family",
             "ipv6",
             "--state",
@@ -719,12 +754,15 @@ mod tests {
         assert_eq!(w.format, Format::Json);
         assert_eq!(w.ports, vec![61616, 80]);
         assert_eq!(w.pid, Some(42));
+        assert_eq!(w.container.as_deref(), Some("3f2a"));
+        assert_eq!(w.cgroup.as_deref(), Some("/system.slice/docker-"));
         assert_eq!(w.family, Some(FamilyArg::Ipv6));
         assert_eq!(w.states, vec![TcpState::CloseWait]);
         assert_eq!(w.duration, Some(Duration::from_secs(10)));
 
         let d = parse(&["watch"]).unwrap();
         assert!(!d.events && d.ports.is_empty() && d.pid.is_none() && d.duration.is_none());
+        assert!(d.container.is_none() && d.cgroup.is_none());
         assert_eq!(d.format, Format::Text);
         assert_eq!(d.buffer_size, 16 << 20);
         assert_eq!(
@@ -775,6 +813,9 @@ mod tests {
             &["watch", "--port", "0"][..],
             &["watch", "--port", "70000"],
             &["watch", "--pid", "0"],
+            &["watch", "--container", ""],
+            &["watch", "--cgroup", ""],
+            &["watch", "--cgroup"],
             &["watch", "--family", "ipx"],
             &["watch", "--state", "OPEN"],
             &["watch", "--duration", "forever"],

@@ -1,12 +1,17 @@
 //! Stage 4: names the processes that own sockets, the way `ss -p` does: sock_diag gives
 //! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode.
 //!
+//! [`container`] reads the container or service an owner runs in from its cgroup, and
+//! [`Selection`] picks stuck sockets by owner.
+//!
 //! This runs only for sockets being flagged (and once at start, for the snapshot), never
 //! per event. The pid current at a transition is not used as the owner: transitions such
 //! as ESTABLISHED -> CLOSE_WAIT run in softirq, in whatever task happened to be running.
 
+pub mod container;
 pub mod netns;
 pub mod procfs;
+mod select;
 pub mod sock_diag;
 
 use std::{
@@ -21,6 +26,7 @@ use crate::model::{
     Endpoints, Family, HeldBy, Origin, Owner, Ownership, ProcessInfo, SnapshotSocket, State,
 };
 use procfs::{Holding, ProcFs};
+pub use select::Selection;
 use sock_diag::DiagSocket;
 
 /// Where attribution gets its facts; [`Host`] reads the running kernel, tests use fakes.

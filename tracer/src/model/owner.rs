@@ -47,7 +47,8 @@ pub struct ProcessInfo {
     pub uid: u32,
     /// Soft RLIMIT_NOFILE; `None` when unlimited.
     pub fd_limit: Option<u64>,
-    /// cgroup v2 path (or the first v1 one): tells the container or service.
+    /// cgroup v2 path (or the first v1 one): tells the container or service, which
+    /// `ProcessInfo::container` (in `attribute::container`) reads from it.
     pub cgroup: Option<String>,
 }
 

@@ -16,6 +16,7 @@ use super::{
     text, Outcome, Page, Render, SocketReport, Summary,
 };
 use crate::{
+    attribute::container::Container,
     decode::Transition,
     model::{Comm, Origin, Owner, PidHint, Socket, State},
     probe::SkipCounts,
@@ -114,6 +115,9 @@ pub struct FilterInfo {
     pub netns: Vec<u32>,
     pub family: Option<&'static str>,
     pub states: Vec<&'static str>,
+    /// `--container` and `--cgroup`, which select stuck sockets by owner.
+    pub container: Option<String>,
+    pub cgroup: Option<String>,
 }
 
 /// Why the run ended.
@@ -192,6 +196,9 @@ pub struct ReportInfo<'a> {
     pub recorded_thresholds: BTreeMap<&'static str, u64>,
     pub ports: &'a [u16],
     pub pid: Option<u32>,
+    /// `--container` and `--cgroup`.
+    pub container: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
     /// `--timeline`: the socket followed.
     pub timeline: Option<String>,
     /// Entries and transitions read, and bytes lost to damage.
@@ -223,6 +230,8 @@ pub struct Offender {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cmdline: Option<String>,
+    /// Its container or systemd service, if known.
+    pub container: Option<Container>,
     /// Stuck sockets it held, in all and per state.
     pub stuck: usize,
     pub states: BTreeMap<String, usize>,
@@ -393,6 +402,8 @@ pub struct OwnerRecord<'a> {
     /// Soft RLIMIT_NOFILE; `null` when unlimited.
     pub fd_limit: Option<u64>,
     pub cgroup: Option<&'a str>,
+    /// The container or systemd service, read from `cgroup`.
+    pub container: Option<Container>,
 }
 
 impl<'a> From<&'a Owner> for OwnerRecord<'a> {
@@ -406,6 +417,7 @@ impl<'a> From<&'a Owner> for OwnerRecord<'a> {
             fd_count: o.fd_count,
             fd_limit: o.process.fd_limit,
             cgroup: o.process.cgroup.as_deref(),
+            container: o.process.container(),
         }
     }
 }

@@ -10,7 +10,10 @@ use std::{
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use crate::model::{IoOp, Origin, Ownership, Socket, State};
+use crate::{
+    attribute::container::Container,
+    model::{IoOp, Origin, Ownership, Socket, State},
+};
 
 /// The port that names the service a socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +55,8 @@ pub struct Group {
     pub comm: Option<String>,
     /// The sockets' network namespace (inode), if known.
     pub netns: Option<u32>,
+    /// Its container or systemd service, if known.
+    pub container: Option<Container>,
     #[serde(skip)]
     pub port: ServicePort,
     pub count: usize,
@@ -84,6 +89,7 @@ pub fn group<'a>(
                 pid,
                 comm: owner.map(|o| o.process.comm.clone()),
                 netns: (s.ends.netns != 0).then_some(s.ends.netns),
+                container: owner.and_then(|o| o.process.container()),
                 port: ServicePort::of(s),
                 count: 0,
                 oldest_since_ns: s.since_ns,

@@ -160,8 +160,10 @@ fn stuck_and_resolved_as_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let service = serde_json::json!({"id":"activemq.service","runtime":"systemd","pod_uid":null});
     let owner = serde_json::json!({"pid":4242,"comm":"java","cmdline":"java -jar activemq.jar",
-        "uid":1000,"fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service"});
+        "uid":1000,"fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service",
+        "container":service});
     assert_eq!(
         lines[0],
         serde_json::json!({"type":"stuck","time":"2026-11-25T06:00:31.500000000Z","state":"CLOSE_WAIT",
@@ -169,7 +171,8 @@ fn stuck_and_resolved_as_json() {
             "saddr":"127.0.0.1","sport":61616,"daddr":"10.0.0.9","dport":40000,"sk":"0xffff888000001000",
             "origin":"accepted","held_by":"fd","owner":owner,
             "other_owners":[{"pid":4300,"comm":"java","cmdline":"java -jar activemq.jar","uid":1000,
-                "fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service"}],
+                "fds":[17],"fd_count":1013,"fd_limit":1024,"cgroup":"/system.slice/activemq.service",
+                "container":service}],
             "last_caller":null,"last_io":{"pid":4242,"comm":"java","op":"eof","ago_ms":29500}})
     );
     assert_eq!(lines[1]["type"], "resolved");
@@ -238,6 +241,125 @@ fn stuck_resolved_and_summary_as_text() {
         6,
         "an empty interval summary prints nothing: {out}"
     );
+}
+
+/// The owners of `leaked()` moved to the cgroups `first` and `second`.
+fn leaked_in(first: Option<&str>, second: Option<&str>) -> (Socket, Ownership) {
+    let (socket, mut ownership) = leaked();
+    ownership.owners[0].process.cgroup = first.map(str::to_owned);
+    ownership.owners[1].process.cgroup = second.map(str::to_owned);
+    (socket, ownership)
+}
+
+const ID: &str = "3f2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+
+#[test]
+fn containers_name_their_owners_in_json() {
+    let docker = format!("/system.slice/docker-{ID}.scope");
+    let pod = format!(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0d2f6c1e_9a4b_4e8d_b3c7_5f1a2e9d8c6b.slice/cri-containerd-{ID}.scope"
+    );
+    let (socket, ownership) = leaked_in(Some(&docker), Some(&pod));
+    let report = SocketReport {
+        key: SocketKey::Sk(1),
+        socket: &socket,
+        ownership: &ownership,
+    };
+    let groups = summary::group(std::iter::once((&socket, Some(&ownership))), |_| None);
+    let (out, _) = render(Format::Json, |o| {
+        o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+            .unwrap();
+        o.summary(
+            SummaryReason::Interval,
+            &groups,
+            TableStats::default(),
+            &BTreeMap::new(),
+            31_500_000_000,
+        )
+        .unwrap();
+    });
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let in_docker = serde_json::json!({"id":ID,"runtime":"docker","pod_uid":null});
+    assert_eq!(lines[0]["owner"]["container"], in_docker);
+    assert_eq!(lines[0]["owner"]["cgroup"], docker);
+    assert_eq!(
+        lines[0]["other_owners"][0]["container"],
+        serde_json::json!({"id":ID,"runtime":"containerd",
+            "pod_uid":"0d2f6c1e-9a4b-4e8d-b3c7-5f1a2e9d8c6b"})
+    );
+    assert_eq!(lines[1]["groups"][0]["container"], in_docker);
+
+    // Neither a container nor a service, or no cgroup at all: null.
+    for cgroup in [Some("/user.slice/user-1000.slice/session-3.scope"), None] {
+        let (socket, ownership) = leaked_in(cgroup, cgroup);
+        let report = SocketReport {
+            key: SocketKey::Sk(1),
+            socket: &socket,
+            ownership: &ownership,
+        };
+        let (out, _) = render(Format::Json, |o| {
+            o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+                .unwrap()
+        });
+        let line: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(
+            line["owner"]["container"],
+            serde_json::Value::Null,
+            "{cgroup:?}"
+        );
+    }
+}
+
+#[test]
+fn containers_name_their_owners_in_text() {
+    let docker = format!("/system.slice/docker-{ID}.scope");
+    let pod = format!("/kubepods/burstable/pod0d2f6c1e-9a4b-4e8d-b3c7-5f1a2e9d8c6b/crio-{ID}");
+    for (cgroup, said) in [
+        (docker.as_str(), "container 3f2a1b9c8d7e (docker)"),
+        (
+            pod.as_str(),
+            "container 3f2a1b9c8d7e (cri-o, pod 0d2f6c1e-9a4b-4e8d-b3c7-5f1a2e9d8c6b)",
+        ),
+    ] {
+        let (socket, ownership) = leaked_in(Some(cgroup), None);
+        let report = SocketReport {
+            key: SocketKey::Sk(1),
+            socket: &socket,
+            ownership: &ownership,
+        };
+        let groups = summary::group(std::iter::once((&socket, Some(&ownership))), |_| None);
+        let (out, _) = render(Format::Text, |o| {
+            o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+                .unwrap();
+            o.summary(
+                SummaryReason::Interval,
+                &groups,
+                TableStats::default(),
+                &BTreeMap::new(),
+                31_500_000_000,
+            )
+            .unwrap();
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1],
+            format!(
+                "06:00:31 STUCK CLOSE_WAIT for 30s 127.0.0.1:61616 <- 10.0.0.9:40000 \
+                 java[4242] fd 17, fds 1013/1024 (98%), uid 1000, {said}, cgroup {cgroup}; \
+                 also java[4300] fd 17"
+            )
+        );
+        assert_eq!(
+            lines[3],
+            format!(
+                "  java[4242] in {said} holds 1 socket in CLOSE_WAIT on :61616 (oldest 30s), \
+                 fds 1013/1024 (98%)"
+            )
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use super::{
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
 use crate::{
+    attribute::container::Container,
     decode::Transition,
     model::{HeldBy, IoOp, Origin, Owner, Socket, State, TimeStyle},
 };
@@ -98,7 +99,7 @@ impl Text {
     /// One group of a summary: who holds how many sockets in which state, where.
     fn group_line(&self, page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
         let who = match (&g.comm, g.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+            (Some(comm), Some(pid)) => format!("{comm}[{pid}]{}", in_container(g.container.as_ref())),
             _ => "an unknown process".to_owned(),
         };
         let place = match g.port {
@@ -430,7 +431,7 @@ impl Render for Text {
         writeln!(page.out, "\nWORST OFFENDERS")?;
         for off in ranked {
             let who = match (&off.comm, off.pid) {
-                (Some(c), Some(p)) => format!("{c}[{p}]"),
+                (Some(c), Some(p)) => format!("{c}[{p}]{}", in_container(off.container.as_ref())),
                 _ => "owner not recorded".to_owned(),
             };
             let states: Vec<String> = off.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
@@ -627,6 +628,9 @@ fn owner_text(r: &SocketReport<'_>) -> String {
         fd_usage(first.fd_count, p.fd_limit),
         p.uid
     ));
+    if let Some(c) = p.container().as_ref().and_then(container_text) {
+        text.push_str(&format!(", {c}"));
+    }
     if let Some(cg) = &p.cgroup {
         text.push_str(&format!(", cgroup {cg}"));
     }
@@ -639,6 +643,27 @@ fn owner_text(r: &SocketReport<'_>) -> String {
         ));
     }
     text
+}
+
+/// `container 3f2a1b9c8d7e (docker)`, with the pod of a Kubernetes container; `None` for
+/// a systemd service, which its cgroup path names already.
+fn container_text(c: &Container) -> Option<String> {
+    if !c.is_container() {
+        return None;
+    }
+    let runtime = c.runtime.name();
+    Some(match &c.pod_uid {
+        Some(pod) => format!("container {} ({runtime}, pod {pod})", c.short_id()),
+        None => format!("container {} ({runtime})", c.short_id()),
+    })
+}
+
+/// ` in container 3f2a1b9c8d7e (docker)` after a process's name, or nothing.
+fn in_container(c: Option<&Container>) -> String {
+    match c.and_then(container_text) {
+        Some(c) => format!(" in {c}"),
+        None => String::new(),
+    }
 }
 
 /// The socket's last send or receive, in words: `; java[4242] read end of stream 2h13m

@@ -20,6 +20,7 @@ use std::{
 use tracer_common::TcpState;
 
 use crate::{
+    attribute::Selection,
     cli::ReportArgs,
     model::{HeldBy, IoOp, Ownership, Socket, Stay, Target, Thresholds},
     output::{
@@ -103,6 +104,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         recorded_thresholds: threshold_map(recorded.iter().copied()),
         ports: &args.ports,
         pid: args.pid,
+        container: args.container.as_deref(),
+        cgroup: args.cgroup.as_deref(),
         timeline: args.timeline.map(|t| match t {
             Target::Sk(sk) => format!("{sk:#x}"),
             Target::Addr(a) => a.to_string(),
@@ -129,6 +132,11 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         .collect();
     let written = Report {
         args,
+        selection: Selection {
+            pid: args.pid,
+            container: args.container.clone(),
+            cgroup: args.cgroup.clone(),
+        },
         replay: &replay,
         end_ns,
         resolutions,
@@ -206,6 +214,8 @@ fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
 /// What the report writes, once the replay is done.
 struct Report<'a> {
     args: &'a ReportArgs,
+    /// `--pid`, `--container` and `--cgroup`.
+    selection: Selection,
     replay: &'a Replay,
     end_ns: u64,
     /// When each stay that resolved in the window ended.
@@ -243,13 +253,9 @@ impl Report<'_> {
         self.replay.owners_of(s).unwrap_or(&NOT_RECORDED)
     }
 
-    /// Whether `--port` and `--pid` keep a stuck socket.
+    /// Whether `--port`, `--pid`, `--container` and `--cgroup` keep a stuck socket.
     fn kept(&self, s: &Socket) -> bool {
-        self.replay.options.port_kept(&s.ends)
-            && self
-                .args
-                .pid
-                .is_none_or(|pid| self.ownership(s).involves(pid, s))
+        self.replay.options.port_kept(&s.ends) && self.selection.admits(self.ownership(s), s)
     }
 
     fn event<W: Write, E: Write>(&self, o: &mut Output<W, E>, ev: &Event) -> io::Result<()> {
@@ -333,6 +339,7 @@ impl Report<'_> {
                 pid,
                 comm: owner.map(|w| w.process.comm.clone()),
                 cmdline: owner.map(|w| w.process.cmdline.clone()),
+                container: owner.and_then(|w| w.process.container()),
                 stuck: 0,
                 states: BTreeMap::new(),
                 ports: Vec::new(),

@@ -364,6 +364,76 @@ fn window_and_filters() {
     assert_eq!(of_type(&r, "stuck").len(), 2);
 }
 
+const ID: &str = "3f2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+
+/// The incident with A held by pid 5000 in a docker container, and B by java in a
+/// systemd service.
+fn incident_in_containers() -> Vec<Entry> {
+    let mut entries = incident();
+    for e in &mut entries {
+        if let Entry::Owners(o) = e {
+            let owner = &mut o.owners[0];
+            if o.ends.dport == 40001 {
+                owner.pid = 5000;
+                owner.cgroup = Some(format!("/system.slice/docker-{ID}.scope"));
+            } else {
+                owner.cgroup = Some("/system.slice/activemq.service".into());
+            }
+        }
+    }
+    entries
+}
+
+#[test]
+fn containers_come_from_the_recorded_cgroups_and_select_stuck_sockets() {
+    let bytes = bytes_of(&incident_in_containers());
+    let docker = serde_json::json!({"id": ID, "runtime": "docker", "pod_uid": null});
+    let service =
+        serde_json::json!({"id": "activemq.service", "runtime": "systemd", "pod_uid": null});
+    let r = report_bytes(&bytes, &[]).unwrap();
+    let stuck = of_type(&r, "stuck");
+    assert_eq!(stuck[0]["owner"]["container"], docker);
+    assert_eq!(stuck[1]["owner"]["container"], service);
+    assert_eq!(of_type(&r, "resolved")[0]["owner"]["container"], service);
+    // A alone is still stuck at the end.
+    assert_eq!(of_type(&r, "summary")[0]["groups"][0]["container"], docker);
+    let offenders: Vec<(&Value, &Value)> = of_type(&r, "offender")
+        .iter()
+        .map(|o| (&o["pid"], &o["container"]))
+        .collect();
+    assert_eq!(
+        offenders,
+        [(&5000.into(), &docker), (&4242.into(), &service)]
+    );
+
+    let kept = |args: &[&str]| {
+        let r = report_bytes(&bytes, args).unwrap();
+        // The report record names the criteria.
+        for flag in ["container", "cgroup"] {
+            let given = args.iter().position(|&a| a == format!("--{flag}"));
+            let want = given.map_or(Value::Null, |i| args[i + 1].into());
+            assert_eq!(r[0][flag], want, "{args:?}");
+        }
+        sockets(&r, "stuck", "age_ms")
+            .into_iter()
+            .map(|(port, _)| port)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&["--container", &ID[..12]]), [40001]);
+    assert_eq!(kept(&["--container", ID]), [40001]);
+    assert_eq!(kept(&["--container", "activemq"]), [40002]);
+    assert!(kept(&["--container", "deadbeef"]).is_empty());
+    assert_eq!(kept(&["--cgroup", "/system.slice/docker-"]), [40001]);
+    assert_eq!(kept(&["--cgroup", "/system.slice/"]), [40001, 40002]);
+    assert!(kept(&["--cgroup", "/kubepods"]).is_empty());
+    // Every criterion given must hold.
+    assert_eq!(
+        kept(&["--pid", "5000", "--cgroup", "/system.slice/"]),
+        [40001]
+    );
+    assert!(kept(&["--pid", "5000", "--container", "activemq"]).is_empty());
+}
+
 #[test]
 fn window_times_of_day_and_offsets_agree() {
     let window = |args: &[&str]| {

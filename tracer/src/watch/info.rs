@@ -89,6 +89,8 @@ pub(super) fn start_info(
             netns: filters.netns.clone(),
             family: filters.family.map(Family::name),
             states: filters.states.iter().map(|s| s.name()).collect(),
+            container: args.container.clone(),
+            cgroup: args.cgroup.clone(),
         },
         ring_buffer_bytes: ring.bytes,
         thresholds: thresholds

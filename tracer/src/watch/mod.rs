@@ -148,6 +148,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if let (true, Some(pid)) = (args.events, args.pid) {
         session.focus(Focus::new(pid, []));
     }
+    session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(
         args,
         &probe,

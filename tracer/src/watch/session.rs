@@ -9,7 +9,7 @@ use aya::maps::{MapData, RingBuf};
 use super::{focus::Focus, written, ATTRIBUTION_SPACING};
 use crate::{
     aggregate::Resolved,
-    attribute::{Attributor, Host},
+    attribute::{Attributor, Host, Selection},
     decode,
     model::{HeldBy, LastIo, Ownership, Socket},
     output::{monotonic_ns, summary, Output, SocketReport, SummaryReason},
@@ -43,8 +43,9 @@ pub(super) struct Session<W: Write, E: Write> {
     events: bool,
     /// `--pid` with `--events`: print only the transitions of that process's sockets.
     focus: Option<Focus>,
-    /// `--pid` in watch mode: report only sockets this process holds.
-    owner_pid: Option<u32>,
+    /// Which stuck sockets to report, by owner: `--pid` in watch mode, `--container`,
+    /// `--cgroup`.
+    selection: Selection,
     /// Earliest time (monotonic ns) of the next attribution.
     next_attribution_ns: u64,
     attribution_failed: bool,
@@ -79,7 +80,10 @@ impl<W: Write, E: Write> Session<W, E> {
             pending: Vec::new(),
             events,
             focus: None,
-            owner_pid,
+            selection: Selection {
+                pid: owner_pid,
+                ..Selection::default()
+            },
             next_attribution_ns: 0,
             attribution_failed: false,
             io_failed: false,
@@ -93,6 +97,13 @@ impl<W: Write, E: Write> Session<W, E> {
     /// Prints only the transitions of the sockets `focus` follows (`--events --pid`).
     pub(super) fn focus(&mut self, focus: Focus) {
         self.focus = Some(focus);
+    }
+
+    /// Also shows only the stuck sockets an owner of which is in a container whose id
+    /// starts with `container`, or in a cgroup whose path starts with `cgroup`.
+    pub(super) fn select_owners(&mut self, container: Option<String>, cgroup: Option<String>) {
+        self.selection.container = container;
+        self.selection.cgroup = cgroup;
     }
 
     /// Reads every pending record into the engine; prints transitions in `--events` mode
@@ -282,7 +293,7 @@ impl<W: Write, E: Write> Session<W, E> {
                 continue;
             }
             ownership.last_io = self.last_io(probe, flag.key.sk());
-            if let (Some(focus), Some(pid)) = (&mut self.focus, self.owner_pid) {
+            if let (Some(focus), Some(pid)) = (&mut self.focus, self.selection.pid) {
                 if ownership.involves(pid, &flag.socket) {
                     focus.holds(flag.key.sk(), flag.socket.ends);
                 }
@@ -330,15 +341,13 @@ impl<W: Write, E: Write> Session<W, E> {
     pub(super) fn summary(&mut self, reason: SummaryReason, now: u64) -> io::Result<()> {
         // Sockets resolved or evicted while flagged have nothing more to report.
         self.engine.prune_owners();
-        let owner_pid = self.owner_pid;
+        let selection = &self.selection;
         let stuck: Vec<_> = self
             .engine
             .stuck()
             .filter_map(|(_, s, o)| {
                 let o = o?;
-                owner_pid
-                    .is_none_or(|pid| o.involves(pid, s))
-                    .then_some((s, Some(o)))
+                selection.admits(o, s).then_some((s, Some(o)))
             })
             .collect();
         let attributor = &mut self.attributor;
@@ -353,9 +362,9 @@ impl<W: Write, E: Write> Session<W, E> {
         self.flush()
     }
 
-    /// Whether `--pid` (in watch mode) lets a socket through.
+    /// Whether `--pid` (in watch mode), `--container` and `--cgroup` let a socket through.
     fn shown(&self, o: &Ownership, s: &Socket) -> bool {
-        self.owner_pid.is_none_or(|pid| o.involves(pid, s))
+        self.selection.admits(o, s)
     }
 
     /// Reports what was not followed since the last check: transitions the probe dropped
