@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    attribute::{netns, Attributor, Host},
+    attribute::{netns, Attributor, Host, Namespaces},
     cli::WatchArgs,
     model::{Family, Format, Thresholds},
     output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
@@ -84,11 +84,18 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // recording's header carries the same instant, so a report agrees.
     let start_ns = monotonic_ns();
     let mut engine = Engine::new(thresholds.clone(), args.max_sockets as usize, start_ns);
-    let mut attributor = Attributor::new(Host::default());
-    let mut snapshot = attributor.snapshot(start_ns).unwrap_or_else(|e| {
-        eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
-        Vec::new()
-    });
+    let mut attributor = Attributor::new(Host::default(), Namespaces::All);
+    let found = attributor.snapshot(start_ns);
+    if let Some(e) = found.failed.first() {
+        let more = match found.failed.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and in {n} more namespaces)"),
+        };
+        eprintln!(
+            "tracer: warning: {e}{more}; sockets open there before the start are not tracked"
+        );
+    }
+    let mut snapshot = found.sockets;
     // The probe's filters hold for the snapshot too.
     snapshot.retain(|s| filters.admits_socket(s.ends.family, s.ends.sport, s.ends.dport, s.state));
     let existing_sockets = snapshot.len();
