@@ -570,3 +570,148 @@ fn procfs_scan_finds_socket_links_and_reads_process_files() {
         .is_some_and(|n| n >= 3));
     fs::remove_dir_all(&root).unwrap();
 }
+
+/// Brings up the loopback device of the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The endpoints of `stream` as sock_diag gives them, in namespace `netns`.
+fn ends_of(netns: u32, stream: &std::net::TcpStream) -> Endpoints {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    Endpoints {
+        netns,
+        family: Family::Ipv4,
+        saddr: local.ip(),
+        sport: local.port(),
+        daddr: peer.ip(),
+        dport: peer.port(),
+    }
+}
+
+/// A real namespace, made by a thread with `unshare`, found through a `/proc` whose one
+/// process is that thread (discovery looks at thread-group leaders only), listed from a
+/// socket made inside it, and unreachable once the thread is gone although its sockets
+/// keep it alive.
+#[test]
+fn a_real_namespace_is_found_listed_and_attributed_as_root() {
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::{
+            fd::AsRawFd,
+            unix::fs::{symlink, MetadataExt},
+        },
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: creating and entering network namespaces needs root");
+        return;
+    }
+    let (made_tx, made_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let made = (|| -> io::Result<_> {
+            // SAFETY: unshare changes only this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            loopback_up()?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let client = TcpStream::connect(listener.local_addr()?)?;
+            let (server, _) = listener.accept()?;
+            // SAFETY: gettid has no preconditions.
+            Ok((unsafe { libc::gettid() }, listener, server, client))
+        })();
+        made_tx.send(made).unwrap();
+        // The thread is what /proc shows the namespace through.
+        let _ = done_rx.recv();
+    });
+    let (tid, listener, server, client) = made_rx.recv().unwrap().expect("a namespace");
+    let ns_file = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
+    let netns = fs::metadata(&ns_file).unwrap().ino() as u32;
+    let own = netns::own();
+    assert_ne!(netns, own);
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("proc/1/ns")).unwrap();
+    symlink(&ns_file, dir.path().join("proc/1/ns/net")).unwrap();
+    let host = Host {
+        proc: ProcFs::default(),
+        netns: netns::Registry::at(dir.path().join("proc"), dir.path().join("run")),
+        own,
+    };
+    let mut a = Attributor::new(host, Namespaces::All);
+
+    let ends = ends_of(netns, &server);
+    drop(client);
+    let snap = a.snapshot(0);
+    assert!(snap.failed.is_empty(), "{:?}", snap.failed);
+    let listener_inode = fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+        .unwrap()
+        .ino();
+    let listed = snap
+        .sockets
+        .iter()
+        .find(|s| s.ends.netns == netns && s.state == Listen.into())
+        .expect("the namespace's listener");
+    assert_eq!(
+        (listed.inode, listed.origin),
+        (listener_inode, Origin::Listener)
+    );
+    assert!(
+        snap.sockets
+            .iter()
+            .all(|s| s.ends.netns == netns || s.ends.netns == own),
+        "each socket says its namespace"
+    );
+
+    // The client closed: the server's socket waits in CLOSE_WAIT for its process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let got = a.owners(&[
+            (ends, CloseWait.into()),
+            (Endpoints { netns: own, ..ends }, CloseWait.into()),
+        ]);
+        if got.owners[0].held_by != HeldBy::Gone || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(got.failed.is_empty(), "{:?}", got.failed);
+    assert_eq!(got.owners[0].held_by, HeldBy::Fd);
+    assert_eq!(
+        holders(&got.owners[..1]),
+        vec![vec![(std::process::id(), vec![server.as_raw_fd()])]]
+    );
+    assert_eq!(
+        got.owners[1].held_by,
+        HeldBy::Gone,
+        "the same addresses in the tracer's namespace are another socket"
+    );
+
+    drop(done_tx);
+    holder.join().unwrap();
+    let got = a.owners(&[(ends, CloseWait.into())]);
+    assert_eq!(got.owners[0].held_by, HeldBy::NetnsUnreachable);
+    drop((listener, server));
+}
