@@ -136,6 +136,7 @@ fn snapshot_sockets_age_from_a_lower_bound_and_take_their_address_later() {
     table.seed(vec![
         SnapshotSocket {
             cookie: 9,
+            inode: 0,
             ends: ends(61616, 40009),
             state: CloseWait.into(),
             since_ns: 5 * SEC,
@@ -143,6 +144,7 @@ fn snapshot_sockets_age_from_a_lower_bound_and_take_their_address_later() {
         },
         SnapshotSocket {
             cookie: 10,
+            inode: 0,
             ends: ends(61616, 0),
             state: Listen.into(),
             since_ns: 20 * SEC,
@@ -173,6 +175,7 @@ fn a_transition_racing_the_snapshot_gives_the_exact_entry_time() {
     let mut table = Table::new(close_wait_after(30), 1000);
     table.seed(vec![SnapshotSocket {
         cookie: 9,
+        inode: 0,
         ends: ends(61616, 40009),
         state: CloseWait.into(),
         since_ns: 5 * SEC,

@@ -94,6 +94,16 @@ impl ProcFs {
         found
     }
 
+    /// The inodes of the sockets process `pid` holds descriptors to (none once it is gone).
+    pub fn socket_inodes(&self, pid: u32) -> HashSet<u64> {
+        let Ok(fds) = fs::read_dir(self.root.join(pid.to_string()).join("fd")) else {
+            return HashSet::new();
+        };
+        fds.flatten()
+            .filter_map(|fd| socket_inode(&fs::read_link(fd.path()).ok()?))
+            .collect()
+    }
+
     /// How many descriptors process `pid` has open; `None` when it has gone.
     pub fn fd_count(&self, pid: u32) -> Option<usize> {
         let p = Process::new_with_root(self.root.join(pid.to_string())).ok()?;

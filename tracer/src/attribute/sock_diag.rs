@@ -1,6 +1,9 @@
 //! The kernel's own list of TCP sockets, from sock_diag netlink (INET_DIAG), as `ss` reads
 //! it: endpoints, state, the inode that ties a socket to file descriptors, and tcp_info.
 //!
+//! A netlink socket lists the sockets of the network namespace it was created in: a
+//! [`Diag`] made inside another namespace (see [`super::netns`]) lists that one's.
+//!
 //! netlink-packet-sock-diag builds and parses the messages (the rust-netlink project's
 //! crate, also used by rtnetlink); only the one tcp_info field we need is read by hand, so
 //! that a kernel with a shorter or longer tcp_info still parses.
@@ -34,69 +37,90 @@ pub struct DiagSocket {
     pub last_ack_recv_ms: Option<u32>,
 }
 
-/// Lists the TCP sockets of `family` in `states` (a mask of `1 << state`); with `info`,
-/// also reads each socket's tcp_info.
-pub fn dump(family: Family, states: u32, info: bool) -> io::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+/// A sock_diag netlink socket. It lists the sockets of the network namespace it was
+/// created in, whichever thread uses it.
+#[derive(Debug)]
+pub struct Diag {
+    socket: Socket,
+    /// What the sockets it lists say as their namespace.
+    netns: u32,
+}
 
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family: match family {
-                Family::Ipv4 => AF_INET,
-                Family::Ipv6 => AF_INET6,
-            },
-            protocol: IPPROTO_TCP,
-            extensions: if info {
-                ExtensionFlags::INFO
-            } else {
-                ExtensionFlags::empty()
-            },
-            states: StateFlags::from_bits_truncate(states),
-            socket_id: match family {
-                Family::Ipv4 => SocketId::new_v4(),
-                Family::Ipv6 => SocketId::new_v6(),
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket.send(&buf, 0)?;
+impl Diag {
+    /// A socket in the calling thread's namespace, whose listings say `netns`.
+    pub fn new(netns: u32) -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, netns })
+    }
 
-    let mut sockets = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        let mut offset = 0;
-        while offset < n {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    if let Some(s) = from_response(family, &r) {
-                        sockets.push(s);
+    /// Lists the TCP sockets of `family` in `states` (a mask of `1 << state`); with
+    /// `info`, also reads each socket's tcp_info.
+    pub fn dump(&mut self, family: Family, states: u32, info: bool) -> io::Result<Vec<DiagSocket>> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: match family {
+                    Family::Ipv4 => AF_INET,
+                    Family::Ipv6 => AF_INET6,
+                },
+                protocol: IPPROTO_TCP,
+                extensions: if info {
+                    ExtensionFlags::INFO
+                } else {
+                    ExtensionFlags::empty()
+                },
+                states: StateFlags::from_bits_truncate(states),
+                socket_id: match family {
+                    Family::Ipv4 => SocketId::new_v4(),
+                    Family::Ipv6 => SocketId::new_v6(),
+                },
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+
+        let mut sockets = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.socket.recv(&mut &mut buf[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = msg.header.length as usize;
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(sockets),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        if let Some(s) = from_response(self.netns, family, &r) {
+                            sockets.push(s);
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
+                if len == 0 {
+                    break;
+                }
+                offset += len;
             }
-            if len == 0 {
-                break;
-            }
-            offset += len;
         }
     }
 }
 
-fn from_response(family: Family, r: &InetResponse) -> Option<DiagSocket> {
+/// Lists the TCP sockets of `family` in `states` in the tracer's own namespace, with
+/// namespace 0 on each; with `info`, also reads each socket's tcp_info.
+pub fn dump(family: Family, states: u32, info: bool) -> io::Result<Vec<DiagSocket>> {
+    Diag::new(0)?.dump(family, states, info)
+}
+
+fn from_response(netns: u32, family: Family, r: &InetResponse) -> Option<DiagSocket> {
     let h = &r.header;
     let id = &h.socket_id;
     let last_ack_recv_ms = r.nlas.iter().find_map(|nla| match nla {
@@ -106,7 +130,7 @@ fn from_response(family: Family, r: &InetResponse) -> Option<DiagSocket> {
     Some(DiagSocket {
         cookie: u64::from_ne_bytes(id.cookie),
         ends: Endpoints {
-            netns: super::netns::own(),
+            netns,
             family,
             saddr: address(family, id.source_address)?,
             sport: id.source_port,

@@ -8,25 +8,81 @@ use super::*;
 use crate::model::{Origin, ProcessInfo};
 use TcpState::*;
 
-/// A machine made of lists.
+/// The tracer's own namespace in the fakes that have more than one.
+const OWN: u32 = 4026531840;
+/// Two containers' namespaces.
+const NS_A: u32 = 4026532201;
+const NS_B: u32 = 4026532202;
+
+/// A machine made of lists. Its sockets say which namespace they are in; the tracer's own
+/// is `own` (0 unless a test needs more namespaces).
 #[derive(Default)]
 struct Fake {
+    own: u32,
+    /// Namespaces besides `own` that can be entered.
+    namespaces: Vec<u32>,
+    /// Namespaces that are found but whose listing fails.
+    failing: Vec<u32>,
     sockets: Vec<DiagSocket>,
     holdings: Vec<Holding>,
     processes: Vec<ProcessInfo>,
-    dumps: Vec<(Family, u32, bool)>,
+    /// `(namespace, family, states, info)` of every dump.
+    dumps: Vec<(u32, Family, u32, bool)>,
     scans: usize,
 }
 
 impl System for Fake {
-    fn sockets(&mut self, family: Family, states: u32, info: bool) -> io::Result<Vec<DiagSocket>> {
-        self.dumps.push((family, states, info));
-        Ok(self
-            .sockets
+    fn namespaces(&mut self) -> Vec<u32> {
+        let mut all = vec![self.own];
+        all.extend(&self.namespaces);
+        all.extend(&self.failing);
+        all
+    }
+
+    fn sockets(
+        &mut self,
+        namespaces: &[u32],
+        families: &[Family],
+        states: u32,
+        info: bool,
+    ) -> Vec<Listing> {
+        namespaces
             .iter()
-            .filter(|d| d.ends.family == family && states & state_bit(d.state) != 0)
-            .copied()
-            .collect())
+            .map(|&asked| {
+                let netns = if asked == 0 { self.own } else { asked };
+                if self.failing.contains(&netns) {
+                    return Listing::Failed(AttributeError::Dump {
+                        netns,
+                        family: families[0],
+                        source: io::Error::from(io::ErrorKind::PermissionDenied),
+                    });
+                }
+                if netns != self.own && !self.namespaces.contains(&netns) {
+                    return Listing::Unreachable;
+                }
+                let mut found = Vec::new();
+                for &family in families {
+                    self.dumps.push((asked, family, states, info));
+                    found.extend(
+                        self.sockets
+                            .iter()
+                            .filter(|d| {
+                                d.ends.netns == netns
+                                    && d.ends.family == family
+                                    && states & state_bit(d.state) != 0
+                            })
+                            .map(|d| DiagSocket {
+                                ends: Endpoints {
+                                    netns: asked,
+                                    ..d.ends
+                                },
+                                ..*d
+                            }),
+                    );
+                }
+                Listing::Sockets(found)
+            })
+            .collect()
     }
 
     fn holders(&mut self, inodes: &HashSet<u64>) -> Vec<Holding> {
@@ -122,8 +178,8 @@ fn broker() -> Fake {
 
 #[test]
 fn names_the_holder_with_fds_and_counts_in_one_scan() {
-    let mut a = Attributor::new(broker());
-    let got = a.owners(&[(v4(61616, 40001), CloseWait.into())]).unwrap();
+    let mut a = Attributor::new(broker(), Namespaces::All);
+    let got = a.owners(&[(v4(61616, 40001), CloseWait.into())]).owners;
     assert_eq!(
         got,
         vec![Ownership {
@@ -140,6 +196,7 @@ fn names_the_holder_with_fds_and_counts_in_one_scan() {
     assert_eq!(
         a.sys.dumps,
         vec![(
+            0,
             Family::Ipv4,
             1 << Listen as u32 | 1 << CloseWait as u32,
             false
@@ -149,8 +206,8 @@ fn names_the_holder_with_fds_and_counts_in_one_scan() {
 
 #[test]
 fn lists_every_holder_of_a_shared_socket() {
-    let mut a = Attributor::new(broker());
-    let got = a.owners(&[(v4(61616, 40005), CloseWait.into())]).unwrap();
+    let mut a = Attributor::new(broker(), Namespaces::All);
+    let got = a.owners(&[(v4(61616, 40005), CloseWait.into())]).owners;
     let pids: Vec<(u32, Vec<i32>)> = got[0]
         .owners
         .iter()
@@ -161,8 +218,8 @@ fn lists_every_holder_of_a_shared_socket() {
 
 #[test]
 fn a_socket_never_accepted_belongs_to_the_listener() {
-    let mut a = Attributor::new(broker());
-    let got = a.owners(&[(v4(61616, 40002), CloseWait.into())]).unwrap();
+    let mut a = Attributor::new(broker(), Namespaces::All);
+    let got = a.owners(&[(v4(61616, 40002), CloseWait.into())]).owners;
     assert_eq!(got[0].held_by, HeldBy::AcceptQueue);
     assert_eq!(got[0].owners[0].process.pid, 4242);
     assert_eq!(got[0].owners[0].fds, vec![3], "the listener's fd");
@@ -172,14 +229,14 @@ fn a_socket_never_accepted_belongs_to_the_listener() {
 fn orphans_gone_and_unheld_sockets_say_so() {
     let mut fake = broker();
     fake.sockets.push(diag(6, v4(61616, 40006), CloseWait, 106));
-    let mut a = Attributor::new(fake);
+    let mut a = Attributor::new(fake, Namespaces::All);
     let got = a
         .owners(&[
             (v4(50000, 80), FinWait2.into()),
             (v4(61616, 49999), CloseWait.into()),
             (v4(61616, 40006), CloseWait.into()),
         ])
-        .unwrap();
+        .owners;
     let held: Vec<HeldBy> = got.iter().map(|o| o.held_by).collect();
     assert_eq!(held, vec![HeldBy::Orphan, HeldBy::Gone, HeldBy::Unknown]);
     assert!(got.iter().all(|o| o.owners.is_empty()));
@@ -189,8 +246,8 @@ fn orphans_gone_and_unheld_sockets_say_so() {
 fn a_process_that_exits_mid_lookup_is_skipped() {
     let mut fake = broker();
     fake.processes.retain(|p| p.pid != 4300);
-    let mut a = Attributor::new(fake);
-    let got = a.owners(&[(v4(61616, 40005), CloseWait.into())]).unwrap();
+    let mut a = Attributor::new(fake, Namespaces::All);
+    let got = a.owners(&[(v4(61616, 40005), CloseWait.into())]).owners;
     assert_eq!(got[0].owners.len(), 1);
     assert_eq!(got[0].owners[0].process.pid, 4242);
 }
@@ -235,8 +292,8 @@ fn ipv6_listener_matches_by_exact_address_first() {
         processes: vec![java(1), java(2)],
         ..Fake::default()
     };
-    let mut a = Attributor::new(fake);
-    let got = a.owners(&[(child, Established.into())]).unwrap();
+    let mut a = Attributor::new(fake, Namespaces::All);
+    let got = a.owners(&[(child, Established.into())]).owners;
     assert_eq!(got[0].held_by, HeldBy::AcceptQueue);
     assert_eq!(got[0].owners[0].process.pid, 2);
     assert_eq!(a.sys.dumps.len(), 1, "only the family asked for");
@@ -252,9 +309,9 @@ fn snapshot_ages_from_tcp_info_and_guesses_origin() {
     fake.sockets[3].last_ack_recv_ms = Some(5_000);
     // A TIME_WAIT minisocket in its FIN_WAIT2 substate: no tcp_info.
     fake.sockets.push(diag(7, v4(50001, 80), FinWait2, 0));
-    let mut a = Attributor::new(fake);
+    let mut a = Attributor::new(fake, Namespaces::All);
     let now = 1_000 * 1_000_000_000;
-    let snap = a.snapshot(now).unwrap();
+    let snap = a.snapshot(now).sockets;
     assert_eq!(snap.len(), 5);
     let by_cookie = |c| snap.iter().find(|s| s.cookie == c).unwrap();
     assert_eq!(by_cookie(1).origin, Origin::Listener);
@@ -267,15 +324,192 @@ fn snapshot_ages_from_tcp_info_and_guesses_origin() {
     );
     assert_eq!(by_cookie(4).origin, Origin::Connected);
     assert_eq!(by_cookie(4).since_ns, now - 5 * 1_000_000_000);
-    let dumps: Vec<(Family, bool)> = a.sys.dumps.iter().map(|&(f, _, i)| (f, i)).collect();
+    let dumps: Vec<(Family, bool)> = a.sys.dumps.iter().map(|&(_, f, _, i)| (f, i)).collect();
     assert_eq!(dumps, vec![(Family::Ipv4, true), (Family::Ipv6, true)]);
-    let states = a.sys.dumps[0].1;
+    let states = a.sys.dumps[0].2;
     assert_eq!(
         states & (1 << TimeWait as u32),
         0,
         "TIME_WAIT is not a full socket"
     );
     assert_ne!(states & (1 << CloseWait as u32), 0);
+}
+
+/// `ends` in namespace `netns`.
+fn at(netns: u32, ends: Endpoints) -> Endpoints {
+    Endpoints { netns, ..ends }
+}
+
+/// The pids and fds of each socket's owners.
+fn holders(got: &[Ownership]) -> Vec<Vec<(u32, Vec<i32>)>> {
+    got.iter()
+        .map(|o| {
+            o.owners
+                .iter()
+                .map(|w| (w.process.pid, w.fds.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The same 4-tuple in the tracer's namespace and two containers', each held by its own
+/// process.
+fn containers() -> Fake {
+    let ends = v4(8080, 40000);
+    Fake {
+        own: OWN,
+        namespaces: vec![NS_A, NS_B],
+        sockets: vec![
+            diag(1, at(OWN, ends), CloseWait, 300),
+            diag(2, at(NS_A, ends), CloseWait, 301),
+            diag(3, at(NS_B, ends), CloseWait, 302),
+        ],
+        holdings: [(30, 300), (10, 301), (20, 302)]
+            .into_iter()
+            .map(|(pid, inode)| Holding {
+                pid,
+                fds: vec![(inode, 5)],
+                fd_count: 10,
+            })
+            .collect(),
+        processes: vec![java(10), java(20), java(30)],
+        ..Fake::default()
+    }
+}
+
+#[test]
+fn the_same_addresses_in_two_namespaces_are_two_sockets_with_two_owners() {
+    let mut a = Attributor::new(containers(), Namespaces::All);
+    let ends = v4(8080, 40000);
+    let got = a.owners(&[
+        (at(NS_B, ends), CloseWait.into()),
+        (at(NS_A, ends), CloseWait.into()),
+    ]);
+    assert!(got.failed.is_empty());
+    assert_eq!(
+        holders(&got.owners),
+        vec![vec![(20, vec![5])], vec![(10, vec![5])]]
+    );
+    let dumped: Vec<(u32, Family)> = a.sys.dumps.iter().map(|&(n, f, _, _)| (n, f)).collect();
+    assert_eq!(
+        dumped,
+        vec![(NS_A, Family::Ipv4), (NS_B, Family::Ipv4)],
+        "only the namespaces asked about, once each"
+    );
+    assert_eq!(a.sys.scans, 1, "one scan of /proc for every namespace");
+}
+
+#[test]
+fn namespace_0_means_the_tracers_own() {
+    let mut a = Attributor::new(containers(), Namespaces::All);
+    let got = a.owners(&[(v4(8080, 40000), CloseWait.into())]);
+    assert_eq!(got.owners[0].held_by, HeldBy::Fd);
+    assert_eq!(holders(&got.owners), vec![vec![(30, vec![5])]]);
+    assert_eq!(a.sys.dumps[0].0, 0);
+}
+
+#[test]
+fn a_socket_in_a_namespace_nothing_holds_is_unreachable_not_gone() {
+    let mut fake = containers();
+    fake.namespaces = vec![NS_A];
+    let mut a = Attributor::new(fake, Namespaces::All);
+    let got = a.owners(&[
+        (at(NS_B, v4(8080, 40000)), CloseWait.into()),
+        (at(NS_A, v4(8080, 49999)), CloseWait.into()),
+    ]);
+    assert!(
+        got.failed.is_empty(),
+        "nothing failed: the namespace is gone"
+    );
+    let held: Vec<HeldBy> = got.owners.iter().map(|o| o.held_by).collect();
+    assert_eq!(held, vec![HeldBy::NetnsUnreachable, HeldBy::Gone]);
+    assert!(got.owners[0].owners.is_empty());
+}
+
+#[test]
+fn a_namespace_that_cannot_be_listed_leaves_its_sockets_unknown_and_says_why() {
+    let mut fake = containers();
+    fake.namespaces = vec![NS_A];
+    fake.failing = vec![NS_B];
+    let mut a = Attributor::new(fake, Namespaces::All);
+    let ends = v4(8080, 40000);
+    let got = a.owners(&[
+        (at(NS_B, ends), CloseWait.into()),
+        (at(NS_A, ends), CloseWait.into()),
+    ]);
+    let held: Vec<HeldBy> = got.owners.iter().map(|o| o.held_by).collect();
+    assert_eq!(held, vec![HeldBy::Unknown, HeldBy::Fd]);
+    assert_eq!(got.failed.len(), 1);
+    let why = got.failed[0].to_string();
+    assert!(why.contains(&format!("network namespace {NS_B}")), "{why}");
+}
+
+#[test]
+fn snapshot_covers_every_namespace_and_guesses_origin_in_each() {
+    let listener = Endpoints {
+        saddr: Ipv4Addr::UNSPECIFIED.into(),
+        ..v4(8080, 0)
+    };
+    // Port 8080 is a service in the tracer's namespace and in A, not in B.
+    let mut fake = Fake {
+        own: OWN,
+        namespaces: vec![NS_A, NS_B],
+        failing: vec![NS_B + 1],
+        sockets: vec![
+            diag(1, at(OWN, listener), Listen, 400),
+            diag(2, at(NS_A, listener), Listen, 401),
+            diag(3, at(NS_A, v4(8080, 40000)), Established, 402),
+            diag(4, at(NS_B, v4(8080, 40000)), Established, 403),
+        ],
+        ..Fake::default()
+    };
+    for d in &mut fake.sockets {
+        d.last_ack_recv_ms = Some(0);
+    }
+    let mut a = Attributor::new(fake, Namespaces::All);
+    let snap = a.snapshot(1_000);
+    let got: Vec<(u64, u32, u64, Origin)> = snap
+        .sockets
+        .iter()
+        .map(|s| (s.cookie, s.ends.netns, s.inode, s.origin))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, OWN, 400, Origin::Listener),
+            (2, NS_A, 401, Origin::Listener),
+            (3, NS_A, 402, Origin::Accepted),
+            (4, NS_B, 403, Origin::Unknown),
+        ]
+    );
+    assert_eq!(
+        snap.failed.len(),
+        1,
+        "the namespace that failed, the rest listed"
+    );
+    let mut dumped: Vec<(u32, Family)> = a.sys.dumps.iter().map(|&(n, f, _, _)| (n, f)).collect();
+    dumped.dedup_by_key(|d| d.0);
+    assert_eq!(
+        dumped.iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![OWN, NS_A, NS_B]
+    );
+}
+
+#[test]
+fn snapshot_of_the_own_namespace_only_says_namespace_0() {
+    let mut fake = containers();
+    for d in &mut fake.sockets {
+        d.last_ack_recv_ms = Some(0);
+    }
+    let mut a = Attributor::new(fake, Namespaces::OwnOnly);
+    let snap = a.snapshot(1_000);
+    let got: Vec<(u64, u32)> = snap
+        .sockets
+        .iter()
+        .map(|s| (s.cookie, s.ends.netns))
+        .collect();
+    assert_eq!(got, vec![(1, 0)]);
+    assert!(a.sys.dumps.iter().all(|d| d.0 == 0));
 }
 
 #[test]
@@ -335,4 +569,149 @@ fn procfs_scan_finds_socket_links_and_reads_process_files() {
         .fd_count(std::process::id())
         .is_some_and(|n| n >= 3));
     fs::remove_dir_all(&root).unwrap();
+}
+
+/// Brings up the loopback device of the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The endpoints of `stream` as sock_diag gives them, in namespace `netns`.
+fn ends_of(netns: u32, stream: &std::net::TcpStream) -> Endpoints {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    Endpoints {
+        netns,
+        family: Family::Ipv4,
+        saddr: local.ip(),
+        sport: local.port(),
+        daddr: peer.ip(),
+        dport: peer.port(),
+    }
+}
+
+/// A real namespace, made by a thread with `unshare`, found through a `/proc` whose one
+/// process is that thread (discovery looks at thread-group leaders only), listed from a
+/// socket made inside it, and unreachable once the thread is gone although its sockets
+/// keep it alive.
+#[test]
+fn a_real_namespace_is_found_listed_and_attributed_as_root() {
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::{
+            fd::AsRawFd,
+            unix::fs::{symlink, MetadataExt},
+        },
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: creating and entering network namespaces needs root");
+        return;
+    }
+    let (made_tx, made_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let made = (|| -> io::Result<_> {
+            // SAFETY: unshare changes only this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            loopback_up()?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let client = TcpStream::connect(listener.local_addr()?)?;
+            let (server, _) = listener.accept()?;
+            // SAFETY: gettid has no preconditions.
+            Ok((unsafe { libc::gettid() }, listener, server, client))
+        })();
+        made_tx.send(made).unwrap();
+        // The thread is what /proc shows the namespace through.
+        let _ = done_rx.recv();
+    });
+    let (tid, listener, server, client) = made_rx.recv().unwrap().expect("a namespace");
+    let ns_file = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
+    let netns = fs::metadata(&ns_file).unwrap().ino() as u32;
+    let own = netns::own();
+    assert_ne!(netns, own);
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("proc/1/ns")).unwrap();
+    symlink(&ns_file, dir.path().join("proc/1/ns/net")).unwrap();
+    let host = Host {
+        proc: ProcFs::default(),
+        netns: netns::Registry::at(dir.path().join("proc"), dir.path().join("run")),
+        own,
+    };
+    let mut a = Attributor::new(host, Namespaces::All);
+
+    let ends = ends_of(netns, &server);
+    drop(client);
+    let snap = a.snapshot(0);
+    assert!(snap.failed.is_empty(), "{:?}", snap.failed);
+    let listener_inode = fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+        .unwrap()
+        .ino();
+    let listed = snap
+        .sockets
+        .iter()
+        .find(|s| s.ends.netns == netns && s.state == Listen.into())
+        .expect("the namespace's listener");
+    assert_eq!(
+        (listed.inode, listed.origin),
+        (listener_inode, Origin::Listener)
+    );
+    assert!(
+        snap.sockets
+            .iter()
+            .all(|s| s.ends.netns == netns || s.ends.netns == own),
+        "each socket says its namespace"
+    );
+
+    // The client closed: the server's socket waits in CLOSE_WAIT for its process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let got = a.owners(&[
+            (ends, CloseWait.into()),
+            (Endpoints { netns: own, ..ends }, CloseWait.into()),
+        ]);
+        if got.owners[0].held_by != HeldBy::Gone || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(got.failed.is_empty(), "{:?}", got.failed);
+    assert_eq!(got.owners[0].held_by, HeldBy::Fd);
+    assert_eq!(
+        holders(&got.owners[..1]),
+        vec![vec![(std::process::id(), vec![server.as_raw_fd()])]]
+    );
+    assert_eq!(
+        got.owners[1].held_by,
+        HeldBy::Gone,
+        "the same addresses in the tracer's namespace are another socket"
+    );
+
+    drop(done_tx);
+    holder.join().unwrap();
+    let got = a.owners(&[(ends, CloseWait.into())]);
+    assert_eq!(got.owners[0].held_by, HeldBy::NetnsUnreachable);
+    drop((listener, server));
 }

@@ -77,6 +77,10 @@ pub enum HeldBy {
     Gone,
     /// It has an inode, but no process visible here holds it.
     Unknown,
+    /// Its network namespace can no longer be entered to look it up: no process is in it
+    /// and no bind mount names it (its sockets keep it alive). The socket may well still
+    /// be there, held by a process in another namespace.
+    NetnsUnreachable,
 }
 
 impl HeldBy {
@@ -88,6 +92,7 @@ impl HeldBy {
             HeldBy::Orphan => "orphan",
             HeldBy::Gone => "gone",
             HeldBy::Unknown => "unknown",
+            HeldBy::NetnsUnreachable => "netns_unreachable",
         }
     }
 }

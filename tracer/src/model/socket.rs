@@ -81,6 +81,9 @@ pub struct SnapshotSocket {
     /// sock_diag's cookie for it.
     pub cookie: u64,
     pub ends: Endpoints,
+    /// Inode of its file, which ties it to the descriptors of its holders; 0 when no file
+    /// refers to it (in an accept queue, or closed by its process).
+    pub inode: u64,
     pub state: State,
     /// A time it was known to be in `state` already (monotonic ns): a lower bound.
     pub since_ns: u64,

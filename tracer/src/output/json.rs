@@ -367,7 +367,7 @@ pub struct SocketRecord<'a> {
     pub sk: Option<Hex>,
     /// `accepted`, `connected` or `unknown`.
     pub origin: &'static str,
-    /// `fd`, `accept_queue`, `orphan`, `gone` or `unknown`.
+    /// `fd`, `accept_queue`, `orphan`, `gone`, `unknown` or `netns_unreachable`.
     pub held_by: &'static str,
     /// The first process holding it, `null` when none is known.
     pub owner: Option<OwnerRecord<'a>>,

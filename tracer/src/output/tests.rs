@@ -397,6 +397,36 @@ fn last_io_explains_the_alert() {
 }
 
 #[test]
+fn a_namespace_nothing_holds_is_explained_in_words() {
+    let (mut socket, mut ownership) = leaked();
+    socket.ends.netns = 4026532201;
+    ownership.owners.clear();
+    ownership.held_by = HeldBy::NetnsUnreachable;
+    ownership.last_io = java_io(IoOp::Recv);
+    let report = SocketReport {
+        key: SocketKey::Sk(1),
+        socket: &socket,
+        ownership: &ownership,
+    };
+    let (text, _) = render(Format::Text, |o| {
+        o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+            .unwrap()
+    });
+    assert!(
+        text.trim_end().ends_with(
+            "owner unknown: no process or mount holds network namespace 4026532201 any more; \
+             last receive by java[4242] 29s ago"
+        ),
+        "{text}"
+    );
+    let (json, _) = render(Format::Json, |o| {
+        o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+            .unwrap()
+    });
+    assert!(json.contains("\"held_by\":\"netns_unreachable\""), "{json}");
+}
+
+#[test]
 fn ages_read_like_an_sre_writes_them() {
     let d = Duration::from_secs;
     assert_eq!(human_duration(Duration::from_millis(450)), "450ms");

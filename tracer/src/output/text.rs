@@ -602,6 +602,13 @@ fn owner_text(r: &SocketReport<'_>) -> String {
             (HeldBy::Orphan, Some(c)) => format!("orphan: closed by {c}"),
             (HeldBy::Orphan, None) => "orphan: closed by its process".to_owned(),
             (HeldBy::Gone, _) => "gone before its owner was found".to_owned(),
+            (HeldBy::NetnsUnreachable, caller) => format!(
+                "owner unknown: no process or mount holds network namespace {} any more{}",
+                r.socket.ends.netns,
+                caller
+                    .map(|c| format!(" (last caller {c})"))
+                    .unwrap_or_default()
+            ),
             (_, Some(c)) => format!("owner unknown (last caller {c})"),
             (_, None) => "owner unknown".to_owned(),
         };

@@ -24,7 +24,7 @@ use tracer_common::{
 pub use io::{Hook, HookKind, IoChoice, IoMechanism, IoStatus};
 pub use tracefs::Tracefs;
 
-use crate::model::{Family, State};
+use crate::model::{Endpoints, Family, State};
 
 /// The probe object built by `build.rs`; empty when no BPF toolchain was found at build time.
 static PROBE_OBJECT: &[u8] =
@@ -116,11 +116,14 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// Whether a socket already in `state` passes the port, family and state filters: the
-    /// probe's rule, for the sockets it never saw change (the start-up snapshot).
-    pub fn admits_socket(&self, family: Family, sport: u16, dport: u16, state: State) -> bool {
-        (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
-            && self.family.is_none_or(|f| f == family)
+    /// Whether a socket already in `state` passes the port, family, state and namespace
+    /// filters: the probe's rule, for the sockets it never saw change (the start-up
+    /// snapshot).
+    pub fn admits_socket(&self, ends: &Endpoints, state: State) -> bool {
+        let ports = [ends.sport, ends.dport];
+        (self.ports.is_empty() || self.ports.iter().any(|p| ports.contains(p)))
+            && self.family.is_none_or(|f| f == ends.family)
+            && (self.netns.is_empty() || self.netns.contains(&ends.netns))
             && (self.states.is_empty() || self.states.iter().any(|&s| state == s.into()))
     }
 }
@@ -534,15 +537,32 @@ mod tests {
             ports: vec![61616],
             family: Some(Family::Ipv4),
             states: vec![TcpState::CloseWait],
-            ..Filters::default()
+            netns: vec![4026532001],
+        };
+        let at = |family, sport, dport, netns| {
+            let ip = match family {
+                Family::Ipv4 => std::net::Ipv4Addr::LOCALHOST.into(),
+                Family::Ipv6 => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            Endpoints {
+                netns,
+                family,
+                saddr: ip,
+                sport,
+                daddr: ip,
+                dport,
+            }
         };
         let cw = State::from(TcpState::CloseWait);
-        assert!(f.admits_socket(Family::Ipv4, 61616, 40000, cw));
-        assert!(f.admits_socket(Family::Ipv4, 40000, 61616, cw));
-        assert!(!f.admits_socket(Family::Ipv4, 40000, 40001, cw));
-        assert!(!f.admits_socket(Family::Ipv6, 61616, 40000, cw));
-        assert!(!f.admits_socket(Family::Ipv4, 61616, 40000, TcpState::Established.into()));
-        assert!(Filters::default().admits_socket(Family::Ipv6, 1, 2, State(42)));
+        let ns = 4026532001;
+        assert!(f.admits_socket(&at(Family::Ipv4, 61616, 40000, ns), cw));
+        assert!(f.admits_socket(&at(Family::Ipv4, 40000, 61616, ns), cw));
+        assert!(!f.admits_socket(&at(Family::Ipv4, 40000, 40001, ns), cw));
+        assert!(!f.admits_socket(&at(Family::Ipv6, 61616, 40000, ns), cw));
+        assert!(!f.admits_socket(&at(Family::Ipv4, 61616, 40000, ns + 1), cw));
+        let established = TcpState::Established.into();
+        assert!(!f.admits_socket(&at(Family::Ipv4, 61616, 40000, ns), established));
+        assert!(Filters::default().admits_socket(&at(Family::Ipv6, 1, 2, 0), State(42)));
     }
 
     #[test]

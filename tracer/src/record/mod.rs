@@ -151,9 +151,13 @@ impl Entry {
             | Entry::Stuck(StuckEntry { ends, .. })
             | Entry::Resolved(ResolvedEntry { ends, .. })
             | Entry::Gone(GoneEntry { ends, .. }) => {
-                postcard::to_slice(&ends.netns, &mut buf[main..]).ok()?.len()
+                postcard::to_slice(&ends.netns, &mut buf[main..])
+                    .ok()?
+                    .len()
             }
-            Entry::Owners(o) => postcard::to_slice(&o.ends.netns, &mut buf[main..]).ok()?.len(),
+            Entry::Owners(o) => postcard::to_slice(&o.ends.netns, &mut buf[main..])
+                .ok()?
+                .len(),
             Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) => 0,
         };
         Some(&buf[..main + ext])
@@ -429,6 +433,7 @@ pub enum HeldByEntry {
     Orphan,
     Gone,
     Unknown,
+    NetnsUnreachable,
 }
 
 /// A process holding a socket.
@@ -474,6 +479,7 @@ impl OwnersEntry {
                 HeldBy::Orphan => HeldByEntry::Orphan,
                 HeldBy::Gone => HeldByEntry::Gone,
                 HeldBy::Unknown => HeldByEntry::Unknown,
+                HeldBy::NetnsUnreachable => HeldByEntry::NetnsUnreachable,
             },
             owners: ownership
                 .owners
@@ -513,6 +519,7 @@ impl OwnersEntry {
                 HeldByEntry::Orphan => HeldBy::Orphan,
                 HeldByEntry::Gone => HeldBy::Gone,
                 HeldByEntry::Unknown => HeldBy::Unknown,
+                HeldByEntry::NetnsUnreachable => HeldBy::NetnsUnreachable,
             },
             owners: self
                 .owners

@@ -187,6 +187,28 @@ fn every_entry_kind_round_trips() {
 }
 
 #[test]
+fn every_way_of_holding_round_trips_at_its_fixed_index() {
+    use crate::model::HeldBy::*;
+    // Variant indexes are on disk: a new way is added at the end.
+    for (index, held_by) in [Fd, AcceptQueue, Orphan, Gone, Unknown, NetnsUnreachable]
+        .into_iter()
+        .enumerate()
+    {
+        let o = Ownership {
+            held_by,
+            owners: Vec::new(),
+            last_io: None,
+        };
+        let entry = OwnersEntry::new(1, &socket(0), &o);
+        assert_eq!(
+            postcard::to_allocvec(&entry.held_by).unwrap(),
+            [index as u8]
+        );
+        assert_eq!(entry.ownership(), o);
+    }
+}
+
+#[test]
 fn entries_larger_than_the_stack_buffer_round_trip() {
     let mut o = ownership();
     o.owners[0].process.cmdline = "java -Dx=".to_owned() + &"y".repeat(5000);

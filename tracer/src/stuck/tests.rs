@@ -57,6 +57,7 @@ fn a_socket_open_before_the_start_is_flagged_at_the_start_not_before() {
     let mut e = Engine::new(close_wait_after(3), 100, start);
     let snap = SnapshotSocket {
         cookie: 1,
+        inode: 0,
         ends: t(0, 0xa, Established, CloseWait).ends(),
         state: CloseWait.into(),
         since_ns: 40 * SEC,

@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use crate::{
-    attribute::{netns, Attributor, Host},
+    attribute::{netns, procfs::ProcFs, Attributor, Host, Namespaces},
     cli::WatchArgs,
     model::{Family, Format, Thresholds},
     output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
@@ -91,14 +91,36 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // recording's header carries the same instant, so a report agrees.
     let start_ns = monotonic_ns();
     let mut engine = Engine::new(thresholds.clone(), args.max_sockets as usize, start_ns);
-    let mut attributor = Attributor::new(Host::default());
-    let mut snapshot = attributor.snapshot(start_ns).unwrap_or_else(|e| {
-        eprintln!("tracer: warning: {e}; sockets open before the start are not tracked");
-        Vec::new()
-    });
+    // Without each socket's namespace from the probe, sockets can only be looked for in
+    // the tracer's own namespace, where the snapshot and the transitions then agree.
+    let namespaces = match probe.netns {
+        Ok(_) => Namespaces::All,
+        Err(_) => Namespaces::OwnOnly,
+    };
+    let mut attributor = Attributor::new(Host::default(), namespaces);
+    let found = attributor.snapshot(start_ns);
+    if let Some(e) = found.failed.first() {
+        let more = match found.failed.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and in {n} more namespaces)"),
+        };
+        eprintln!(
+            "tracer: warning: {e}{more}; sockets open there before the start are not tracked"
+        );
+    }
+    let mut snapshot = found.sockets;
     // The probe's filters hold for the snapshot too.
-    snapshot.retain(|s| filters.admits_socket(s.ends.family, s.ends.sport, s.ends.dport, s.state));
+    snapshot.retain(|s| filters.admits_socket(&s.ends, s.state));
     let existing_sockets = snapshot.len();
+    // --events --pid: which of the sockets open at start the process holds.
+    let focus = args.pid.filter(|_| args.events).map(|pid| {
+        let held = ProcFs::default().socket_inodes(pid);
+        let existing = snapshot
+            .iter()
+            .filter(|s| held.contains(&s.inode))
+            .map(|s| (s.ends, s.state));
+        Focus::new(pid, existing)
+    });
     let mut decisions = Vec::new();
     engine.seed(snapshot, &mut decisions);
 
@@ -145,8 +167,8 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         args.events,
         args.pid,
     );
-    if let (true, Some(pid)) = (args.events, args.pid) {
-        session.focus(Focus::new(pid, []));
+    if let Some(focus) = focus {
+        session.focus(focus);
     }
     session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(

@@ -259,25 +259,15 @@ impl<W: Write, E: Write> Session<W, E> {
             .iter()
             .map(|f| (f.socket.ends, f.socket.state))
             .collect();
-        let owners = match self.attributor.owners(&query) {
-            Ok(o) => o,
-            Err(e) => {
-                if !self.attribution_failed {
-                    eprintln!("tracer: warning: {e}; stuck sockets are reported without owners");
-                    self.attribution_failed = true;
-                }
-                vec![
-                    Ownership {
-                        held_by: HeldBy::Unknown,
-                        owners: Vec::new(),
-                        last_io: None,
-                    };
-                    flags.len()
-                ]
+        let found = self.attributor.owners(&query);
+        if let Some(e) = found.failed.first() {
+            if !self.attribution_failed {
+                eprintln!("tracer: warning: {e}; stuck sockets there are reported without owners");
+                self.attribution_failed = true;
             }
-        };
+        }
         self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
-        for (flag, mut ownership) in flags.into_iter().zip(owners) {
+        for (flag, mut ownership) in flags.into_iter().zip(found.owners) {
             let stay = flag.socket.stay();
             if ownership.held_by == HeldBy::Gone && self.engine.current(&flag) {
                 self.engine.gone(flag.key, stay);
