@@ -376,43 +376,223 @@ pub fn leak(ip: IpAddr, port: u16, listener: &TcpListener, count: usize) -> Vec<
 /// connection, reads it to the end of stream and never closes it. Killed when dropped.
 pub struct Leaky {
     pub child: Child,
+    /// Its pid as the host sees it (not the child's when a wrapper forks it).
+    pub pid: u32,
     /// The port it listens on.
     pub port: u16,
+    /// The connections it made to itself and leaked, when asked to.
+    pub leaks: Vec<LeakedSocket>,
+}
+
+/// A connection `leaky` made to itself and keeps in CLOSE_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakedSocket {
+    /// The client's port: the leaked socket's remote port.
+    pub client_port: u16,
+    /// The leaked socket's descriptor in `leaky`.
+    pub fd: i32,
 }
 
 impl Leaky {
     /// Starts one listening on a free port of `ip`, and waits until it listens.
     pub fn spawn(ip: IpAddr) -> Leaky {
-        let mut child = Command::new(leaky_bin())
-            .args([ip.to_string(), "0".to_owned()])
+        Leaky::spawn_in(&[], ip, 0, 0)
+    }
+
+    /// Starts one through `wrapper` (a command that runs the rest of its arguments, such
+    /// as `ip netns exec NAME`), listening on `ip` port `port` (0: any), that then leaks
+    /// `clients` connections to itself; returns once they are in CLOSE_WAIT.
+    pub fn spawn_in(wrapper: &[String], ip: IpAddr, port: u16, clients: usize) -> Leaky {
+        let args = [ip.to_string(), port.to_string(), clients.to_string()];
+        Leaky::start(wrapper, &args, clients)
+    }
+
+    /// Starts one through `wrapper` that leaks one connection to itself,
+    /// `127.0.0.1:port <- 127.0.0.1:client_port`: the same 4-tuple in every namespace.
+    pub fn spawn_pair_in(wrapper: &[String], port: u16, client_port: u16) -> Leaky {
+        let args = [
+            "127.0.0.1".to_owned(),
+            port.to_string(),
+            "1".to_owned(),
+            client_port.to_string(),
+        ];
+        Leaky::start(wrapper, &args, 1)
+    }
+
+    fn start(wrapper: &[String], args: &[String], clients: usize) -> Leaky {
+        let leaky = leaky_bin();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&leaky);
+                c
+            }
+            None => Command::new(&leaky),
+        };
+        let mut child = command
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start leaky");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut line);
-        let Some(port) = line
-            .trim_end()
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-        else {
+            .unwrap_or_else(|e| panic!("start leaky through {wrapper:?}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let mut line = || lines.next().and_then(Result::ok).unwrap_or_default();
+        let first = line();
+        let Some(port) = first.strip_prefix("ready ").and_then(|p| p.parse().ok()) else {
             let _ = child.kill();
-            panic!("leaky did not say `ready <port>` but {line:?} (its stderr is above)");
+            panic!("leaky did not say `ready <port>` but {first:?} (its stderr is above)");
         };
-        Leaky { child, port }
+        let leaks = (0..clients)
+            .map(|_| {
+                let l = line();
+                let mut words = l.split(' ');
+                match (words.next(), words.next(), words.next()) {
+                    (Some("leak"), Some(p), Some(fd)) => LeakedSocket {
+                        client_port: p.parse().expect("client port"),
+                        fd: fd.parse().expect("fd"),
+                    },
+                    _ => panic!("leaky said {l:?}, not `leak <port> <fd>`"),
+                }
+            })
+            .collect();
+        if clients > 0 {
+            assert_eq!(line(), "leaked");
+        }
+        let pid = leaky_pid(child.id());
+        Leaky {
+            child,
+            pid,
+            port,
+            leaks,
+        }
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Its network namespace (inode), as the tracer reports it.
+    pub fn netns(&self) -> u64 {
+        netns_inode(&format!("/proc/{}/ns/net", self.pid))
     }
+
+    /// A wrapper that runs `leaky` in a new anonymous network namespace (no bind mount
+    /// names it) with its loopback up.
+    pub fn anonymous_netns() -> Vec<String> {
+        ["unshare", "--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// A wrapper that runs `leaky` in new pid and mount namespaces, as pid 1 there.
+    pub fn own_pid_namespace() -> Vec<String> {
+        ["unshare", "-m", "-p", "-f", "--mount-proc"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+}
+
+/// The host pid of `leaky` started as `pid` or under it (a wrapper may fork it).
+fn leaky_pid(pid: u32) -> u32 {
+    let mut pid = pid;
+    for _ in 0..4 {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "leaky" {
+            return pid;
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+            Some(child) => pid = child,
+            None => break,
+        }
+    }
+    panic!("no leaky process at or under pid {pid}");
 }
 
 impl Drop for Leaky {
     fn drop(&mut self) {
+        // Its end of stdin closing ends leaky, also where a wrapper forked it.
+        drop(self.child.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The inode of the namespace file at `path`: the namespace's number.
+pub fn netns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {path}: {e}"))
+        .ino()
+}
+
+/// A network namespace made with `ip netns add` (bind-mounted at `/run/netns/NAME`), its
+/// loopback up; deleted when dropped.
+pub struct NamedNetns {
+    pub name: String,
+}
+
+impl NamedNetns {
+    /// A new namespace named after `tag` and this process.
+    pub fn new(tag: &str) -> NamedNetns {
+        let name = format!("tracer-{tag}-{}", std::process::id());
+        // Left over by a killed run of the same pid: start afresh.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ns = NamedNetns { name };
+        for args in [
+            vec!["netns", "add", &ns.name],
+            vec!["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+        ] {
+            let status = Command::new("ip").args(&args).status().expect("run ip");
+            assert!(status.success(), "ip {args:?} failed");
+        }
+        ns
+    }
+
+    /// The wrapper that runs a command inside it.
+    pub fn exec(&self) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone()]
+    }
+
+    /// Its bind mount.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Its inode.
+    pub fn inode(&self) -> u64 {
+        netns_inode(&self.path())
+    }
+
+    /// The inode of this process's own namespace.
+    pub fn own() -> u64 {
+        netns_inode("/proc/self/ns/net")
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs `tracer ARGS` to its end and returns its JSON Lines (for `tracer report`).
+pub fn run_tracer(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("run tracer");
+    assert!(
+        out.status.success(),
+        "tracer {args:?} exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 output")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 /// The `leaky` binary: cargo builds it beside the test executables' `deps` directory

@@ -135,7 +135,7 @@ fn leaks_in_and_out_of_a_container(
     let root = have_cgroup2(test)?;
     let cgroup = DockerCgroup::create(&root);
     let server = Leaky::spawn(V4);
-    cgroup.enter(server.pid());
+    cgroup.enter(server.pid);
     let (socket, port) = bound_socket(V4);
     let listener = listen(socket);
 
