@@ -475,9 +475,15 @@ impl Leaky {
     /// A wrapper that runs `leaky` in a new anonymous network namespace (no bind mount
     /// names it) with its loopback up.
     pub fn anonymous_netns() -> Vec<String> {
-        ["unshare", "--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// A wrapper that runs `leaky` in new pid and mount namespaces, as pid 1 there.
@@ -498,7 +504,11 @@ fn leaky_pid(pid: u32) -> u32 {
         }
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        match children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+        match children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
             Some(child) => pid = child,
             None => break,
         }
@@ -551,7 +561,12 @@ impl NamedNetns {
 
     /// The wrapper that runs a command inside it.
     pub fn exec(&self) -> Vec<String> {
-        vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone()]
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
     }
 
     /// Its bind mount.
@@ -572,7 +587,9 @@ impl NamedNetns {
 
 impl Drop for NamedNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

@@ -111,7 +111,11 @@ fn the_same_addresses_in_two_namespaces_are_two_sockets() {
             "{r}"
         );
         assert_eq!(r["owner"]["pid"], leaky.pid, "{r}");
-        assert_eq!(r["owner"]["fds"], serde_json::json!([leaky.leaks[0].fd]), "{r}");
+        assert_eq!(
+            r["owner"]["fds"],
+            serde_json::json!([leaky.leaks[0].fd]),
+            "{r}"
+        );
     }
     assert_ne!(flagged[0]["netns"], flagged[1]["netns"]);
     drop((in_a, in_b));
@@ -189,7 +193,9 @@ fn netns_filter_keeps_exactly_one_namespace() {
     assert!(strays.is_empty(), "--netns let through: {strays:#?}");
     let stop = records.last().unwrap();
     assert!(
-        stop["skipped"]["filtered"].as_u64().is_some_and(|n| n >= 10),
+        stop["skipped"]["filtered"]
+            .as_u64()
+            .is_some_and(|n| n >= 10),
         "the other namespace's transitions were dropped in the kernel: {stop}"
     );
 }
@@ -202,12 +208,7 @@ fn a_report_names_the_live_owners_and_namespaces() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("netns.rec");
     let named = NamedNetns::new("report");
-    let mut tracer = Tracer::start(&[
-        "--close-wait",
-        "1s",
-        "--record",
-        file.to_str().unwrap(),
-    ]);
+    let mut tracer = Tracer::start(&["--close-wait", "1s", "--record", file.to_str().unwrap()]);
     let leaky = Leaky::spawn_in(&named.exec(), V4, 0, 2);
     let live = tracer
         .wait_for("two stuck records", |r| stuck(r).len() >= 2)

@@ -9,8 +9,8 @@ use std::{
 };
 
 use integration_tests::{
-    bound_socket, closed_session, kernel_has_known_layout, kernel_version, life, listen,
-    leak, privileged, socket_of, transitions, Seen, Tracer,
+    bound_socket, closed_session, kernel_has_known_layout, kernel_version, leak, life, listen,
+    privileged, socket_of, transitions, Seen, Tracer,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

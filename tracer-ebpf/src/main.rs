@@ -25,8 +25,8 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
     FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
-    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, MAX_RECORD_LEN,
-    MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
+    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS,
+    MAX_RECORD_LEN, MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
 /// Filters and field offsets; userspace overrides it at load time. The kernel freezes it

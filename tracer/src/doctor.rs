@@ -16,7 +16,8 @@ use crate::{
     cli::DoctorArgs,
     model::{Family, Format},
     probe::{
-        btf, io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_HOOK, TRANSITION_HOOK,
+        btf, io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_HOOK,
+        TRANSITION_HOOK,
     },
 };
 

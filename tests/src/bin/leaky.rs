@@ -26,7 +26,12 @@ fn main() -> ExitCode {
         [ip, port, rest @ ..] if rest.len() <= 2 => (|| {
             let clients = rest.first().map_or(Ok(0), |c| c.parse::<usize>()).ok()?;
             let client_port = rest.get(1).map_or(Ok(0), |p| p.parse::<u16>()).ok()?;
-            Some((ip.parse::<IpAddr>().ok()?, port.parse::<u16>().ok()?, clients, client_port))
+            Some((
+                ip.parse::<IpAddr>().ok()?,
+                port.parse::<u16>().ok()?,
+                clients,
+                client_port,
+            ))
         })(),
         _ => None,
     };

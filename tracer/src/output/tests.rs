@@ -687,5 +687,8 @@ fn text_names_a_namespace_other_than_the_tracers() {
         away.contains("127.0.0.1:61616 <- 10.0.0.9:40000 netns 4026532999 java[4242]"),
         "{away}"
     );
-    assert!(away.contains("on :61616 netns 4026532999 (oldest"), "{away}");
+    assert!(
+        away.contains("on :61616 netns 4026532999 (oldest"),
+        "{away}"
+    );
 }

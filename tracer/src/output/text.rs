@@ -99,7 +99,9 @@ impl Text {
     /// One group of a summary: who holds how many sockets in which state, where.
     fn group_line(&self, page: &mut Page, g: &Group, at_ns: u64) -> io::Result<()> {
         let who = match (&g.comm, g.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}]{}", in_container(g.container.as_ref())),
+            (Some(comm), Some(pid)) => {
+                format!("{comm}[{pid}]{}", in_container(g.container.as_ref()))
+            }
             _ => "an unknown process".to_owned(),
         };
         let place = match g.port {

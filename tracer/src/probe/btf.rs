@@ -156,7 +156,9 @@ impl<'a> Btf<'a> {
     fn find(&self, kind: u32, name: &str) -> Option<u32> {
         (1..self.offsets.len() as u32).find(|&id| {
             self.get(id).is_some_and(|(_, h)| {
-                h.kind == kind && (kind != KIND_STRUCT || h.vlen > 0) && self.name(h.name) == Ok(name)
+                h.kind == kind
+                    && (kind != KIND_STRUCT || h.vlen > 0)
+                    && self.name(h.name) == Ok(name)
             })
         })
     }
@@ -211,7 +213,10 @@ pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError>
         .filter(|(_, h)| h.kind == KIND_FUNC_PROTO)
         .ok_or_else(|| BtfError::NoPrototype(name.to_owned()))?;
     (0..proto.vlen)
-        .map(|i| btf.name(u32_at(btf.types, at + TYPE_LEN + 8 * i)?).map(str::to_owned))
+        .map(|i| {
+            btf.name(u32_at(btf.types, at + TYPE_LEN + 8 * i)?)
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -318,8 +323,14 @@ pub(crate) mod tests {
         // The namespace is behind a pointer somewhere in sock_common, and its inode a
         // little way into struct net.
         let off = netns_offsets(&data).unwrap();
-        assert!(off.sk_net > 0 && off.sk_net.is_multiple_of(8) && off.sk_net < 136, "{off:?}");
-        assert!(off.net_inum.is_multiple_of(4) && off.net_inum < 1024, "{off:?}");
+        assert!(
+            off.sk_net > 0 && off.sk_net.is_multiple_of(8) && off.sk_net < 136,
+            "{off:?}"
+        );
+        assert!(
+            off.net_inum.is_multiple_of(4) && off.net_inum < 1024,
+            "{off:?}"
+        );
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(

@@ -17,8 +17,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    FieldOffsets, NetnsOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS, STAT_FILTERED,
-    STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
+    FieldOffsets, NetnsOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS,
+    MAX_PORTS, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
 pub use io::{Hook, HookKind, IoChoice, IoMechanism, IoStatus};

@@ -106,7 +106,10 @@ mod tests {
         assert!(f.admits(&born));
         let mut fin = t(3, 0x200, Established, CloseWait);
         fin.pid = 999;
-        assert!(f.admits(&fin), "the FIN that makes the leak arrives in softirq");
+        assert!(
+            f.admits(&fin),
+            "the FIN that makes the leak arrives in softirq"
+        );
         // Someone else's socket.
         let mut other = t(4, 0x300, Established, CloseWait);
         other.pid = 999;

@@ -12,7 +12,8 @@ use crate::{
     cli::WatchArgs,
     model::{Family, Thresholds},
     output::{
-        Attached, FilterInfo, NetnsOffsetsInfo, RecordInfo, Rfc3339, StartInfo, StopInfo, StopReason, WallClock,
+        Attached, FilterInfo, NetnsOffsetsInfo, RecordInfo, Rfc3339, StartInfo, StopInfo,
+        StopReason, WallClock,
     },
     probe::{Filters, Probe, RingConfig, SkipCounts, TRACEPOINT},
     record::{Header, HeaderExt},
