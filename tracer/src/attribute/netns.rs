@@ -6,14 +6,17 @@
 //! namespace itself). Only a thread-group leader's namespace is seen: one held by another
 //! thread alone (it called `unshare` or `setns`) is missed, because `/proc/PID/task/*/ns/net`
 //! would cost one `stat` per thread on the host (a JVM has hundreds) for a rare case;
-//! containers hold theirs in processes or bind mounts.
+//! containers hold theirs in processes or bind mounts. A namespace not found is gone, unless
+//! some process's `ns/net` may not be opened (even root may not open that of an outer
+//! namespace's init) and its `net/dev`, which proc numbers per namespace and shows to
+//! anyone, puts it in a namespace no other process shows: then it may be that one.
 //!
 //! Entering one: `setns` changes the namespace of the calling thread only, so it runs on a
 //! short-lived helper thread, which creates there what must belong to the namespace (a
 //! netlink socket) and hands it back; the descriptor keeps its namespace in any thread.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::{self, File},
     io,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -38,8 +41,8 @@ pub enum NetnsError {
         source: io::Error,
     },
     #[error(
-        "network namespace {netns} is not among those found: some processes' /proc/PID/ns/net \
-         could not be read (permission denied); run tracer as root"
+        "network namespace {netns} was not found, and some processes are in namespaces this \
+         tracer may not open (/proc/PID/ns/net: permission denied); run tracer as root"
     )]
     Hidden { netns: u32 },
     #[error(
@@ -61,8 +64,8 @@ pub struct Registry {
     proc: PathBuf,
     run: PathBuf,
     paths: HashMap<u32, PathBuf>,
-    /// The last scan could not read some process's namespace: what it did not find may
-    /// exist all the same.
+    /// The last scan met a process whose namespace it could not name: what it did not
+    /// find may exist all the same.
     incomplete: bool,
 }
 
@@ -136,18 +139,16 @@ impl Registry {
 }
 
 /// Every namespace under `run` (bind mounts, named: preferred) and `proc` (processes),
-/// by inode, and whether some process's namespace could not be read.
+/// by inode, and whether some process is in a namespace that could not be named.
 fn scan(proc: &Path, run: &Path) -> (HashMap<u32, PathBuf>, bool) {
     let mut paths = HashMap::new();
-    let mut incomplete = false;
-    let mut add = |path: PathBuf| match fs::metadata(&path) {
-        Ok(m) => {
-            // Namespace inodes are 32-bit (`ns_common.inum`); anything else is no namespace.
-            if let Ok(ino) = u32::try_from(m.ino()) {
-                paths.entry(ino).or_insert(path);
-            }
+    let mut add = |path: PathBuf| {
+        let m = fs::metadata(&path)?;
+        // Namespace inodes are 32-bit (`ns_common.inum`); anything else is no namespace.
+        if let Ok(ino) = u32::try_from(m.ino()) {
+            paths.entry(ino).or_insert(path);
         }
-        Err(e) => incomplete |= e.kind() == io::ErrorKind::PermissionDenied,
+        io::Result::Ok(())
     };
     let mut mounts: Vec<PathBuf> = fs::read_dir(run)
         .into_iter()
@@ -157,7 +158,8 @@ fn scan(proc: &Path, run: &Path) -> (HashMap<u32, PathBuf>, bool) {
         .collect();
     mounts.sort();
     for path in mounts {
-        add(path);
+        // Not a namespace, or deleted meanwhile.
+        let _ = add(path);
     }
     // Processes only (not `self` and the rest), the oldest first: the likeliest to stay.
     let mut pids: Vec<u32> = fs::read_dir(proc)
@@ -167,10 +169,34 @@ fn scan(proc: &Path, run: &Path) -> (HashMap<u32, PathBuf>, bool) {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let (mut readable, mut unreadable) = (Vec::new(), Vec::new());
     for pid in pids {
-        add(proc.join(pid.to_string()).join("ns/net"));
+        let dir = proc.join(pid.to_string());
+        match add(dir.join("ns/net")) {
+            Ok(()) => readable.push(dir),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => unreadable.push(dir),
+            // Gone, or a process without namespaces to show.
+            Err(_) => {}
+        }
     }
-    (paths, incomplete)
+    (paths, !unnamed(&readable, &unreadable).is_empty())
+}
+
+/// Which of the namespaces the processes in `unreadable` (whose `ns/net` this tracer may
+/// not open) are in are none of those of the processes in `readable`, each namespace told
+/// by the inode of its `net/dev`, which proc numbers per namespace and shows to anyone.
+fn unnamed(readable: &[PathBuf], unreadable: &[PathBuf]) -> HashSet<u64> {
+    let dev = |dir: &PathBuf| fs::metadata(dir.join("net/dev")).ok().map(|m| m.ino());
+    let mut unnamed: HashSet<u64> = unreadable.iter().filter_map(dev).collect();
+    for dir in readable {
+        if unnamed.is_empty() {
+            break;
+        }
+        if let Some(ino) = dev(dir) {
+            unnamed.remove(&ino);
+        }
+    }
+    unnamed
 }
 
 /// Whether an error opening a namespace's file means that what held it is gone.
@@ -314,6 +340,25 @@ mod tests {
         assert_eq!(
             opened.iter().map(inode).collect::<Vec<_>>(),
             [Some(a), None, Some(c)]
+        );
+    }
+
+    #[test]
+    fn a_process_whose_namespace_cannot_be_opened_is_placed_by_its_net_dev() {
+        let t = Tree::new();
+        // net/dev stands for its namespace's proc entries: one inode per namespace.
+        t.namespace("proc/1/net/dev");
+        t.holds("proc/2/net/dev", "proc/1/net/dev");
+        t.namespace("proc/3/net/dev");
+        let dir = |pid: &str| t.path("proc").join(pid);
+        assert!(
+            unnamed(&[dir("1")], &[dir("2")]).is_empty(),
+            "pid 2 is where pid 1 is"
+        );
+        assert_eq!(
+            unnamed(&[dir("1")], &[dir("2"), dir("3"), dir("4")]),
+            HashSet::from([t.ino("proc/3/net/dev") as u64]),
+            "pid 3 is somewhere else; pid 4 is gone"
         );
     }
 

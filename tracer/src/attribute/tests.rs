@@ -713,5 +713,10 @@ fn a_real_namespace_is_found_listed_and_attributed_as_root() {
     holder.join().unwrap();
     let got = a.owners(&[(ends, CloseWait.into())]);
     assert_eq!(got.owners[0].held_by, HeldBy::NetnsUnreachable);
+    // The same through the real /proc and /run/netns.
+    assert!(matches!(
+        netns::Registry::default().open(&[netns])[..],
+        [Ok(None)]
+    ));
     drop((listener, server));
 }
