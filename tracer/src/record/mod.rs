@@ -18,7 +18,9 @@
 //! Since 1.2, an entry about one socket (socket, transition, owners, stuck, resolved, gone)
 //! carries after its 1.1 encoding the socket's network namespace inode (a varint), and a
 //! header carries the tracer's own namespace and the `--netns` filter ([`HeaderExt`]).
-//! Entries of older files have none: namespace 0, unknown.
+//! Entries of older files have none: namespace 0, unknown. 1.2 also adds `NetnsUnreachable`
+//! at the end of [`HeldByEntry`]; a 1.1 reader counts an owners entry that uses it as
+//! damaged, and reads the rest.
 //!
 //! Compatibility: a reader refuses a newer major version, and major 0 (the development
 //! format before the first release). Within a major version, a newer minor may add entry
