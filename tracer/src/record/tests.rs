@@ -292,6 +292,39 @@ fn zeros_after_a_crash_are_damage_not_entries() {
     assert_eq!(stats.damaged_bytes(), 4096);
 }
 
+/// Damage where every offset claims a payload of up to 1 MiB (a length of 1 MiB every 4
+/// bytes, and what their bytes make at the other offsets): finding the next valid entry
+/// runs each byte through the CRC a bounded number of times, not once per claim.
+#[test]
+fn the_search_past_damage_is_linear() {
+    let first = Entry::Gap { entries: 1 };
+    let last = Entry::Gap { entries: 2 };
+    let mut bytes = prologue();
+    encode(&first, &mut bytes);
+    let damage_at = bytes.len();
+    let claim = (MAX_PAYLOAD as u32).to_le_bytes();
+    let damage = 2 * MAX_PAYLOAD;
+    bytes.extend(claim.iter().cycle().take(damage));
+    encode(&last, &mut bytes);
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    assert_eq!(r.next_entry().unwrap(), Some(first));
+    assert_eq!(r.next_entry().unwrap(), Some(last));
+    assert_eq!(r.next_entry().unwrap(), None);
+    assert_eq!(
+        r.stats().damage,
+        vec![Damage::Corrupt {
+            offset: damage_at as u64,
+            bytes: damage as u64
+        }]
+    );
+    assert!(
+        r.crc_bytes() <= 2 * bytes.len() as u64,
+        "{} bytes through the CRC for a file of {}",
+        r.crc_bytes(),
+        bytes.len()
+    );
+}
+
 #[test]
 fn entries_of_a_newer_kind_are_skipped_and_counted() {
     let mut bytes = prologue();
