@@ -10,13 +10,27 @@
 //! written, `FILE.1` is the one before, up to `FILE.3`; the oldest is deleted at each
 //! rotation. Each segment starts with a header and a checkpoint of the sockets tracked, so
 //! a report can start from any of them.
+//!
+//! The budget counts everything on disk, checkpoints included: the files together stay
+//! within it plus one chunk. A segment is closed before the chunks in flight and the next
+//! would take it past its quarter, once it holds as many bytes of new entries as its
+//! checkpoint: a large table makes segments larger and fewer (the oldest are deleted, as
+//! the newest grows, to keep the budget), never rotations one after another. When the next
+//! segment could not rotate within the budget (its checkpoint and as much again do not
+//! fit), the recording stops rotating, says so in one warning, goes on in one file and
+//! stops at the budget; the stop entry is still written, after a gap entry counting what
+//! was left out. A budget that cannot hold the checkpoint at start is an error.
 
 use std::{
+    collections::VecDeque,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicU32, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
         mpsc::{self, Receiver, SyncSender, TrySendError},
         Arc,
     },
@@ -49,6 +63,18 @@ pub enum RecordError {
     NotARecording { path: PathBuf },
     #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
     Write { path: PathBuf, error: io::Error },
+    #[error(
+        "--record-max-size {} cannot hold a checkpoint of the {sockets} sockets open ({}); \
+         give at least {}",
+        mib(*budget),
+        mib(*checkpoint),
+        mib(suggested_budget(*checkpoint))
+    )]
+    Budget {
+        budget: u64,
+        sockets: u32,
+        checkpoint: u64,
+    },
 }
 
 /// Appends `entry` to `out` as one frame.
@@ -98,11 +124,29 @@ struct Progress {
     /// Bytes in the current segment, of which its header and checkpoint.
     segment_bytes: AtomicU64,
     checkpoint_bytes: AtomicU64,
+    /// Chunks the writer has taken (written or left out), and the bytes of the last one
+    /// written: what is still in flight counts toward a segment's share.
+    chunks: AtomicU64,
+    chunk_bytes: AtomicU64,
     /// The current segment's number.
     segment: AtomicU32,
+    /// Entries the writer left out because the recording reached its budget.
+    dropped: AtomicU64,
+    /// Budget warnings given, for tests.
+    #[cfg(test)]
+    warnings: std::sync::Mutex<Vec<String>>,
     /// Messages handled, for tests that wait for the writer.
     #[cfg(test)]
     handled: AtomicU64,
+}
+
+impl Progress {
+    /// Says one line about the budget on stderr.
+    fn warn(&self, message: String) {
+        eprintln!("tracer: warning: {message}");
+        #[cfg(test)]
+        self.warnings.lock().expect("not poisoned").push(message);
+    }
 }
 
 /// Records entries to a file. The loop only queues entries; the writer thread encodes
@@ -114,12 +158,14 @@ pub struct Recorder {
     tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<Result<(), RecordError>>>,
     progress: Arc<Progress>,
-    segment_limit: Option<u64>,
+    max_bytes: Option<u64>,
     /// The header of the newest segment asked for, the template for the next.
     header: Header,
     /// Entries left out so far, and since the last chunk that went through.
     unrecorded: u64,
     gap: u64,
+    /// Chunks sent to the writer thread.
+    chunks: u64,
     /// Messages sent, for tests that wait for the writer.
     #[cfg(test)]
     sent: u64,
@@ -144,7 +190,8 @@ pub fn prepare(path: &Path) -> Result<File, RecordError> {
 impl Recorder {
     /// Starts recording to `file` (from [`prepare`] at `path`) with `header` and the
     /// sockets open at start. With `max_bytes`, the recording's files together stay within
-    /// about that size.
+    /// that size and one chunk; a budget that cannot hold the sockets open at start is an
+    /// error, one that cannot rotate beside them a warning.
     pub fn start(
         path: &Path,
         mut file: File,
@@ -158,9 +205,23 @@ impl Recorder {
         };
         header.checkpoint = snapshot.len() as u32;
         let first = segment_start(&header, snapshot.iter().map(|s| Entry::Socket(*s)));
+        let progress = Arc::new(Progress::default());
+        let mut budget = Budget::new(max_bytes);
+        if let Some(limit) = max_bytes {
+            let checkpoint = first.len() as u64;
+            if checkpoint > limit {
+                return Err(RecordError::Budget {
+                    budget: limit,
+                    sockets: header.checkpoint,
+                    checkpoint,
+                });
+            }
+            if !can_rotate(limit, checkpoint) {
+                budget.stop_rotating(path, &progress, header.checkpoint, checkpoint, "open");
+            }
+        }
         // Written here, so that a disk that refuses it is an error at start.
         file.write_all(&first).map_err(create_error)?;
-        let progress = Arc::new(Progress::default());
         progress.segment_bytes.store(first.len() as u64, Relaxed);
         progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
@@ -168,7 +229,7 @@ impl Recorder {
         let thread_progress = Arc::clone(&progress);
         let thread = thread::Builder::new()
             .name("tracer-record".into())
-            .spawn(move || write_loop(&thread_path, file, rx, &thread_progress))
+            .spawn(move || write_loop(&thread_path, file, rx, &thread_progress, budget))
             .map_err(create_error)?;
         Ok(Recorder {
             path: path.to_owned(),
@@ -176,10 +237,11 @@ impl Recorder {
             tx: Some(tx),
             thread: Some(thread),
             progress,
-            segment_limit: max_bytes.map(|m| (m / SEGMENTS).max(1)),
+            max_bytes,
             header,
             unrecorded: 0,
             gap: 0,
+            chunks: 0,
             #[cfg(test)]
             sent: 0,
         })
@@ -193,6 +255,12 @@ impl Recorder {
             assert!(Instant::now() < deadline, "the writer thread is stuck");
             thread::yield_now();
         }
+    }
+
+    /// The budget warnings given so far.
+    #[cfg(test)]
+    pub(super) fn warnings(&self) -> Vec<String> {
+        self.progress.warnings.lock().expect("not poisoned").clone()
     }
 
     /// Queues `entry`.
@@ -212,9 +280,9 @@ impl Recorder {
         ))));
     }
 
-    /// Entries left out so far because the disk was too slow.
+    /// Entries left out so far: the disk was too slow, or the recording reached its budget.
     pub fn unrecorded(&self) -> u64 {
-        self.unrecorded
+        self.unrecorded + self.progress.dropped.load(Relaxed)
     }
 
     /// Hands the queued entries to the writer thread. When the segment is full, starts
@@ -232,6 +300,7 @@ impl Recorder {
             let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(4096));
             if self.try_send(Msg::Append(chunk))? {
                 self.gap = 0;
+                self.chunks += 1;
             } else {
                 // The disk is behind: leave this chunk out and say so in the next.
                 self.unrecorded += entries;
@@ -245,18 +314,24 @@ impl Recorder {
         Ok(())
     }
 
-    /// Whether the current segment is full and the last rotation asked for is done. A
-    /// checkpoint larger than the limit must not make every flush rotate: a segment holds
-    /// at least half a limit of new entries.
+    /// Whether the current segment would pass its quarter of the budget (checkpoint
+    /// included) with the chunks in flight and the next one, and the last rotation asked for
+    /// is done. A large checkpoint must not make every flush rotate: a segment holds as
+    /// many bytes of new entries as its checkpoint first.
     fn rotation_due(&self) -> bool {
-        let Some(limit) = self.segment_limit else {
+        let Some(limit) = self.max_bytes else {
             return false;
         };
         let p = &self.progress;
+        // Chunks taken first: a chunk counted as written has its bytes in the segment's
+        // (one that has them before it is counted is counted twice: a rotation a chunk early).
+        let in_flight = self.chunks.saturating_sub(p.chunks.load(Acquire));
         let bytes = p.segment_bytes.load(Relaxed);
+        let checkpoint = p.checkpoint_bytes.load(Relaxed);
+        let coming = (in_flight + 1) * p.chunk_bytes.load(Relaxed);
         p.segment.load(Relaxed) == self.header.segment
-            && bytes >= limit
-            && bytes - p.checkpoint_bytes.load(Relaxed) >= limit / 2
+            && bytes + coming >= limit / SEGMENTS
+            && bytes - checkpoint >= checkpoint
     }
 
     fn rotate<'a>(
@@ -359,12 +434,13 @@ fn segment_start(header: &Header, checkpoint: impl Iterator<Item = Entry>) -> Ve
     bytes
 }
 
-/// The writer thread: encodes and appends entries, syncs, rotates.
+/// The writer thread: encodes and appends entries, syncs, rotates, keeps the budget.
 fn write_loop(
     path: &Path,
     mut file: File,
     rx: Receiver<Msg>,
     progress: &Progress,
+    mut budget: Budget,
 ) -> Result<(), RecordError> {
     let fail = |error| RecordError::Write {
         path: path.to_owned(),
@@ -387,20 +463,39 @@ fn write_loop(
                 for e in &entries {
                     encode(e, &mut buf);
                 }
-                file.write_all(&buf).map_err(fail)?;
-                progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
-                dirty = true;
+                let segment = progress.segment_bytes.load(Relaxed);
+                if budget.admits(path, segment, buf.len() as u64, progress) {
+                    file.write_all(&buf).map_err(fail)?;
+                    progress.chunk_bytes.store(buf.len() as u64, Relaxed);
+                    progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
+                    dirty = true;
+                } else if let Some(end) = budget.leave_out(entries, progress) {
+                    buf.clear();
+                    for e in &end {
+                        encode(e, &mut buf);
+                    }
+                    file.write_all(&buf).map_err(fail)?;
+                    dirty = true;
+                }
+                progress.chunks.fetch_add(1, Release);
             }
             Some(Msg::Rotate(header, checkpoint)) => {
-                file.sync_data().map_err(fail)?;
-                shift_segments(path).map_err(fail)?;
-                file = File::create(path).map_err(fail)?;
                 let first = segment_start(&header, checkpoint.into_iter());
-                file.write_all(&first).map_err(fail)?;
-                progress.segment_bytes.store(first.len() as u64, Relaxed);
-                progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
-                progress.segment.store(header.segment, Relaxed);
-                dirty = true;
+                let checkpoint = first.len() as u64;
+                if budget.rotates(path, progress, header.checkpoint, checkpoint) {
+                    file.sync_data().map_err(fail)?;
+                    shift_segments(path).map_err(fail)?;
+                    let closed = progress.segment_bytes.load(Relaxed);
+                    budget.rotated(path, closed, checkpoint);
+                    file = File::create(path).map_err(fail)?;
+                    file.write_all(&first).map_err(fail)?;
+                    progress.segment_bytes.store(checkpoint, Relaxed);
+                    progress.checkpoint_bytes.store(checkpoint, Relaxed);
+                    // Done: the loop may ask again. A refusal is for good, and the loop,
+                    // which waits for this number, never asks again.
+                    progress.segment.store(header.segment, Relaxed);
+                    dirty = true;
+                }
             }
             None => {}
         }
@@ -413,6 +508,160 @@ fn write_loop(
         }
     }
     file.sync_data().map_err(fail)
+}
+
+/// What the writer thread keeps of the budget: the rotated segments on disk, and whether
+/// the recording still rotates or has stopped at its budget.
+struct Budget {
+    limit: Option<u64>,
+    /// Sizes of the rotated segments on disk, newest (`FILE.1`) first.
+    closed: VecDeque<u64>,
+    /// The next segment could not rotate within the budget: the current one goes on.
+    no_rotation: bool,
+    /// The recording reached its budget: entries are left out from here.
+    full: bool,
+    /// Entries left out since, and the entries of gap notes among them (already counted
+    /// by the loop).
+    dropped: u64,
+    gaps: u64,
+}
+
+impl Budget {
+    fn new(limit: Option<u64>) -> Self {
+        Budget {
+            limit,
+            closed: VecDeque::new(),
+            no_rotation: false,
+            full: false,
+            dropped: 0,
+            gaps: 0,
+        }
+    }
+
+    /// Whether `chunk` bytes may be appended to a segment of `segment` bytes. The rotated
+    /// segments give way, oldest first, once the recording has passed its budget (so by
+    /// one chunk at most); when the current segment alone would, the recording is full.
+    fn admits(&mut self, path: &Path, segment: u64, chunk: u64, progress: &Progress) -> bool {
+        let Some(limit) = self.limit else {
+            return true;
+        };
+        if self.full {
+            return false;
+        }
+        self.make_room(path, segment, limit);
+        if self.closed.is_empty() && segment + chunk > limit {
+            self.full = true;
+            if !self.no_rotation {
+                progress.warn(format!(
+                    "the recording {} reached --record-max-size ({}) without room to rotate; \
+                     entries are left out from here",
+                    path.display(),
+                    mib(limit)
+                ));
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Counts `entries`, left out of a full recording; at the end of the run, returns what
+    /// is still written: a gap note for everything left out, and the stop entry.
+    fn leave_out(&mut self, entries: Vec<Entry>, progress: &Progress) -> Option<Vec<Entry>> {
+        let mut stop = None;
+        for e in entries {
+            match e {
+                Entry::Gap { entries } => self.gaps += entries,
+                Entry::Stop(s) => stop = Some(s),
+                _ => self.dropped += 1,
+            }
+        }
+        progress.dropped.store(self.dropped, Relaxed);
+        let mut stop = stop?;
+        stop.unrecorded += self.dropped;
+        let left_out = self.dropped + self.gaps;
+        let gap = (left_out > 0).then_some(Entry::Gap { entries: left_out });
+        Some(gap.into_iter().chain([Entry::Stop(stop)]).collect())
+    }
+
+    /// Whether to start a segment whose header and checkpoint (of `sockets` sockets) take
+    /// `checkpoint` bytes. One that could not rotate within the budget is refused, once
+    /// and for all, with a warning: the current segment goes on until the budget.
+    fn rotates(&mut self, path: &Path, progress: &Progress, sockets: u32, checkpoint: u64) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        if self.full || self.no_rotation {
+            return false;
+        }
+        if can_rotate(limit, checkpoint) {
+            return true;
+        }
+        self.stop_rotating(path, progress, sockets, checkpoint, "tracked");
+        false
+    }
+
+    /// No more rotations: a checkpoint of `sockets` sockets (`what`: open at start, or
+    /// tracked now) takes `checkpoint` bytes, too many for the budget.
+    fn stop_rotating(
+        &mut self,
+        path: &Path,
+        progress: &Progress,
+        sockets: u32,
+        checkpoint: u64,
+        what: &str,
+    ) {
+        let limit = self.limit.unwrap_or_default();
+        self.no_rotation = true;
+        progress.warn(format!(
+            "--record-max-size {} leaves no room to rotate {}: a checkpoint of the {sockets} \
+             sockets {what} takes {}, and a segment must hold as much again; the recording \
+             goes on in one file and stops at the budget (give at least {})",
+            mib(limit),
+            path.display(),
+            mib(checkpoint),
+            mib(suggested_budget(checkpoint))
+        ));
+    }
+
+    /// The current segment, `closed` bytes, became `FILE.1` (the rename dropped the oldest
+    /// beyond `FILE.3`); the next starts with `checkpoint` bytes, for which older segments
+    /// give way if needed.
+    fn rotated(&mut self, path: &Path, closed: u64, checkpoint: u64) {
+        self.closed.push_front(closed);
+        self.closed.truncate(SEGMENTS as usize - 1);
+        self.make_room(path, checkpoint, self.limit.unwrap_or(u64::MAX));
+    }
+
+    /// Deletes the oldest rotated segments while they and a current segment of `segment`
+    /// bytes pass `limit`.
+    fn make_room(&mut self, path: &Path, segment: u64, limit: u64) {
+        while !self.closed.is_empty() && self.closed.iter().sum::<u64>() + segment > limit {
+            // A file already gone is gone: the budget is kept either way.
+            let _ = fs::remove_file(segment_path(path, self.closed.len() as u64));
+            self.closed.pop_back();
+        }
+    }
+}
+
+/// Whether a segment that starts with `checkpoint` bytes can rotate within `limit`: it
+/// must first hold as many bytes of new entries.
+fn can_rotate(limit: u64, checkpoint: u64) -> bool {
+    2 * checkpoint <= limit
+}
+
+/// A budget whose quarters hold checkpoints of `checkpoint` bytes as designed: in at most
+/// half of each, in whole MiB.
+fn suggested_budget(checkpoint: u64) -> u64 {
+    (checkpoint * 2 * SEGMENTS).div_ceil(1 << 20) << 20
+}
+
+/// `bytes` in MiB, as the options take them.
+fn mib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{}MiB", bytes >> 20)
+    } else {
+        format!("{:.1}MiB", bytes as f64 / f64::from(1 << 20))
+    }
 }
 
 /// `FILE.2` -> `FILE.3`, `FILE.1` -> `FILE.2`, `FILE` -> `FILE.1`; the oldest goes.

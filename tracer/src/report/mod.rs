@@ -197,7 +197,8 @@ fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
     }
     if live.unrecorded > 0 {
         w.push(format!(
-            "the recording left out {} entries because the disk could not keep up",
+            "the recording left out {} entries: the disk could not keep up, or the recording \
+             reached --record-max-size without room to rotate",
             live.unrecorded
         ));
     }
