@@ -9,7 +9,11 @@
 //! payload (up to 1 MiB) against running CRC registers in constant time ([`super::crc`]),
 //! never by hashing the payload again, so each byte goes through the CRC at most twice.
 
-use std::io::{self, Read};
+use std::{
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::FileExt,
+};
 
 use bytes::{Buf, BytesMut};
 
@@ -94,8 +98,9 @@ pub struct Reader<R> {
     src: R,
     /// Bytes read and not yet consumed: the read position is `buf[0]`.
     buf: BytesMut,
-    /// File offset of the read position.
+    /// File offset of the read position, and of the last entry returned.
     offset: u64,
+    entry_offset: u64,
     eof: bool,
     version: (u16, u16),
     stats: ReadStats,
@@ -122,6 +127,7 @@ impl<R: Read> Reader<R> {
             src,
             buf: BytesMut::with_capacity(READ_CHUNK),
             offset: 0,
+            entry_offset: 0,
             eof: false,
             version: (0, 0),
             stats: ReadStats::default(),
@@ -167,6 +173,16 @@ impl<R: Read> Reader<R> {
         &self.stats
     }
 
+    /// Where the last entry returned starts in the file, for [`entry_at`].
+    pub fn entry_offset(&self) -> u64 {
+        self.entry_offset
+    }
+
+    /// Bytes taken from the source so far: at the end, the size of the file as read.
+    pub fn bytes_read(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+
     /// Bytes run through the CRC so far.
     #[cfg(test)]
     pub(super) fn crc_bytes(&self) -> u64 {
@@ -192,6 +208,7 @@ impl<R: Read> Reader<R> {
                         None => self.stats.unknown += 1,
                         Some(Ok(e)) => {
                             self.stats.entries += 1;
+                            self.entry_offset = at;
                             return Ok(Some(e));
                         }
                         // A sound frame around a payload this build cannot decode.
@@ -337,6 +354,24 @@ impl<R: Read> Reader<R> {
         }
         Ok(self.buf.len() >= need)
     }
+}
+
+/// The entry at `offset` of `file`, where a [`Reader`] found one ([`Reader::entry_offset`]);
+/// `None` if it is no longer a valid entry there.
+pub fn entry_at(file: &File, offset: u64) -> io::Result<Option<Entry>> {
+    let mut frame = [0u8; FRAME_LEN];
+    file.read_exact_at(&mut frame, offset)?;
+    let mut head = &frame[..];
+    let (len, crc) = (head.get_u32_le() as usize, head.get_u32_le());
+    if len == 0 || len > MAX_PAYLOAD {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + FRAME_LEN as u64)?;
+    if crc32fast::hash(&payload) != crc {
+        return Ok(None);
+    }
+    Ok(Entry::decode(&payload).ok())
 }
 
 /// The enum variant index postcard writes first: a varint.

@@ -1,9 +1,10 @@
 //! Finds a recording's segments and reads their entries in order, saying what was damaged
-//! or missing instead of failing.
+//! or missing instead of failing; reads them again, the same bytes, for the report's second
+//! pass, and single entries where the first pass found them.
 
 use std::{
     fs::File,
-    io::{self, BufReader},
+    io::{self, BufReader, Read, Seek, SeekFrom, Take},
     path::{Path, PathBuf},
 };
 
@@ -29,11 +30,16 @@ pub enum InputError {
     Read { path: PathBuf, error: io::Error },
 }
 
+/// How a segment is read: its first bytes (all, or as many as the first reading found).
+type SegmentReader = Reader<BufReader<Take<File>>>;
+
 /// One segment file, opened.
 pub struct Segment {
     pub path: PathBuf,
     pub header: Header,
-    reader: Reader<BufReader<File>>,
+    /// The file as opened (renamed or deleted by a rotation since, it is still this one).
+    file: File,
+    reader: SegmentReader,
     /// Whether it follows the previous segment read, so its checkpoint restates sockets
     /// already known.
     pub continues: bool,
@@ -88,22 +94,33 @@ fn open(path: &Path) -> Result<Segment, InputError> {
         path: path.to_owned(),
         error: OpenError::Io(e),
     })?;
-    let mut reader =
-        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|error| InputError::Open {
-            path: path.to_owned(),
-            error,
-        })?;
-    let first = reader.next_entry().map_err(|error| InputError::Read {
+    let (reader, header) = read_header(path, &file, u64::MAX)?;
+    Ok(Segment {
+        path: path.to_owned(),
+        header,
+        file,
+        reader,
+        continues: false,
+    })
+}
+
+/// A reader of the first `len` bytes of `file`, past its header entry.
+fn read_header(path: &Path, file: &File, len: u64) -> Result<(SegmentReader, Header), InputError> {
+    let read_error = |error| InputError::Read {
         path: path.to_owned(),
         error,
-    })?;
-    match first {
-        Some(Entry::Header(header)) => Ok(Segment {
-            path: path.to_owned(),
-            header: *header,
-            reader,
-            continues: false,
-        }),
+    };
+    let mut file = file.try_clone().map_err(read_error)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    let mut reader =
+        Reader::new(BufReader::with_capacity(1 << 20, file.take(len))).map_err(|error| {
+            InputError::Open {
+                path: path.to_owned(),
+                error,
+            }
+        })?;
+    match reader.next_entry().map_err(read_error)? {
+        Some(Entry::Header(header)) => Ok((reader, *header)),
         Some(_) => Err(InputError::NoHeader {
             path: path.to_owned(),
         }),
@@ -114,9 +131,26 @@ fn open(path: &Path) -> Result<Segment, InputError> {
 }
 
 impl Segment {
-    /// The next entry after the header.
-    pub fn next_entry(&mut self) -> Result<Option<Entry>, InputError> {
-        self.reader.next_entry().map_err(|error| InputError::Read {
+    /// The next entry after the header, and where it starts in the file.
+    pub fn next_entry(&mut self) -> Result<Option<(Entry, u64)>, InputError> {
+        let entry = self.reader.next_entry().map_err(|error| InputError::Read {
+            path: self.path.clone(),
+            error,
+        })?;
+        Ok(entry.map(|e| (e, self.reader.entry_offset())))
+    }
+
+    /// Starts reading again after the header, up to where the reading so far ended: a
+    /// recording still being written reads the same both times.
+    pub fn rewind(&mut self) -> Result<(), InputError> {
+        let len = self.reader.bytes_read();
+        self.reader = read_header(&self.path, &self.file, len)?.0;
+        Ok(())
+    }
+
+    /// The file, for entries at the offsets [`Segment::next_entry`] gave.
+    pub fn file(&self) -> Result<File, InputError> {
+        self.file.try_clone().map_err(|error| InputError::Read {
             path: self.path.clone(),
             error,
         })

@@ -2,17 +2,19 @@
 //!
 //! [`input`] finds and reads the segments, [`window`] places `--from`/`--to` on the
 //! recording's clock, [`replay`] runs the segments through the decision engine under the
-//! report's thresholds, and this module works out what to show and hands it to
-//! [`Output`], which writes it in either format: the stuck and resolved sockets and the
-//! summary as the live run writes them, then the worst offenders, transition counts and
-//! time spent per state.
+//! report's thresholds (twice: the first pass learns what the second shows, in
+//! [`slots`]), and this module works out what to show and hands it to [`Output`], which
+//! writes it in either format: the stuck and resolved sockets and the summary as the live
+//! run writes them, then the worst offenders, transition counts and time spent per state.
 
 pub mod input;
 pub mod replay;
+pub mod slots;
 pub mod window;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
     io::{self, Write},
     time::Duration,
 };
@@ -25,12 +27,13 @@ use crate::{
     model::{HeldBy, IoOp, Ownership, Socket, Stay, Target, Thresholds},
     output::{
         summary::{self, ServicePort},
-        LiveInfo, Offender, Outcome, Output, ReportInfo, Rfc3339, SocketReport, StateTime,
-        SummaryReason, TextStyle, TransitionCount, WallClock,
+        LiveInfo, Offender, Output, ReportInfo, Rfc3339, SocketReport, StateTime, SummaryReason,
+        TextStyle, TransitionCount, WallClock,
     },
     record::Entry,
 };
-use replay::{Event, Options, Replay};
+use input::{InputError, Segment};
+use replay::{position, Event, Learn, Live, Options, Pass, Replay, Show};
 use window::Window;
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
@@ -49,29 +52,27 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         to_ns,
         ports: args.ports.clone(),
         timeline: args.timeline,
+        live_thresholds: Thresholds::new(&recorded),
     };
-    let mut replay = Replay::new(options, &header);
+
+    // The first pass: what the report covers, and what each flag's line will need.
+    let mut learn = Replay::new(options.clone(), &header, Pass::Learn(Learn::default()));
     let mut read = ReadTotals::default();
-    for (i, seg) in segments.iter_mut().enumerate() {
-        if i > 0 && !seg.continues {
-            replay.restart(&seg.header);
-        }
-        while let Some(entry) = seg.next_entry()? {
-            if seg.continues && matches!(entry, Entry::Socket(_)) {
-                continue;
-            }
-            replay.entry(entry, i == 0);
-        }
+    replay_segments(&mut segments, &mut learn, |_| Ok(()))?;
+    for seg in &segments {
         warnings.extend(seg.damage_report());
         read.entries += seg.stats().entries;
         read.damaged_bytes += seg.stats().damaged_bytes();
         read.segments.push(seg.header.segment);
     }
     warnings.extend(input::version_warning(&args.file, &segments));
-    let end_ns = replay.finish();
-    window.check(replay.start_ns, replay.last_ns, &clock, &mut warnings)?;
-    window.check_timeline(args.timeline, !replay.events.is_empty())?;
-    warnings.extend(live_warnings(&replay, &clock));
+    let end_ns = learn.finish().map_err(spill_error)?;
+    window.check(learn.start_ns, learn.last_ns, &clock, &mut warnings)?;
+    let Pass::Learn(learned) = learn.pass else {
+        unreachable!("the first pass learns")
+    };
+    window.check_timeline(args.timeline, learned.shown > 0)?;
+    warnings.extend(live_warnings(&learn.live, learn.last_ns, &clock));
 
     for w in &warnings {
         // A closed stderr must not stop the report.
@@ -95,12 +96,12 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         kernel: &header.kernel,
         tracer_version: &header.tracer_version,
         segments: &read.segments,
-        start: Rfc3339(clock.at(replay.start_ns)),
+        start: Rfc3339(clock.at(learn.start_ns)),
         end: Rfc3339(clock.at(end_ns)),
-        duration_ms: ms(end_ns.saturating_sub(replay.start_ns)),
+        duration_ms: ms(end_ns.saturating_sub(learn.start_ns)),
         from: args.from.map(|_| Rfc3339(clock.at(from_ns))),
         to: args.to.map(|_| Rfc3339(clock.at(to_ns))),
-        thresholds: threshold_map(replay.engine.thresholds().iter()),
+        thresholds: threshold_map(learn.engine.thresholds().iter()),
         recorded_thresholds: threshold_map(recorded.iter().copied()),
         ports: &args.ports,
         pid: args.pid,
@@ -111,41 +112,100 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
             Target::Addr(a) => a.to_string(),
         }),
         entries: read.entries,
-        transitions: replay.transitions_read,
+        transitions: learn.transitions_read,
         damaged_bytes: read.damaged_bytes,
         live: LiveInfo {
-            stuck: replay.live.stuck,
-            resolved: replay.live.resolved,
-            lost: replay.live.lost,
-            unrecorded: replay.live.unrecorded,
-            stopped: replay.live.stop.is_some(),
+            stuck: learn.live.stuck,
+            resolved: learn.live.resolved,
+            lost: learn.live.lost,
+            unrecorded: learn.live.unrecorded,
+            stopped: learn.live.stop.is_some(),
         },
         warnings: &warnings,
     };
-    let resolutions = replay
-        .events
-        .iter()
-        .filter_map(|ev| match ev {
-            Event::Resolved(r) => Some((r.socket.stay(), r.left_ns)),
-            _ => None,
+
+    // The second pass: the same decisions, each shown as it comes.
+    let slots = learned.into_slots().map_err(spill_error)?;
+    let files = segments
+        .iter_mut()
+        .map(|seg| {
+            seg.rewind()?;
+            seg.file()
         })
-        .collect();
-    let written = Report {
+        .collect::<Result<Vec<File>, InputError>>()?;
+    let mut show = Replay::new(
+        options,
+        &header,
+        Pass::Show(Show::new(slots, files, end_ns)),
+    );
+    let mut report = Report {
         args,
         selection: Selection {
             pid: args.pid,
             container: args.container.clone(),
             cgroup: args.cgroup.clone(),
         },
-        replay: &replay,
-        end_ns,
-        resolutions,
+        options: show.options.clone(),
+        counted: HashSet::new(),
+        offenders: HashMap::new(),
+    };
+    let written = output
+        .report(&info)
+        .map_err(write_error)
+        .and_then(|()| {
+            replay_segments(&mut segments, &mut show, |replay| {
+                report.events(&mut output, replay)
+            })
+        })
+        .and_then(|()| {
+            show.finish().map_err(spill_error)?;
+            report.events(&mut output, &mut show)
+        })
+        .and_then(|()| report.end(&mut output, &show, end_ns).map_err(write_error));
+    match written {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        r => r,
     }
-    .write(&mut output, &info);
-    match written.and_then(|()| output.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.map_err(|e| anyhow::Error::new(e).context("writing the report failed")),
+}
+
+/// Whether the reader of the report went away (`tracer report FILE | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Feeds the entries of `segments` to `replay`, in order; `after` takes what each entry
+/// made the replay show.
+fn replay_segments(
+    segments: &mut [Segment],
+    replay: &mut Replay,
+    mut after: impl FnMut(&mut Replay) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for (i, seg) in segments.iter_mut().enumerate() {
+        if i > 0 && !seg.continues {
+            replay.restart(&seg.header);
+        }
+        while let Some((entry, offset)) = seg.next_entry()? {
+            if seg.continues && matches!(entry, Entry::Socket(_)) {
+                continue;
+            }
+            replay
+                .entry(entry, position(i, offset), i == 0)
+                .map_err(spill_error)?;
+            after(replay)?;
+        }
     }
+    Ok(())
+}
+
+fn write_error(e: io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("writing the report failed")
+}
+
+/// The first pass could not keep its notes on the flags.
+fn spill_error(e: io::Error) -> anyhow::Error {
+    anyhow::Error::new(e)
+        .context("keeping the report's notes on its flags in a temporary file failed (in $TMPDIR)")
 }
 
 /// What was read across segments.
@@ -184,10 +244,9 @@ fn threshold_map(it: impl Iterator<Item = (TcpState, Duration)>) -> BTreeMap<&'s
     it.map(|(s, d)| (s.name(), d.as_millis() as u64)).collect()
 }
 
-/// Warnings about what the live run itself missed.
-fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
+/// Warnings about what the live run itself missed; `last_ns` is the recording's last time.
+fn live_warnings(live: &Live, last_ns: u64, clock: &WallClock) -> Vec<String> {
     let mut w = Vec::new();
-    let live = &replay.live;
     if live.lost > 0 {
         w.push(format!(
             "the live run lost {} transitions (its ring buffer was full): some sockets may \
@@ -206,21 +265,22 @@ fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
         w.push(format!(
             "the recording has no stop entry: the live run was killed or is still running; \
              it is reported up to {}",
-            Rfc3339(clock.at(replay.last_ns))
+            Rfc3339(clock.at(last_ns))
         ));
     }
     w
 }
 
-/// What the report writes, once the replay is done.
+/// What the report writes as the second pass goes, and the worst offenders it adds up.
 struct Report<'a> {
     args: &'a ReportArgs,
     /// `--pid`, `--container` and `--cgroup`.
     selection: Selection,
-    replay: &'a Replay,
-    end_ns: u64,
-    /// When each stay that resolved in the window ended.
-    resolutions: HashMap<Stay, u64>,
+    options: Options,
+    /// Stays shown stuck whose resolution may still come: counted among the offenders once.
+    counted: HashSet<Stay>,
+    /// The offenders so far, by owner.
+    offenders: HashMap<Option<u32>, Offender>,
 }
 
 /// Stands in for the owners of a stuck socket the live run never flagged.
@@ -231,139 +291,138 @@ static NOT_RECORDED: Ownership = Ownership {
 };
 
 impl Report<'_> {
-    fn write<W: Write, E: Write>(
-        &self,
+    /// Writes the events the replay's last entry made.
+    fn events<W: Write, E: Write>(
+        &mut self,
         o: &mut Output<W, E>,
-        info: &ReportInfo<'_>,
-    ) -> io::Result<()> {
-        o.report(info)?;
-        for ev in &self.replay.events {
-            self.event(o, ev)?;
+        replay: &mut Replay,
+    ) -> anyhow::Result<()> {
+        for ev in replay.events.drain(..) {
+            self.event(o, ev).map_err(write_error)?;
         }
-        // A timeline is the socket's life alone (run() refuses one that found nothing).
-        if info.timeline.is_some() {
-            return Ok(());
-        }
-        self.summary(o)?;
-        o.offenders(&self.offenders())?;
-        o.transition_counts(&self.transitions())?;
-        o.state_times(&self.state_times())
-    }
-
-    fn ownership(&self, s: &Socket) -> &Ownership {
-        self.replay.owners_of(s).unwrap_or(&NOT_RECORDED)
+        Ok(())
     }
 
     /// Whether `--port`, `--pid`, `--container` and `--cgroup` keep a stuck socket.
-    fn kept(&self, s: &Socket) -> bool {
-        self.replay.options.port_kept(&s.ends) && self.selection.admits(self.ownership(s), s)
+    fn kept(&self, s: &Socket, ownership: &Ownership) -> bool {
+        self.options.port_kept(&s.ends) && self.selection.admits(ownership, s)
     }
 
-    fn event<W: Write, E: Write>(&self, o: &mut Output<W, E>, ev: &Event) -> io::Result<()> {
+    fn event<W: Write, E: Write>(&mut self, o: &mut Output<W, E>, ev: Event) -> io::Result<()> {
         match ev {
-            Event::Transition(t) => o.transition(t),
-            Event::Existing { socket, .. } => o.existing(socket),
-            Event::Stuck(f) if self.kept(&f.socket) => {
+            Event::Transition(t) => o.transition(&t),
+            Event::Existing { socket, .. } => o.existing(&socket),
+            Event::Stuck {
+                flag,
+                owners,
+                outcome,
+            } => {
+                let ownership = owners.as_deref().unwrap_or(&NOT_RECORDED);
+                if !self.kept(&flag.socket, ownership) {
+                    return Ok(());
+                }
+                let stay = flag.socket.stay();
+                if self.counted.insert(stay) {
+                    self.offend(&flag.socket, ownership, outcome.total.as_nanos() as u64);
+                }
                 let r = SocketReport {
-                    key: f.key,
-                    socket: &f.socket,
-                    ownership: self.ownership(&f.socket),
+                    key: flag.key,
+                    socket: &flag.socket,
+                    ownership,
                 };
-                o.stuck_with_outcome(&r, f.at_ns, f.threshold, self.outcome(&f.socket))
+                o.stuck_with_outcome(&r, flag.at_ns, flag.threshold, outcome)
             }
-            Event::Resolved(r) if self.kept(&r.socket) => {
+            Event::Resolved { resolved, owners } => {
+                let ownership = owners.as_deref().unwrap_or(&NOT_RECORDED);
+                if !self.kept(&resolved.socket, ownership) {
+                    return Ok(());
+                }
+                // Flagged before the window: shown stuck for the first time.
+                if !self.counted.remove(&resolved.socket.stay()) {
+                    let stuck_ns = resolved.stuck_for().as_nanos() as u64;
+                    self.offend(&resolved.socket, ownership, stuck_ns);
+                }
                 let report = SocketReport {
-                    key: r.key,
-                    socket: &r.socket,
-                    ownership: self.ownership(&r.socket),
+                    key: resolved.key,
+                    socket: &resolved.socket,
+                    ownership,
                 };
-                o.resolved(&report, r.left_ns, r.new)
+                o.resolved(&report, resolved.left_ns, resolved.new)
             }
-            Event::Stuck(_) | Event::Resolved(_) => Ok(()),
         }
+    }
+
+    /// Counts a stay shown stuck, for `stuck_ns` in all, against its owner.
+    fn offend(&mut self, s: &Socket, ownership: &Ownership, stuck_ns: u64) {
+        let owner = ownership.owners.first();
+        let pid = owner.map(|w| w.process.pid);
+        let off = self.offenders.entry(pid).or_insert_with(|| Offender {
+            rank: 0,
+            pid,
+            comm: owner.map(|w| w.process.comm.clone()),
+            cmdline: owner.map(|w| w.process.cmdline.clone()),
+            container: owner.and_then(|w| w.process.container()),
+            stuck: 0,
+            states: BTreeMap::new(),
+            ports: Vec::new(),
+            longest_ms: 0,
+            eof_read: 0,
+            fd_count: None,
+            fd_limit: owner.and_then(|w| w.process.fd_limit),
+        });
+        off.stuck += 1;
+        *off.states.entry(s.state.to_string()).or_default() += 1;
+        let port = ServicePort::of(s).to_string();
+        if !off.ports.contains(&port) {
+            off.ports.push(port);
+        }
+        off.longest_ms = off.longest_ms.max(ms(stuck_ns));
+        if ownership.last_io.is_some_and(|io| io.op == IoOp::Eof) {
+            off.eof_read += 1;
+        }
+        if let Some(w) = owner {
+            off.fd_count = off.fd_count.max(Some(w.fd_count));
+        }
+    }
+
+    /// Writes what follows the events: the summary, offenders, transition counts and times
+    /// per state (none for a timeline, the socket's life alone); `replay` is done.
+    fn end<W: Write, E: Write>(
+        &mut self,
+        o: &mut Output<W, E>,
+        replay: &Replay,
+        end_ns: u64,
+    ) -> io::Result<()> {
+        if self.args.timeline.is_none() {
+            self.summary(o, replay, end_ns)?;
+            o.offenders(&self.offenders())?;
+            o.transition_counts(&transitions(replay))?;
+            o.state_times(&state_times(replay))?;
+        }
+        o.flush()
     }
 
     /// The sockets stuck at the end, grouped as the live summary groups them.
-    fn summary<W: Write, E: Write>(&self, o: &mut Output<W, E>) -> io::Result<()> {
-        let table = self.replay.engine.table();
+    fn summary<W: Write, E: Write>(
+        &self,
+        o: &mut Output<W, E>,
+        replay: &Replay,
+        end_ns: u64,
+    ) -> io::Result<()> {
+        let table = replay.engine.table();
         let stuck = table
             .stuck()
-            .map(|(_, s)| s)
-            .filter(|s| self.kept(s))
-            .map(|s| (s, self.replay.owners_of(s)));
+            .map(|(_, s)| (s, replay.owners_of(s)))
+            .filter(|(s, owners)| self.kept(s, owners.unwrap_or(&NOT_RECORDED)));
         // fd counts as the live run saw them when it resolved the owners.
         let groups = summary::group(stuck, |_| None);
         let states = table.per_state().map(|(s, n)| (s.to_string(), n)).collect();
-        o.summary(
-            SummaryReason::End,
-            &groups,
-            table.stats(),
-            &states,
-            self.end_ns,
-        )
-    }
-
-    /// How long a flagged socket stayed stuck in all, and whether it still was at the end.
-    fn outcome(&self, s: &Socket) -> Outcome {
-        let (end_ns, still_stuck) = match self.resolutions.get(&s.stay()) {
-            Some(&left_ns) => (left_ns, false),
-            None => (self.end_ns, true),
-        };
-        Outcome {
-            total: Duration::from_nanos(end_ns.saturating_sub(s.since_ns)),
-            still_stuck,
-        }
+        o.summary(SummaryReason::End, &groups, table.stats(), &states, end_ns)
     }
 
     /// Processes ranked by the stuck sockets they held, `--top` of them.
-    fn offenders(&self) -> Vec<Offender> {
-        // Every stay shown stuck (flagged in the window, or resolved in it).
-        let mut stuck: HashMap<Stay, &Socket> = HashMap::new();
-        for ev in &self.replay.events {
-            let s = match ev {
-                Event::Stuck(f) => &f.socket,
-                Event::Resolved(r) => &r.socket,
-                _ => continue,
-            };
-            if self.kept(s) {
-                stuck.insert(s.stay(), s);
-            }
-        }
-        let mut by_pid: HashMap<Option<u32>, Offender> = HashMap::new();
-        for s in stuck.into_values() {
-            let stuck_ns = self.outcome(s).total.as_nanos() as u64;
-            let ownership = self.ownership(s);
-            let owner = ownership.owners.first();
-            let pid = owner.map(|w| w.process.pid);
-            let off = by_pid.entry(pid).or_insert_with(|| Offender {
-                rank: 0,
-                pid,
-                comm: owner.map(|w| w.process.comm.clone()),
-                cmdline: owner.map(|w| w.process.cmdline.clone()),
-                container: owner.and_then(|w| w.process.container()),
-                stuck: 0,
-                states: BTreeMap::new(),
-                ports: Vec::new(),
-                longest_ms: 0,
-                eof_read: 0,
-                fd_count: None,
-                fd_limit: owner.and_then(|w| w.process.fd_limit),
-            });
-            off.stuck += 1;
-            *off.states.entry(s.state.to_string()).or_default() += 1;
-            let port = ServicePort::of(s).to_string();
-            if !off.ports.contains(&port) {
-                off.ports.push(port);
-            }
-            off.longest_ms = off.longest_ms.max(ms(stuck_ns));
-            if ownership.last_io.is_some_and(|io| io.op == IoOp::Eof) {
-                off.eof_read += 1;
-            }
-            if let Some(w) = owner {
-                off.fd_count = off.fd_count.max(Some(w.fd_count));
-            }
-        }
-        let mut ranked: Vec<Offender> = by_pid.into_values().collect();
+    fn offenders(&mut self) -> Vec<Offender> {
+        let mut ranked: Vec<Offender> = std::mem::take(&mut self.offenders).into_values().collect();
         ranked.sort_by(|a, b| {
             b.stuck
                 .cmp(&a.stuck)
@@ -377,38 +436,37 @@ impl Report<'_> {
         }
         ranked
     }
+}
 
-    /// Transition counts, most frequent first.
-    fn transitions(&self) -> Vec<TransitionCount> {
-        let mut counts: Vec<TransitionCount> = self
-            .replay
-            .transitions
-            .iter()
-            .map(|(&(old, new), &count)| TransitionCount { old, new, count })
-            .collect();
-        counts.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then((a.old.0, a.new.0).cmp(&(b.old.0, b.new.0)))
-        });
-        counts
-    }
+/// Transition counts, most frequent first.
+fn transitions(replay: &Replay) -> Vec<TransitionCount> {
+    let mut counts: Vec<TransitionCount> = replay
+        .transitions
+        .iter()
+        .map(|(&(old, new), &count)| TransitionCount { old, new, count })
+        .collect();
+    counts.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then((a.old.0, a.new.0).cmp(&(b.old.0, b.new.0)))
+    });
+    counts
+}
 
-    /// Percentiles of the completed stays per state.
-    fn state_times(&self) -> Vec<StateTime> {
-        self.replay
-            .stays
-            .iter()
-            .map(|(&state, h)| StateTime {
-                state,
-                stays: h.len(),
-                p50_us: h.value_at_quantile(0.5),
-                p90_us: h.value_at_quantile(0.9),
-                p99_us: h.value_at_quantile(0.99),
-                max_us: h.max(),
-            })
-            .collect()
-    }
+/// Percentiles of the completed stays per state.
+fn state_times(replay: &Replay) -> Vec<StateTime> {
+    replay
+        .stays
+        .iter()
+        .map(|(&state, h)| StateTime {
+            state,
+            stays: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        })
+        .collect()
 }
 
 fn ms(ns: u64) -> u64 {

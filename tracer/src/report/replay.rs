@@ -2,22 +2,45 @@
 //! [`Engine`] as a live run, under the report's thresholds, on the recording's clock.
 //! Owners come from what the live run resolved, and the stays the live run found gone
 //! (their transitions lost) are dropped as it dropped them.
+//!
+//! The recording is read twice, so that memory is bounded by the sockets alive at once,
+//! not by the number of stays. A flag's line needs what only comes later: how its stay
+//! ended, its owners when the live run resolved them after the report's threshold passed,
+//! and whether the live run found the stay gone. The first pass ([`Pass::Learn`]) notes
+//! those per flag ([`Slots`]: 16 bytes each, on a temporary file past the first few
+//! thousand); the second ([`Pass::Show`]) makes the same decisions and hands out each event
+//! as it comes, in the order the engine decides them (the live run's order), with what the
+//! first learned. What either keeps: the socket table, the flags whose stay goes on (with
+//! their owners), where the owners of stays still going on were recorded, the stays that
+//! ended in the last seconds and may still get their owners, counts and histograms.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    io,
+    time::Duration,
+};
 
 use hdrhistogram::Histogram;
 use tracer_common::TcpState;
 
+use super::slots::{Slot, SlotReader, Slots, GONE, STILL};
 use crate::{
     aggregate::Resolved,
     decode::Transition,
     model::{Endpoints, Ownership, Socket, SocketKey, State, Stay, Target, Thresholds},
-    record::{Entry, Header, SocketEntry, StopEntry},
+    output::Outcome,
+    record::{reader::entry_at, Entry, Header, SocketEntry, StopEntry},
     stuck::{Decision, Engine, Flag},
 };
 
 /// Longest stay the percentiles tell apart (about 52 days); longer ones count as that.
 const MAX_STAY_US: u64 = 1 << 42;
+/// How long after a stay ended the live run's owners of it may still come: it resolves
+/// the owners of what it flagged before it writes their resolution, within a batch.
+const LATE_OWNERS_NS: u64 = 10_000_000_000;
+/// Size of the maps pruned of what no longer matters, before they are first pruned.
+const PRUNE_FLOOR: usize = 4096;
 
 /// What the report asked for.
 #[derive(Clone, Debug)]
@@ -29,6 +52,8 @@ pub struct Options {
     /// Keep only sockets with one of these ports at either end (all when empty).
     pub ports: Vec<u16>,
     pub timeline: Option<Target>,
+    /// The live run's thresholds: only a stay that lasted this long can have owners.
+    pub live_thresholds: Thresholds,
 }
 
 impl Options {
@@ -44,17 +69,26 @@ impl Options {
     }
 }
 
-/// Something the report shows, in time order.
+/// Something the report shows, in the order the engine decides it (for transitions of
+/// the `--timeline` socket, the order recorded).
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The socket was open when the recording started (`--timeline` only).
     Existing { key: SocketKey, socket: Socket },
     /// A transition (`--timeline` only).
     Transition(Transition),
-    /// A socket crossed its state's threshold.
-    Stuck(Flag),
+    /// A socket crossed its state's threshold: its owners as the live run found them, and
+    /// how its stay ended.
+    Stuck {
+        flag: Flag,
+        owners: Option<Box<Ownership>>,
+        outcome: Outcome,
+    },
     /// A stuck socket left its state.
-    Resolved(Resolved),
+    Resolved {
+        resolved: Resolved,
+        owners: Option<Box<Ownership>>,
+    },
 }
 
 impl Event {
@@ -64,9 +98,115 @@ impl Event {
         match self {
             Event::Existing { socket, .. } => socket.since_ns,
             Event::Transition(t) => t.ts_ns,
-            Event::Stuck(f) => f.at_ns,
-            Event::Resolved(r) => r.left_ns,
+            Event::Stuck { flag, .. } => flag.at_ns,
+            Event::Resolved { resolved, .. } => resolved.left_ns,
         }
+    }
+}
+
+/// Where an entry is in the recording: the segment's place in the order read, and its
+/// offset in the file.
+pub fn position(segment: usize, offset: u64) -> u64 {
+    ((segment as u64) << 48) | offset
+}
+
+/// What a pass over the recording does with the flags.
+pub enum Pass {
+    /// The first: notes how each flag's stay ends and where its owners are.
+    Learn(Learn),
+    /// The second: hands out each event with what the first learned.
+    Show(Show),
+}
+
+/// The first pass's notes (none yet by default).
+pub struct Learn {
+    slots: Slots,
+    /// Flags whose stay goes on.
+    open: HashMap<Stay, Open>,
+    /// Where the owners of stays going on, not flagged (yet), were recorded.
+    owners_at: HashMap<Stay, u64>,
+    /// Flagged stays that ended lately and may still get their owners.
+    ended: HashMap<Stay, Ended>,
+    /// Sizes of `open`, `owners_at` and `ended` at which they are next pruned.
+    prune_at: [usize; 3],
+    /// Events the second pass will show (`--timeline` only needs to know if any).
+    pub shown: u64,
+}
+
+/// A flag whose stay goes on, in the first pass.
+struct Open {
+    index: u64,
+    key: SocketKey,
+    owners: u64,
+}
+
+/// A flagged stay that ended, in the first pass.
+struct Ended {
+    index: u64,
+    slot: Slot,
+}
+
+/// The second pass: what the first learned, and what it needs to show it.
+pub struct Show {
+    slots: SlotReader,
+    /// The segments' files, for the owners entries the slots point at.
+    files: Vec<File>,
+    /// Where the report ends: a stay still going on is counted to there.
+    end_ns: u64,
+    /// Flags whose stay goes on: their slot and owners.
+    open: HashMap<Stay, Shown>,
+    /// The size of `open` at which it is next pruned.
+    prune_at: usize,
+}
+
+/// A flag whose stay goes on, in the second pass.
+struct Shown {
+    key: SocketKey,
+    slot: Slot,
+    owners: Option<Box<Ownership>>,
+}
+
+impl Show {
+    /// The second pass over `files` (in the order read), with the `slots` the first filled,
+    /// for a report that ends at `end_ns`.
+    pub fn new(slots: SlotReader, files: Vec<File>, end_ns: u64) -> Self {
+        Show {
+            slots,
+            files,
+            end_ns,
+            open: HashMap::new(),
+            prune_at: PRUNE_FLOOR,
+        }
+    }
+
+    /// The owners entry at slot position `at` (0: none).
+    fn owners(&self, at: u64) -> Option<Box<Ownership>> {
+        let at = at.checked_sub(1)?;
+        let file = self.files.get((at >> 48) as usize)?;
+        match entry_at(file, at & ((1 << 48) - 1)) {
+            Ok(Some(Entry::Owners(o))) => Some(Box::new(o.ownership())),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Learn {
+    fn default() -> Self {
+        Learn {
+            slots: Slots::default(),
+            open: HashMap::new(),
+            owners_at: HashMap::new(),
+            ended: HashMap::new(),
+            prune_at: [PRUNE_FLOOR; 3],
+            shown: 0,
+        }
+    }
+}
+
+impl Learn {
+    /// The slots filled, for the second pass.
+    pub fn into_slots(self) -> io::Result<SlotReader> {
+        self.slots.into_reader()
     }
 }
 
@@ -77,7 +217,7 @@ pub struct Live {
     pub resolved: u64,
     /// The probe's drop counter at its last report.
     pub lost: u64,
-    /// Entries the recorder left out (disk too slow).
+    /// Entries the recorder left out (disk too slow, or the budget full).
     pub unrecorded: u64,
     /// The stop entry, absent when the run was cut.
     pub stop: Option<StopEntry>,
@@ -88,9 +228,11 @@ pub struct Replay {
     pub options: Options,
     /// The decisions, as the live run makes them.
     pub engine: Engine,
+    pub pass: Pass,
+    /// Events of the last entry, for the caller to take (second pass only).
     pub events: Vec<Event>,
-    /// Stays the live run flagged but found gone (their transitions lost): never reported.
-    gone: HashSet<Stay>,
+    /// `--timeline`: sockets open at start, shown in order before anything else.
+    existing: Vec<Event>,
     /// Transitions in the window by (old, new).
     pub transitions: BTreeMap<(State, State), u64>,
     /// Completed stays in the window per state, in µs.
@@ -108,8 +250,8 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// An empty rebuild; `header` is the first segment's.
-    pub fn new(options: Options, header: &Header) -> Self {
+    /// An empty rebuild for `pass`; `header` is the first segment's.
+    pub fn new(options: Options, header: &Header, pass: Pass) -> Self {
         Replay {
             engine: Engine::new(
                 options.thresholds.clone(),
@@ -117,8 +259,9 @@ impl Replay {
                 header.started_ns,
             ),
             options,
+            pass,
             events: Vec::new(),
-            gone: HashSet::new(),
+            existing: Vec::new(),
             transitions: BTreeMap::new(),
             stays: BTreeMap::new(),
             live: Live::default(),
@@ -136,9 +279,10 @@ impl Replay {
         self.engine.restart(header.max_sockets as usize);
     }
 
-    /// Applies one entry. `Socket` entries restore the checkpoint of a segment that does
-    /// not follow the previous one; the caller skips them otherwise.
-    pub fn entry(&mut self, entry: Entry, first_segment: bool) {
+    /// Applies one entry, found at `at` ([`position`]). `Socket` entries restore the
+    /// checkpoint of a segment that does not follow the previous one; the caller skips them
+    /// otherwise.
+    pub fn entry(&mut self, entry: Entry, at: u64, first_segment: bool) -> io::Result<()> {
         // The recording lasted at least to its latest entry (its stop, if it has one).
         let seen = match &entry {
             Entry::Owners(o) => o.ts_ns,
@@ -150,29 +294,40 @@ impl Replay {
             _ => 0,
         };
         self.last_ns = self.last_ns.max(seen);
+        if !matches!(entry, Entry::Socket(_)) {
+            self.show_existing();
+        }
         match entry {
-            Entry::Transition(e) => self.transition(Transition::from(&e)),
-            Entry::Socket(s) => self.restore(&s, first_segment),
+            Entry::Transition(e) => self.transition(Transition::from(&e))?,
+            Entry::Socket(s) => self.restore(&s, first_segment)?,
             Entry::Owners(o) => {
                 let stay = (o.ends.into(), State(o.state), o.since_ns);
-                self.engine.owned(stay, o.ownership());
+                self.owners_found(stay, at + 1)?;
             }
             Entry::Gone(g) => {
                 let stay = (g.ends.into(), State(g.state), g.since_ns);
                 self.engine.gone(g.key.into(), stay);
-                self.gone.insert(stay);
+                self.stay_gone(stay)?;
             }
             Entry::Stuck(_) => self.live.stuck += 1,
-            Entry::Resolved(_) => self.live.resolved += 1,
+            Entry::Resolved(r) => {
+                self.live.resolved += 1;
+                // The live run resolves the owners of what it flagged before it writes
+                // the resolution: none come after this.
+                if let Pass::Learn(l) = &mut self.pass {
+                    l.ended.remove(&(r.ends.into(), State(r.state), r.since_ns));
+                }
+            }
             Entry::Lost { total, .. } => self.live.lost = self.live.lost.max(total),
             Entry::Gap { entries } => self.live.unrecorded += entries,
             Entry::Stop(stop) => self.live.stop = Some(stop),
             // A later segment's header: the caller handles segments.
             Entry::Header(_) => {}
         }
+        Ok(())
     }
 
-    fn restore(&mut self, s: &SocketEntry, first_segment: bool) {
+    fn restore(&mut self, s: &SocketEntry, first_segment: bool) -> io::Result<()> {
         let (key, socket) = s.socket();
         if first_segment
             && self
@@ -180,54 +335,263 @@ impl Replay {
                 .timeline
                 .is_some_and(|t| t.matches(key.sk(), &socket.ends))
         {
-            self.events.push(Event::Existing { key, socket });
+            self.event(Event::Existing { key, socket });
         }
         self.engine.restore(key, socket, &mut self.decisions);
-        self.decide();
+        self.decide()
     }
 
-    fn transition(&mut self, t: Transition) {
+    fn transition(&mut self, t: Transition) -> io::Result<()> {
         self.transitions_read += 1;
         // The recording's span, which the window is checked against, includes what lies
         // after the window.
         self.last_ns = self.last_ns.max(t.ts_ns);
         if t.ts_ns > self.options.to_ns {
-            return;
+            return Ok(());
         }
         let ends = t.ends();
         let shown = self.options.in_window(t.ts_ns) && self.options.port_kept(&ends);
+        let ended = self
+            .engine
+            .table()
+            .get(SocketKey::Sk(t.sk))
+            .filter(|s| s.state != t.new)
+            .copied();
+        if let Some(s) = ended.filter(|s| shown && !s.since_is_lower_bound) {
+            // Stays of sockets first seen mid-stay have no true length.
+            let us = t.ts_ns.saturating_sub(s.since_ns) / 1000;
+            let h = self.stays.entry(s.state).or_insert_with(|| {
+                Histogram::new_with_bounds(1, MAX_STAY_US, 3).expect("valid bounds")
+            });
+            h.saturating_record(us);
+        }
         if shown {
             *self.transitions.entry((t.old, t.new)).or_default() += 1;
-            if let Some(s) = self.engine.table().get(SocketKey::Sk(t.sk)) {
-                // Stays of sockets first seen mid-stay have no true length.
-                if s.state != t.new && !s.since_is_lower_bound {
-                    let us = t.ts_ns.saturating_sub(s.since_ns) / 1000;
-                    let h = self.stays.entry(s.state).or_insert_with(|| {
-                        Histogram::new_with_bounds(1, MAX_STAY_US, 3).expect("valid bounds")
-                    });
-                    h.saturating_record(us);
-                }
-            }
         }
+        // What crossed its threshold before the transition comes before it.
+        self.engine
+            .tick(t.ts_ns.saturating_sub(1), &mut self.decisions);
+        self.decide()?;
         if let Some(target) = self.options.timeline {
             self.follow(target, &t, &ends);
         }
         self.engine.transition(&t, &mut self.decisions);
-        self.decide();
+        self.decide()?;
+        // The owners of a stay that ended are no longer wanted.
+        if let (Some(s), Pass::Learn(l)) = (ended, &mut self.pass) {
+            if !l.owners_at.is_empty() {
+                l.owners_at.remove(&s.stay());
+            }
+        }
+        Ok(())
     }
 
-    /// Keeps what the engine decided that the report shows.
-    fn decide(&mut self) {
+    /// Hands on what the engine decided that the report shows, and notes (or reads) what
+    /// the flags need.
+    fn decide(&mut self) -> io::Result<()> {
         for d in std::mem::take(&mut self.decisions) {
-            let (key, socket, event) = match d {
-                Decision::Stuck(f) => (f.key, f.socket, Event::Stuck(f)),
-                Decision::Resolved(r) => (r.key, r.socket, Event::Resolved(r)),
+            match d {
+                Decision::Stuck(flag) => self.flagged(flag)?,
+                Decision::Resolved(r) => self.resolved(r)?,
                 // The live run's evictions are in its summaries and stop entry.
-                Decision::Evicted { .. } => continue,
-            };
-            if self.options.in_window(event.ts_ns()) && self.followed(key, &socket) {
-                self.events.push(event);
+                Decision::Evicted { .. } => {}
             }
+        }
+        self.prune()
+    }
+
+    /// Whether the report shows an event of this socket at `ts_ns`: in the window, and
+    /// all sockets' or the `--timeline` one's.
+    fn shows(&self, ts_ns: u64, key: SocketKey, socket: &Socket) -> bool {
+        self.options.in_window(ts_ns) && self.followed(key, socket)
+    }
+
+    fn flagged(&mut self, flag: Flag) -> io::Result<()> {
+        let stay = flag.socket.stay();
+        let shows = self.shows(flag.at_ns, flag.key, &flag.socket);
+        match &mut self.pass {
+            Pass::Learn(l) => {
+                let index = l.slots.add()?;
+                let owners = l.owners_at.remove(&stay).unwrap_or(0);
+                let open = Open {
+                    index,
+                    key: flag.key,
+                    owners,
+                };
+                // A stay flagged again (its socket restored from a later checkpoint):
+                // the earlier flag's stay is not known to end.
+                if let Some(old) = l.open.insert(stay, open) {
+                    l.slots.set(old.index, still(old.owners))?;
+                }
+                l.shown += u64::from(shows);
+            }
+            Pass::Show(s) => {
+                let slot = s.slots.next_slot()?;
+                let owners = s.owners(slot.owners);
+                if shows && slot.end != GONE {
+                    let end = if slot.end == STILL {
+                        s.end_ns
+                    } else {
+                        slot.end
+                    };
+                    let outcome = Outcome {
+                        total: Duration::from_nanos(end.saturating_sub(flag.socket.since_ns)),
+                        still_stuck: slot.end == STILL,
+                    };
+                    self.events.push(Event::Stuck {
+                        flag,
+                        owners: owners.clone(),
+                        outcome,
+                    });
+                }
+                s.open.insert(
+                    stay,
+                    Shown {
+                        key: flag.key,
+                        slot,
+                        owners,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn resolved(&mut self, r: Resolved) -> io::Result<()> {
+        let stay = r.socket.stay();
+        let shows = self.shows(r.left_ns, r.key, &r.socket);
+        let lasted = r.left_ns.saturating_sub(r.socket.since_ns);
+        let live_flags = self
+            .options
+            .live_thresholds
+            .get(r.socket.state)
+            .is_some_and(|d| lasted >= d.as_nanos() as u64);
+        match &mut self.pass {
+            Pass::Learn(l) => {
+                if let Some(o) = l.open.remove(&stay) {
+                    let slot = Slot {
+                        end: r.left_ns,
+                        owners: o.owners,
+                    };
+                    l.slots.set(o.index, slot)?;
+                    if live_flags {
+                        l.ended.insert(
+                            stay,
+                            Ended {
+                                index: o.index,
+                                slot,
+                            },
+                        );
+                    }
+                }
+                l.shown += u64::from(shows);
+            }
+            Pass::Show(s) => {
+                let shown = s.open.remove(&stay);
+                if shows && shown.as_ref().is_none_or(|f| f.slot.end != GONE) {
+                    self.events.push(Event::Resolved {
+                        resolved: r,
+                        owners: shown.and_then(|f| f.owners),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The live run's owners of `stay` were recorded at `at` ([`position`] plus one).
+    fn owners_found(&mut self, stay: Stay, at: u64) -> io::Result<()> {
+        let Pass::Learn(l) = &mut self.pass else {
+            return Ok(());
+        };
+        if let Some(o) = l.open.get_mut(&stay) {
+            o.owners = at;
+        } else if let Some(e) = l.ended.get_mut(&stay) {
+            e.slot.owners = at;
+            l.slots.set(e.index, e.slot)?;
+        } else {
+            l.owners_at.insert(stay, at);
+        }
+        Ok(())
+    }
+
+    /// The live run found `stay` gone: its flag and resolution are not shown.
+    fn stay_gone(&mut self, stay: Stay) -> io::Result<()> {
+        match &mut self.pass {
+            Pass::Learn(l) => {
+                l.owners_at.remove(&stay);
+                let gone = |owners| Slot { end: GONE, owners };
+                if let Some(o) = l.open.remove(&stay) {
+                    l.slots.set(o.index, gone(o.owners))?;
+                } else if let Some(e) = l.ended.remove(&stay) {
+                    l.slots.set(e.index, gone(e.slot.owners))?;
+                }
+            }
+            Pass::Show(s) => {
+                s.open.remove(&stay);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets what no longer matters, when a map has doubled since it was last pruned:
+    /// flags of sockets the table dropped (evicted while stuck: they never resolve), owners
+    /// of stays no longer going on, stays that ended too long ago to get their owners.
+    fn prune(&mut self) -> io::Result<()> {
+        let table = self.engine.table();
+        let current =
+            |key: SocketKey, stay: &Stay| table.get(key).is_some_and(|s| s.stay() == *stay);
+        match &mut self.pass {
+            Pass::Learn(l) => {
+                if l.open.len() > l.prune_at[0] {
+                    let mut dropped = Vec::new();
+                    l.open.retain(|stay, o| {
+                        let keep = current(o.key, stay);
+                        if !keep {
+                            dropped.push((o.index, o.owners));
+                        }
+                        keep
+                    });
+                    for (index, owners) in dropped {
+                        l.slots.set(index, still(owners))?;
+                    }
+                    l.prune_at[0] = PRUNE_FLOOR.max(2 * l.open.len());
+                }
+                if l.owners_at.len() > l.prune_at[1] {
+                    let stays: HashSet<Stay> = table.sockets().map(|(_, s)| s.stay()).collect();
+                    l.owners_at.retain(|stay, _| stays.contains(stay));
+                    l.prune_at[1] = PRUNE_FLOOR.max(2 * l.owners_at.len());
+                }
+                if l.ended.len() > l.prune_at[2] {
+                    let since = self.last_ns.saturating_sub(LATE_OWNERS_NS);
+                    l.ended.retain(|_, e| e.slot.end >= since);
+                    l.prune_at[2] = PRUNE_FLOOR.max(2 * l.ended.len());
+                }
+            }
+            Pass::Show(s) => {
+                if s.open.len() > s.prune_at {
+                    s.open.retain(|stay, f| current(f.key, stay));
+                    s.prune_at = PRUNE_FLOOR.max(2 * s.open.len());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands on an event in the second pass (the first counts the `--timeline` ones).
+    fn event(&mut self, e: Event) {
+        match &mut self.pass {
+            Pass::Learn(l) => l.shown += 1,
+            Pass::Show(_) if matches!(e, Event::Existing { .. }) => self.existing.push(e),
+            Pass::Show(_) => self.events.push(e),
+        }
+    }
+
+    /// The sockets open at start, in the order of their entry into their state.
+    fn show_existing(&mut self) {
+        if !self.existing.is_empty() {
+            self.existing.sort_by_key(Event::ts_ns);
+            self.events.append(&mut self.existing);
         }
     }
 
@@ -239,9 +603,9 @@ impl Replay {
     fn follow(&mut self, target: Target, t: &Transition, ends: &Endpoints) {
         if target.matches(Some(t.sk), ends) {
             if let Some(birth) = self.births.remove(&t.sk) {
-                self.events.push(Event::Transition(birth));
+                self.event(Event::Transition(birth));
             }
-            self.events.push(Event::Transition(t.clone()));
+            self.event(Event::Transition(t.clone()));
         } else if t.new == TcpState::Close.into() {
             self.births.remove(&t.sk);
         } else if matches!(target, Target::Addr(_))
@@ -259,25 +623,41 @@ impl Replay {
     }
 
     /// Ends the rebuild at the end of the window or of the recording; returns that time.
-    /// Events come out in time order, without the stays the live run found gone.
-    pub fn finish(&mut self) -> u64 {
+    pub fn finish(&mut self) -> io::Result<u64> {
         let end = self.last_ns.min(self.options.to_ns);
+        self.show_existing();
         self.engine.tick(end, &mut self.decisions);
-        self.decide();
-        let gone = &self.gone;
-        self.events.retain(|e| match e {
-            Event::Stuck(f) => !gone.contains(&f.socket.stay()),
-            Event::Resolved(r) => !gone.contains(&r.socket.stay()),
-            _ => true,
-        });
-        // Sockets open at start come with the lower bounds of their entries, in no order;
-        // transitions from different CPUs may be a little out of order.
-        self.events.sort_by_key(Event::ts_ns);
-        end
+        self.decide()?;
+        if let Pass::Learn(l) = &mut self.pass {
+            for (_, o) in l.open.drain() {
+                l.slots.set(o.index, still(o.owners))?;
+            }
+        }
+        Ok(end)
     }
 
-    /// The owners the live run resolved for `socket`'s current stay.
+    /// The owners the live run resolved for `socket`'s current stay, if it is flagged (in
+    /// the second pass).
     pub fn owners_of(&self, socket: &Socket) -> Option<&Ownership> {
-        self.engine.owners_of(socket)
+        match &self.pass {
+            Pass::Show(s) => s.open.get(&socket.stay())?.owners.as_deref(),
+            Pass::Learn(_) => None,
+        }
     }
+
+    /// Entries in the maps that grow with the sockets alive, for tests of the report's
+    /// footprint (besides the table, and the first pass's window of slots, a constant).
+    #[cfg(test)]
+    pub fn footprint(&self) -> usize {
+        let pass = match &self.pass {
+            Pass::Learn(l) => l.open.len() + l.owners_at.len() + l.ended.len(),
+            Pass::Show(s) => s.open.len(),
+        };
+        pass + self.events.len() + self.existing.len() + self.births.len()
+    }
+}
+
+/// The slot of a flag whose stay did not end.
+fn still(owners: u64) -> Slot {
+    Slot { end: STILL, owners }
 }

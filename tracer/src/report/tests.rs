@@ -856,6 +856,137 @@ fn rotated_segments_are_read_in_order() {
     assert_eq!(sockets(&r, "resolved", "stuck_ms"), [(40002, 36_000)]);
 }
 
+/// A busy recording: a socket stuck in CLOSE_WAIT from 1s to the end, and 20,000 short
+/// connections one after another (CLOSE_WAIT for 0.5 ms, LAST_ACK for 1 ms); every 100th
+/// stays 2 ms in CLOSE_WAIT, past the live threshold of 1 ms, and gets its owners after it
+/// left (the live run resolves them before it writes the resolution).
+const STAYS: u64 = 20_000;
+
+fn busy() -> Vec<Entry> {
+    const MS: u64 = 1_000_000;
+    let mut e = vec![Entry::Header(Box::new(Header {
+        thresholds: vec![(CloseWait as u8, 1)],
+        checkpoint: 0,
+        max_sockets: 1 << 20,
+        ..match &incident()[0] {
+            Entry::Header(h) => (**h).clone(),
+            _ => unreachable!(),
+        }
+    }))];
+    e.push(tr(S, 1, 50000, Established, CloseWait));
+    for i in 0..STAYS {
+        let (t, sk, dport) = (2 * S + i * 10 * MS, 0x1000 + i, 1000 + (i % 60_000) as u16);
+        let owned = i % 100 == 0;
+        let left = t + if owned { 2 * MS } else { MS / 2 };
+        e.push(tr(t, sk, dport, Established, CloseWait));
+        e.push(tr(left, sk, dport, CloseWait, LastAck));
+        if owned {
+            e.push(owners(left, dport, t, 7, true));
+            e.push(Entry::Resolved(ResolvedEntry {
+                ts_ns: left,
+                key: KeyEntry::Sk(sk),
+                ends: ends(dport),
+                state: CloseWait as u8,
+                since_ns: t,
+                new: LastAck as u8,
+            }));
+        }
+        e.push(tr(left + MS, sk, dport, LastAck, Close));
+    }
+    e
+}
+
+/// What the report keeps grows with the sockets alive, not with the stays: after 40,000
+/// flags and resolutions, both passes hold a handful of entries (the first also one window
+/// of per-flag notes; the rest went to its file), and the report of all of them is right.
+#[test]
+fn the_report_keeps_what_is_alive_not_every_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.rec");
+    std::fs::write(&path, bytes_of(&busy())).unwrap();
+    let args = ["--close-wait", "1ns", "--stuck", "LAST_ACK=1ns"];
+
+    let mut segments = super::input::segments(&path, &mut Vec::new()).unwrap();
+    let header = segments[0].header.clone();
+    let options = super::Options {
+        thresholds: crate::model::Thresholds::new(&[
+            (CloseWait, std::time::Duration::from_nanos(1)),
+            (LastAck, std::time::Duration::from_nanos(1)),
+        ]),
+        from_ns: 0,
+        to_ns: u64::MAX,
+        ports: vec![],
+        timeline: None,
+        live_thresholds: crate::model::Thresholds::new(&[(
+            CloseWait,
+            std::time::Duration::from_millis(1),
+        )]),
+    };
+    let mut most = 0;
+    let mut learn = super::Replay::new(
+        options.clone(),
+        &header,
+        super::Pass::Learn(super::Learn::default()),
+    );
+    super::replay_segments(&mut segments, &mut learn, |r| {
+        most = most.max(r.footprint());
+        Ok(())
+    })
+    .unwrap();
+    let end_ns = learn.finish().unwrap();
+    assert!(most <= 8, "the first pass held {most} entries");
+    let super::Pass::Learn(learned) = learn.pass else {
+        unreachable!()
+    };
+    let files = segments
+        .iter_mut()
+        .map(|s| {
+            s.rewind().unwrap();
+            s.file().unwrap()
+        })
+        .collect();
+    let show = super::Show::new(learned.into_slots().unwrap(), files, end_ns);
+    let mut second = super::Replay::new(options, &header, super::Pass::Show(show));
+    let mut most = 0;
+    super::replay_segments(&mut segments, &mut second, |r| {
+        most = most.max(r.footprint());
+        r.events.clear();
+        Ok(())
+    })
+    .unwrap();
+    assert!(most <= 8, "the second pass held {most} entries");
+
+    let r = report_file(&path, &args).unwrap();
+    let stuck = of_type(&r, "stuck");
+    assert_eq!(stuck.len() as u64, 2 * STAYS + 1);
+    assert_eq!(of_type(&r, "resolved").len() as u64, 2 * STAYS);
+    let still: Vec<_> = stuck.iter().filter(|s| s["still_stuck"] == true).collect();
+    assert_eq!(still.len(), 1);
+    assert_eq!(still[0]["dport"], 50000);
+    // Owners found after the stay ended, on the lines of every 100th CLOSE_WAIT.
+    let owned: Vec<u64> = stuck
+        .iter()
+        .filter(|s| s["owner"]["pid"] == 4242)
+        .map(|s| s["dport"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        owned,
+        (0..STAYS)
+            .step_by(100)
+            .map(|i| 1000 + i % 60_000)
+            .collect::<Vec<_>>()
+    );
+    // A line's outcome is its own stay's, from the notes on file as from memory.
+    let last = stuck
+        .iter()
+        .rev()
+        .find(|s| s["state"] == "CLOSE_WAIT" && s["still_stuck"] == false)
+        .unwrap();
+    assert_eq!(last["stuck_ms"], 0);
+    let first_owned = stuck.iter().find(|s| s["owner"]["pid"] == 4242).unwrap();
+    assert_eq!(first_owned["stuck_ms"], 2);
+}
+
 /// A timeline's transitions as (old, new, remote port), the report record left out.
 fn transitions_after_the_header(r: &[Value]) -> Vec<(&str, &str, u64)> {
     r[1..]
