@@ -33,7 +33,11 @@ use crate::{
     record::Entry,
 };
 use input::{InputError, Segment};
-use replay::{position, Event, Learn, Live, Options, Pass, Replay, Show};
+use replay::{position, Event, Learn, Live, Options, Pass, Recorded, Replay, Show};
+
+/// Events the first pass keeps: a report with no more is written from them, without a
+/// second pass.
+const KEEP: usize = 4096;
 use window::Window;
 
 /// Runs `tracer report`, writing to `out` and warnings to `status`.
@@ -58,7 +62,11 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     // The first pass: what the report covers, and what each flag's line will need.
     let mut learn = Replay::new(options.clone(), &header, Pass::Learn(Learn::default()));
     let mut read = ReadTotals::default();
-    replay_segments(&mut segments, &mut learn, |_| Ok(()))?;
+    let mut kept = Kept::default();
+    replay_segments(&mut segments, &mut learn, |replay| {
+        kept.take(replay);
+        Ok(())
+    })?;
     for seg in &segments {
         warnings.extend(seg.damage_report());
         read.entries += seg.stats().entries;
@@ -67,11 +75,9 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
     }
     warnings.extend(input::version_warning(&args.file, &segments));
     let end_ns = learn.finish().map_err(spill_error)?;
+    kept.take(&mut learn);
     window.check(learn.start_ns, learn.last_ns, &clock, &mut warnings)?;
-    let Pass::Learn(learned) = learn.pass else {
-        unreachable!("the first pass learns")
-    };
-    window.check_timeline(args.timeline, learned.shown > 0)?;
+    window.check_timeline(args.timeline, kept.shown > 0)?;
     warnings.extend(live_warnings(&learn.live, learn.last_ns, &clock));
 
     for w in &warnings {
@@ -124,20 +130,6 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         warnings: &warnings,
     };
 
-    // The second pass: the same decisions, each shown as it comes.
-    let slots = learned.into_slots().map_err(spill_error)?;
-    let files = segments
-        .iter_mut()
-        .map(|seg| {
-            seg.rewind()?;
-            seg.file()
-        })
-        .collect::<Result<Vec<File>, InputError>>()?;
-    let mut show = Replay::new(
-        options,
-        &header,
-        Pass::Show(Show::new(slots, files, end_ns)),
-    );
     let mut report = Report {
         args,
         selection: Selection {
@@ -145,26 +137,108 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
             container: args.container.clone(),
             cgroup: args.cgroup.clone(),
         },
-        options: show.options.clone(),
+        options: learn.options.clone(),
         counted: HashSet::new(),
         offenders: HashMap::new(),
     };
-    let written = output
-        .report(&info)
-        .map_err(write_error)
-        .and_then(|()| {
-            replay_segments(&mut segments, &mut show, |replay| {
-                report.events(&mut output, replay)
+    let files = |segments: &mut [Segment]| {
+        segments
+            .iter_mut()
+            .map(|seg| {
+                seg.rewind()?;
+                seg.file()
             })
-        })
-        .and_then(|()| {
-            show.finish().map_err(spill_error)?;
-            report.events(&mut output, &mut show)
-        })
-        .and_then(|()| report.end(&mut output, &show, end_ns).map_err(write_error));
+            .collect::<Result<Vec<File>, InputError>>()
+            .map(Recorded::new)
+    };
+    let Pass::Learn(learned) = std::mem::replace(&mut learn.pass, Pass::Learn(Learn::default()))
+    else {
+        unreachable!("the first pass learns")
+    };
+    let written = match kept.events {
+        // Few events: shown from the first pass.
+        Some(events) => {
+            let recorded = files(&mut segments)?;
+            output
+                .report(&info)
+                .map_err(write_error)
+                .and_then(|()| {
+                    for ev in events {
+                        let ev = learned
+                            .complete(ev, &recorded, end_ns)
+                            .map_err(spill_error)?;
+                        if let Some(ev) = ev {
+                            report.event(&mut output, ev).map_err(write_error)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .and_then(|()| {
+                    let owners = |s: &Socket| recorded.owners(learned.owners_of(s));
+                    report
+                        .end(&mut output, &learn, end_ns, owners)
+                        .map_err(write_error)
+                })
+        }
+        // The second pass: the same decisions, each shown as it comes.
+        None => {
+            let slots = learned.into_slots().map_err(spill_error)?;
+            let show = Show::new(slots, files(&mut segments)?, end_ns);
+            let mut show = Replay::new(options, &header, Pass::Show(show));
+            output
+                .report(&info)
+                .map_err(write_error)
+                .and_then(|()| {
+                    replay_segments(&mut segments, &mut show, |replay| {
+                        report.events(&mut output, replay)
+                    })
+                })
+                .and_then(|()| {
+                    show.finish().map_err(spill_error)?;
+                    report.events(&mut output, &mut show)
+                })
+                .and_then(|()| {
+                    let owners = |s: &Socket| show.owners_of(s);
+                    report
+                        .end(&mut output, &show, end_ns, owners)
+                        .map_err(write_error)
+                })
+        }
+    };
     match written {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         r => r,
+    }
+}
+
+/// The events of the first pass, while there are few.
+struct Kept {
+    /// `None` once there were more than [`KEEP`].
+    events: Option<Vec<Event>>,
+    /// Events seen, kept or not.
+    shown: u64,
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Kept {
+            events: Some(Vec::new()),
+            shown: 0,
+        }
+    }
+}
+
+impl Kept {
+    /// Takes the events the replay's last entry made.
+    fn take(&mut self, replay: &mut Replay) {
+        self.shown += replay.events.len() as u64;
+        match &mut self.events {
+            Some(k) if k.len() + replay.events.len() <= KEEP => k.append(&mut replay.events),
+            _ => {
+                self.events = None;
+                replay.events.clear();
+            }
+        }
     }
 }
 
@@ -316,6 +390,7 @@ impl Report<'_> {
                 flag,
                 owners,
                 outcome,
+                ..
             } => {
                 let ownership = owners.as_deref().unwrap_or(&NOT_RECORDED);
                 if !self.kept(&flag.socket, ownership) {
@@ -332,7 +407,9 @@ impl Report<'_> {
                 };
                 o.stuck_with_outcome(&r, flag.at_ns, flag.threshold, outcome)
             }
-            Event::Resolved { resolved, owners } => {
+            Event::Resolved {
+                resolved, owners, ..
+            } => {
                 let ownership = owners.as_deref().unwrap_or(&NOT_RECORDED);
                 if !self.kept(&resolved.socket, ownership) {
                     return Ok(());
@@ -386,15 +463,17 @@ impl Report<'_> {
     }
 
     /// Writes what follows the events: the summary, offenders, transition counts and times
-    /// per state (none for a timeline, the socket's life alone); `replay` is done.
+    /// per state (none for a timeline, the socket's life alone); `replay` is done, and
+    /// `owners` gives the owners of its stuck sockets.
     fn end<W: Write, E: Write>(
         &mut self,
         o: &mut Output<W, E>,
         replay: &Replay,
         end_ns: u64,
+        owners: impl Fn(&Socket) -> Option<Box<Ownership>>,
     ) -> io::Result<()> {
         if self.args.timeline.is_none() {
-            self.summary(o, replay, end_ns)?;
+            self.summary(o, replay, end_ns, owners)?;
             o.offenders(&self.offenders())?;
             o.transition_counts(&transitions(replay))?;
             o.state_times(&state_times(replay))?;
@@ -408,14 +487,16 @@ impl Report<'_> {
         o: &mut Output<W, E>,
         replay: &Replay,
         end_ns: u64,
+        owners: impl Fn(&Socket) -> Option<Box<Ownership>>,
     ) -> io::Result<()> {
         let table = replay.engine.table();
-        let stuck = table
+        let stuck: Vec<_> = table
             .stuck()
-            .map(|(_, s)| (s, replay.owners_of(s)))
-            .filter(|(s, owners)| self.kept(s, owners.unwrap_or(&NOT_RECORDED)));
+            .map(|(_, s)| (s, owners(s)))
+            .filter(|(s, owners)| self.kept(s, owners.as_deref().unwrap_or(&NOT_RECORDED)))
+            .collect();
         // fd counts as the live run saw them when it resolved the owners.
-        let groups = summary::group(stuck, |_| None);
+        let groups = summary::group(stuck.iter().map(|(s, o)| (*s, o.as_deref())), |_| None);
         let states = table.per_state().map(|(s, n)| (s.to_string(), n)).collect();
         o.summary(SummaryReason::End, &groups, table.stats(), &states, end_ns)
     }

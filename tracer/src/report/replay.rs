@@ -78,16 +78,18 @@ pub enum Event {
     /// A transition (`--timeline` only).
     Transition(Transition),
     /// A socket crossed its state's threshold: its owners as the live run found them, and
-    /// how its stay ended.
+    /// how its stay ended (in the first pass, still to be filled from slot `slot`).
     Stuck {
         flag: Flag,
         owners: Option<Box<Ownership>>,
         outcome: Outcome,
+        slot: u64,
     },
-    /// A stuck socket left its state.
+    /// A stuck socket left its state (the slot of its flag, for the first pass).
     Resolved {
         resolved: Resolved,
         owners: Option<Box<Ownership>>,
+        slot: Option<u64>,
     },
 }
 
@@ -118,6 +120,37 @@ pub enum Pass {
     Show(Show),
 }
 
+/// The segments' files, for the owners entries the slots point at.
+pub struct Recorded {
+    files: Vec<File>,
+}
+
+impl Recorded {
+    /// The segments' `files`, in the order read.
+    pub fn new(files: Vec<File>) -> Self {
+        Recorded { files }
+    }
+
+    /// The owners entry at slot position `at` (0: none).
+    pub fn owners(&self, at: u64) -> Option<Box<Ownership>> {
+        let at = at.checked_sub(1)?;
+        let file = self.files.get((at >> 48) as usize)?;
+        match entry_at(file, at & ((1 << 48) - 1)) {
+            Ok(Some(Entry::Owners(o))) => Some(Box::new(o.ownership())),
+            _ => None,
+        }
+    }
+}
+
+/// How a flagged stay ended, from its slot, in a report that ends at `end_ns`.
+fn outcome(slot: Slot, since_ns: u64, end_ns: u64) -> Outcome {
+    let end = if slot.end == STILL { end_ns } else { slot.end };
+    Outcome {
+        total: Duration::from_nanos(end.saturating_sub(since_ns)),
+        still_stuck: slot.end == STILL,
+    }
+}
+
 /// The first pass's notes (none yet by default).
 pub struct Learn {
     slots: Slots,
@@ -129,8 +162,6 @@ pub struct Learn {
     ended: HashMap<Stay, Ended>,
     /// Sizes of `open`, `owners_at` and `ended` at which they are next pruned.
     prune_at: [usize; 3],
-    /// Events the second pass will show (`--timeline` only needs to know if any).
-    pub shown: u64,
 }
 
 /// A flag whose stay goes on, in the first pass.
@@ -149,8 +180,7 @@ struct Ended {
 /// The second pass: what the first learned, and what it needs to show it.
 pub struct Show {
     slots: SlotReader,
-    /// The segments' files, for the owners entries the slots point at.
-    files: Vec<File>,
+    recorded: Recorded,
     /// Where the report ends: a stay still going on is counted to there.
     end_ns: u64,
     /// Flags whose stay goes on: their slot and owners.
@@ -167,25 +197,15 @@ struct Shown {
 }
 
 impl Show {
-    /// The second pass over `files` (in the order read), with the `slots` the first filled,
+    /// The second pass over the `recorded` segments, with the `slots` the first filled,
     /// for a report that ends at `end_ns`.
-    pub fn new(slots: SlotReader, files: Vec<File>, end_ns: u64) -> Self {
+    pub fn new(slots: SlotReader, recorded: Recorded, end_ns: u64) -> Self {
         Show {
             slots,
-            files,
+            recorded,
             end_ns,
             open: HashMap::new(),
             prune_at: PRUNE_FLOOR,
-        }
-    }
-
-    /// The owners entry at slot position `at` (0: none).
-    fn owners(&self, at: u64) -> Option<Box<Ownership>> {
-        let at = at.checked_sub(1)?;
-        let file = self.files.get((at >> 48) as usize)?;
-        match entry_at(file, at & ((1 << 48) - 1)) {
-            Ok(Some(Entry::Owners(o))) => Some(Box::new(o.ownership())),
-            _ => None,
         }
     }
 }
@@ -198,7 +218,6 @@ impl Default for Learn {
             owners_at: HashMap::new(),
             ended: HashMap::new(),
             prune_at: [PRUNE_FLOOR; 3],
-            shown: 0,
         }
     }
 }
@@ -207,6 +226,46 @@ impl Learn {
     /// The slots filled, for the second pass.
     pub fn into_slots(self) -> io::Result<SlotReader> {
         self.slots.into_reader()
+    }
+
+    /// Fills in an event of this pass from the slots, for a report that ends at `end_ns`;
+    /// `None` for a stay the live run found gone.
+    pub fn complete(
+        &self,
+        ev: Event,
+        recorded: &Recorded,
+        end_ns: u64,
+    ) -> io::Result<Option<Event>> {
+        Ok(match ev {
+            Event::Stuck { flag, slot, .. } => {
+                let s = self.slots.get(slot)?;
+                (s.end != GONE).then(|| Event::Stuck {
+                    outcome: outcome(s, flag.socket.since_ns, end_ns),
+                    owners: recorded.owners(s.owners),
+                    flag,
+                    slot,
+                })
+            }
+            Event::Resolved {
+                resolved,
+                slot: Some(slot),
+                ..
+            } => {
+                let s = self.slots.get(slot)?;
+                (s.end != GONE).then(|| Event::Resolved {
+                    resolved,
+                    owners: recorded.owners(s.owners),
+                    slot: Some(slot),
+                })
+            }
+            ev => Some(ev),
+        })
+    }
+
+    /// Where the owners of `socket`'s stay were recorded, if it is flagged ([`position`]
+    /// plus one; 0 for nowhere).
+    pub fn owners_of(&self, socket: &Socket) -> u64 {
+        self.open.get(&socket.stay()).map_or(0, |o| o.owners)
     }
 }
 
@@ -423,25 +482,24 @@ impl Replay {
                 if let Some(old) = l.open.insert(stay, open) {
                     l.slots.set(old.index, still(old.owners))?;
                 }
-                l.shown += u64::from(shows);
+                if shows {
+                    self.events.push(Event::Stuck {
+                        flag,
+                        owners: None,
+                        outcome: outcome(still(0), 0, 0),
+                        slot: index,
+                    });
+                }
             }
             Pass::Show(s) => {
                 let slot = s.slots.next_slot()?;
-                let owners = s.owners(slot.owners);
+                let owners = s.recorded.owners(slot.owners);
                 if shows && slot.end != GONE {
-                    let end = if slot.end == STILL {
-                        s.end_ns
-                    } else {
-                        slot.end
-                    };
-                    let outcome = Outcome {
-                        total: Duration::from_nanos(end.saturating_sub(flag.socket.since_ns)),
-                        still_stuck: slot.end == STILL,
-                    };
                     self.events.push(Event::Stuck {
                         flag,
                         owners: owners.clone(),
-                        outcome,
+                        outcome: outcome(slot, flag.socket.since_ns, s.end_ns),
+                        slot: 0,
                     });
                 }
                 s.open.insert(
@@ -468,7 +526,8 @@ impl Replay {
             .is_some_and(|d| lasted >= d.as_nanos() as u64);
         match &mut self.pass {
             Pass::Learn(l) => {
-                if let Some(o) = l.open.remove(&stay) {
+                let open = l.open.remove(&stay);
+                if let Some(o) = &open {
                     let slot = Slot {
                         end: r.left_ns,
                         owners: o.owners,
@@ -484,7 +543,13 @@ impl Replay {
                         );
                     }
                 }
-                l.shown += u64::from(shows);
+                if shows {
+                    self.events.push(Event::Resolved {
+                        resolved: r,
+                        owners: None,
+                        slot: open.map(|o| o.index),
+                    });
+                }
             }
             Pass::Show(s) => {
                 let shown = s.open.remove(&stay);
@@ -492,6 +557,7 @@ impl Replay {
                     self.events.push(Event::Resolved {
                         resolved: r,
                         owners: shown.and_then(|f| f.owners),
+                        slot: None,
                     });
                 }
             }
@@ -578,12 +644,11 @@ impl Replay {
         Ok(())
     }
 
-    /// Hands on an event in the second pass (the first counts the `--timeline` ones).
+    /// Hands on a `--timeline` event.
     fn event(&mut self, e: Event) {
-        match &mut self.pass {
-            Pass::Learn(l) => l.shown += 1,
-            Pass::Show(_) if matches!(e, Event::Existing { .. }) => self.existing.push(e),
-            Pass::Show(_) => self.events.push(e),
+        match e {
+            Event::Existing { .. } => self.existing.push(e),
+            _ => self.events.push(e),
         }
     }
 
@@ -629,7 +694,7 @@ impl Replay {
         self.engine.tick(end, &mut self.decisions);
         self.decide()?;
         if let Pass::Learn(l) = &mut self.pass {
-            for (_, o) in l.open.drain() {
+            for o in l.open.values() {
                 l.slots.set(o.index, still(o.owners))?;
             }
         }
@@ -637,10 +702,10 @@ impl Replay {
     }
 
     /// The owners the live run resolved for `socket`'s current stay, if it is flagged (in
-    /// the second pass).
-    pub fn owners_of(&self, socket: &Socket) -> Option<&Ownership> {
+    /// the second pass; the first has [`Learn::owners_of`]).
+    pub fn owners_of(&self, socket: &Socket) -> Option<Box<Ownership>> {
         match &self.pass {
-            Pass::Show(s) => s.open.get(&socket.stay())?.owners.as_deref(),
+            Pass::Show(s) => s.open.get(&socket.stay())?.owners.clone(),
             Pass::Learn(_) => None,
         }
     }

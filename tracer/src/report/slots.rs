@@ -87,6 +87,17 @@ impl Slots {
         Ok(())
     }
 
+    /// Slot `index`, as filled so far.
+    pub fn get(&self, index: u64) -> io::Result<Slot> {
+        if let Some(i) = index.checked_sub(self.base) {
+            return Ok(self.window.get(i as usize).copied().unwrap_or_default());
+        }
+        let mut b = [0u8; SLOT_LEN as usize];
+        let file = self.file.as_ref().expect("older slots are on the file");
+        file.read_exact_at(&mut b, index * SLOT_LEN)?;
+        Ok(Slot::from_bytes(&b))
+    }
+
     /// The slots in order, for the second pass.
     pub fn into_reader(self) -> io::Result<SlotReader> {
         let file = match self.file {

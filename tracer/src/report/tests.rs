@@ -930,6 +930,7 @@ fn the_report_keeps_what_is_alive_not_every_stay() {
     );
     super::replay_segments(&mut segments, &mut learn, |r| {
         most = most.max(r.footprint());
+        r.events.clear();
         Ok(())
     })
     .unwrap();
@@ -945,7 +946,8 @@ fn the_report_keeps_what_is_alive_not_every_stay() {
             s.file().unwrap()
         })
         .collect();
-    let show = super::Show::new(learned.into_slots().unwrap(), files, end_ns);
+    let recorded = super::Recorded::new(files);
+    let show = super::Show::new(learned.into_slots().unwrap(), recorded, end_ns);
     let mut second = super::Replay::new(options, &header, super::Pass::Show(show));
     let mut most = 0;
     super::replay_segments(&mut segments, &mut second, |r| {
@@ -985,6 +987,20 @@ fn the_report_keeps_what_is_alive_not_every_stay() {
     assert_eq!(last["stuck_ms"], 0);
     let first_owned = stuck.iter().find(|s| s["owner"]["pid"] == 4242).unwrap();
     assert_eq!(first_owned["stuck_ms"], 2);
+
+    // One socket's life has few events, written from the first pass: its lines are those
+    // of the report of all, written by the second.
+    let decisions = |r: &[Value]| -> Vec<Value> {
+        r.iter()
+            .filter(|r| (r["type"] == "stuck" || r["type"] == "resolved") && r["dport"] == 1000)
+            .cloned()
+            .collect()
+    };
+    let mut one = args.to_vec();
+    one.extend(["--timeline", "10.0.0.9:1000"]);
+    let life = report_file(&path, &one).unwrap();
+    assert_eq!(decisions(&life).len(), 4);
+    assert_eq!(decisions(&life), decisions(&r));
 }
 
 /// A timeline's transitions as (old, new, remote port), the report record left out.
