@@ -10,7 +10,8 @@
 //! those per flag ([`Slots`]: 16 bytes each, on a temporary file past the first few
 //! thousand); the second ([`Pass::Show`]) makes the same decisions and hands out each event
 //! as it comes, in the order the engine decides them (the live run's order), with what the
-//! first learned. What either keeps: the socket table, the flags whose stay goes on (with
+//! first learned; a report of few events is written from the first pass's, completed from
+//! its notes, without the second. What either keeps: the socket table, the flags whose stay goes on (with
 //! their owners), where the owners of stays still going on were recorded, the stays that
 //! ended in the last seconds and may still get their owners, counts and histograms.
 
@@ -114,7 +115,8 @@ pub fn position(segment: usize, offset: u64) -> u64 {
 
 /// What a pass over the recording does with the flags.
 pub enum Pass {
-    /// The first: notes how each flag's stay ends and where its owners are.
+    /// The first: notes how each flag's stay ends and where its owners are; its events are
+    /// completed from those notes once it is done.
     Learn(Learn),
     /// The second: hands out each event with what the first learned.
     Show(Show),
@@ -167,8 +169,25 @@ pub struct Learn {
 /// A flag whose stay goes on, in the first pass.
 struct Open {
     index: u64,
+    /// Earlier flags of the same stay: its socket was restored from the checkpoint of a
+    /// segment that does not follow the one before, and flagged again.
+    earlier: Vec<u64>,
     key: SocketKey,
     owners: u64,
+}
+
+impl Open {
+    /// Fills the slots of the stay's flags.
+    fn end(&self, slots: &mut Slots, end: u64) -> io::Result<()> {
+        let slot = Slot {
+            end,
+            owners: self.owners,
+        };
+        for &i in self.earlier.iter().chain([&self.index]) {
+            slots.set(i, slot)?;
+        }
+        Ok(())
+    }
 }
 
 /// A flagged stay that ended, in the first pass.
@@ -288,7 +307,8 @@ pub struct Replay {
     /// The decisions, as the live run makes them.
     pub engine: Engine,
     pub pass: Pass,
-    /// Events of the last entry, for the caller to take (second pass only).
+    /// Events of the last entry, for the caller to take (in the first pass, still to be
+    /// completed from the slots: [`Learn::complete`]).
     pub events: Vec<Event>,
     /// `--timeline`: sockets open at start, shown in order before anything else.
     existing: Vec<Event>,
@@ -471,17 +491,18 @@ impl Replay {
         match &mut self.pass {
             Pass::Learn(l) => {
                 let index = l.slots.add()?;
-                let owners = l.owners_at.remove(&stay).unwrap_or(0);
-                let open = Open {
+                let mut open = Open {
                     index,
+                    earlier: Vec::new(),
                     key: flag.key,
-                    owners,
+                    owners: l.owners_at.remove(&stay).unwrap_or(0),
                 };
-                // A stay flagged again (its socket restored from a later checkpoint):
-                // the earlier flag's stay is not known to end.
-                if let Some(old) = l.open.insert(stay, open) {
-                    l.slots.set(old.index, still(old.owners))?;
+                if let Some(old) = l.open.remove(&stay) {
+                    open.earlier = old.earlier;
+                    open.earlier.push(old.index);
+                    open.owners = open.owners.max(old.owners);
                 }
+                l.open.insert(stay, open);
                 if shows {
                     self.events.push(Event::Stuck {
                         flag,
@@ -528,12 +549,12 @@ impl Replay {
             Pass::Learn(l) => {
                 let open = l.open.remove(&stay);
                 if let Some(o) = &open {
-                    let slot = Slot {
-                        end: r.left_ns,
-                        owners: o.owners,
-                    };
-                    l.slots.set(o.index, slot)?;
+                    o.end(&mut l.slots, r.left_ns)?;
                     if live_flags {
+                        let slot = Slot {
+                            end: r.left_ns,
+                            owners: o.owners,
+                        };
                         l.ended.insert(
                             stay,
                             Ended {
@@ -586,11 +607,11 @@ impl Replay {
         match &mut self.pass {
             Pass::Learn(l) => {
                 l.owners_at.remove(&stay);
-                let gone = |owners| Slot { end: GONE, owners };
                 if let Some(o) = l.open.remove(&stay) {
-                    l.slots.set(o.index, gone(o.owners))?;
+                    o.end(&mut l.slots, GONE)?;
                 } else if let Some(e) = l.ended.remove(&stay) {
-                    l.slots.set(e.index, gone(e.slot.owners))?;
+                    let owners = e.slot.owners;
+                    l.slots.set(e.index, Slot { end: GONE, owners })?;
                 }
             }
             Pass::Show(s) => {
@@ -610,16 +631,16 @@ impl Replay {
         match &mut self.pass {
             Pass::Learn(l) => {
                 if l.open.len() > l.prune_at[0] {
-                    let mut dropped = Vec::new();
-                    l.open.retain(|stay, o| {
-                        let keep = current(o.key, stay);
-                        if !keep {
-                            dropped.push((o.index, o.owners));
+                    let dropped: Vec<Stay> = l
+                        .open
+                        .iter()
+                        .filter(|(stay, o)| !current(o.key, stay))
+                        .map(|(stay, _)| *stay)
+                        .collect();
+                    for stay in dropped {
+                        if let Some(o) = l.open.remove(&stay) {
+                            o.end(&mut l.slots, STILL)?;
                         }
-                        keep
-                    });
-                    for (index, owners) in dropped {
-                        l.slots.set(index, still(owners))?;
                     }
                     l.prune_at[0] = PRUNE_FLOOR.max(2 * l.open.len());
                 }
@@ -695,7 +716,7 @@ impl Replay {
         self.decide()?;
         if let Pass::Learn(l) = &mut self.pass {
             for o in l.open.values() {
-                l.slots.set(o.index, still(o.owners))?;
+                o.end(&mut l.slots, STILL)?;
             }
         }
         Ok(end)

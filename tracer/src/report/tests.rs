@@ -1003,6 +1003,53 @@ fn the_report_keeps_what_is_alive_not_every_stay() {
     assert_eq!(decisions(&life), decisions(&r));
 }
 
+/// A segment missing in the middle: its successor's checkpoint restores a stuck socket,
+/// flagged again; both flags of the stay say how it ended.
+#[test]
+fn a_stay_flagged_again_after_a_missing_segment_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    let all = incident();
+    let header = match &all[0] {
+        Entry::Header(h) => (**h).clone(),
+        _ => unreachable!(),
+    };
+    let mut seg2 = vec![Entry::Header(Box::new(Header {
+        segment: 2,
+        started_ns: 38 * S,
+        checkpoint: 1,
+        ..header
+    }))];
+    seg2.push(Entry::Socket(SocketEntry {
+        key: KeyEntry::Sk(B),
+        ends: ends(40002),
+        state: CloseWait as u8,
+        since_ns: 4 * S,
+        since_is_lower_bound: false,
+        origin: OriginEntry::Unknown,
+        hint: None,
+    }));
+    // B's transition out of CLOSE_WAIT, its resolution, and the rest.
+    seg2.extend_from_slice(&all[8..]);
+    // Segment 0 up to after B's owners (B flagged at 34s by the 30s threshold).
+    let mut seg0 = all[..8].to_vec();
+    seg0.push(tr(35 * S, 0xc0, 40003, SynRecv, Established));
+    std::fs::write(writer::segment_path(&path, 1), bytes_of(&seg0)).unwrap();
+    std::fs::write(&path, bytes_of(&seg2)).unwrap();
+    let r = report_file(&path, &[]).unwrap();
+    let b: Vec<_> = of_type(&r, "stuck")
+        .into_iter()
+        .filter(|s| s["dport"] == 40002)
+        .collect();
+    assert_eq!(b.len(), 2, "{r:#?}");
+    for s in b {
+        assert_eq!(
+            (&s["still_stuck"], &s["stuck_ms"]),
+            (&false.into(), &36_000.into())
+        );
+    }
+}
+
 /// A timeline's transitions as (old, new, remote port), the report record left out.
 fn transitions_after_the_header(r: &[Value]) -> Vec<(&str, &str, u64)> {
     r[1..]
