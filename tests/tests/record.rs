@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
     os::unix::{
         fs::PermissionsExt,
         process::{CommandExt, ExitStatusExt},
@@ -520,9 +520,9 @@ fn rotation_bounds_the_recording_under_real_traffic() {
     }
     total += fs::metadata(&rec).unwrap().len();
     assert!(!segment(&rec, 4).exists(), "at most 4 files");
-    // Each file may pass its quarter by the last chunk written before it rotated.
+    // Checkpoints included, the files pass the budget by one chunk at most.
     assert!(
-        total <= budget + (1 << 20),
+        total <= budget + CHUNK,
         "{total} bytes for a {budget}-byte budget"
     );
 
@@ -551,4 +551,154 @@ fn rotation_bounds_the_recording_under_real_traffic() {
         read > 0 && read < events,
         "the oldest transitions rotated away: {read} of {events}"
     );
+}
+
+/// `n` connections to each of `listeners` on [::1], never accepted: each makes two
+/// sockets for one descriptor (the client's), the server's waiting in the accept queue.
+fn queued_connections(listeners: &[TcpListener], n: usize) -> Vec<TcpStream> {
+    listeners
+        .iter()
+        .flat_map(|l| {
+            let port = l.local_addr().unwrap().port();
+            (0..n).map(move |_| TcpStream::connect((V6, port)).expect("connect"))
+        })
+        .collect()
+}
+
+/// `n` listeners on [::1] whose accept queues hold 4,096 connections.
+fn queues(n: usize) -> Vec<TcpListener> {
+    (0..n)
+        .map(|_| {
+            let (socket, _) = bound_socket(V6);
+            socket.listen(4096).expect("listen");
+            socket.into()
+        })
+        .collect()
+}
+
+/// Bytes in the recording's files.
+fn on_disk(rec: &Path) -> u64 {
+    std::iter::once(rec.to_owned())
+        .chain((1..=4).map(|n| segment(rec, n)))
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// What a chunk may add beyond the budget: 20 ms of this test's events are far less.
+const CHUNK: u64 = 256 << 10;
+
+/// Tens of thousands of sockets open, with a 4 MiB budget. 18,000 make a checkpoint of
+/// about 1.2 MiB, more than half a quarter: checkpoints count toward the budget, the files
+/// stay within it and one chunk, and segments rotate once they hold as much again. 34,000
+/// make one of about 2.2 MiB, which leaves no room to rotate: one warning at start, one
+/// file, and the recording stops at the budget.
+#[test]
+fn the_budget_holds_with_tens_of_thousands_of_sockets_open() {
+    if !privileged("the_budget_holds_with_tens_of_thousands_of_sockets_open") {
+        return;
+    }
+    let (churned, churn_port) = bound_socket(V4);
+    let churned = listen(churned);
+    let mut listeners = queues(3);
+    let mut held = queued_connections(&listeners, 3_000);
+    let budget: u64 = 4 << 20;
+    let dir = scratch_dir();
+    // Connections in batches of 250 while `more` says so, checking the budget after each.
+    let churn = |rec: &Path, more: &mut dyn FnMut(&Path) -> bool| {
+        let mut connections = 0;
+        while more(rec) {
+            assert!(connections < 40_000, "{connections} connections");
+            for _ in 0..250 {
+                let client = TcpStream::connect((V4, churn_port)).expect("connect");
+                let (server, _) = churned.accept().expect("accept");
+                drop(client);
+                drop(server);
+            }
+            connections += 250;
+            let total = on_disk(rec);
+            assert!(
+                total <= budget + CHUNK,
+                "{total} bytes on disk for a budget of {budget}, after {connections} connections"
+            );
+        }
+    };
+    let watch = |rec: &Path, listeners: &[TcpListener]| {
+        let ports: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port().to_string())
+            .chain([churn_port.to_string()])
+            .collect();
+        let mut args: Vec<&str> = ports.iter().flat_map(|p| ["--port", p]).collect();
+        let rec = rec.to_str().unwrap();
+        args.extend([
+            "--summary-interval",
+            "1h",
+            "--record",
+            rec,
+            "--record-max-size",
+            "4MiB",
+        ]);
+        Tracer::start(&args)
+    };
+    let last_segment = |rec: &Path| {
+        let (_, r, _) = report_as(0, rec, &[]);
+        r.first()
+            .and_then(|i| i["segments"].as_array()?.last()?.as_u64())
+            .unwrap_or(0)
+    };
+
+    let rec = dir.path().join("big.rec");
+    let mut tracer = watch(&rec, &listeners);
+    churn(&rec, &mut |rec| last_segment(rec) < 3);
+    let (status, stderr) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("room to rotate"), "{stderr}");
+    let events = tracer.records.last().unwrap()["events"].as_u64().unwrap();
+    let rotations = last_segment(&rec);
+    // Each segment holds at least its checkpoint's worth of new entries (18,000 sockets
+    // of at least 30 bytes), each transition at most 80: no rotation after every flush.
+    assert!(
+        rotations <= events * 80 / (18_000 * 30) + 1,
+        "{rotations} rotations for {events} transitions"
+    );
+    let (status, report, stderr) = report_as(NOBODY, &rec, &[]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(report[0]["live"]["stopped"], true);
+    assert!(!stderr.contains("damaged"), "{stderr}");
+
+    let more = queues(2);
+    held.extend(queued_connections(&more, 4_000));
+    listeners.extend(more);
+    let rec = dir.path().join("bigger.rec");
+    let mut tracer = watch(&rec, &listeners);
+    churn(&rec, &mut |rec| on_disk(rec) < budget - CHUNK);
+    // Past the budget: entries are left out.
+    let mut batches = 0;
+    churn(&rec, &mut |_| {
+        batches += 1;
+        batches <= 4
+    });
+    let (status, stderr) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("room to rotate"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with("tracer: warning: --record-max-size 4MiB leaves no room"),
+        "{stderr}"
+    );
+    assert!(!segment(&rec, 1).exists(), "no rotation");
+    assert!(on_disk(&rec) <= budget + CHUNK);
+    let (status, report, stderr) = report_as(NOBODY, &rec, &[]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(report[0]["live"]["stopped"], true);
+    assert!(
+        report[0]["live"]["unrecorded"].as_u64().unwrap() > 0,
+        "{stderr}"
+    );
+    assert!(stderr.contains("left out"), "{stderr}");
+    drop(held);
 }
