@@ -6,7 +6,7 @@
 //! recording still being written) has a torn tail; every entry before it is returned.
 //!
 //! Reading costs O(file size) whatever the bytes: the search checks each offset's claimed
-//! payload (up to 1 MiB) against running CRC registers in constant time ([`super::crc`]),
+//! payload (up to 1 MiB) against running CRC registers in constant time (`crc.rs`),
 //! never by hashing the payload again, so each byte goes through the CRC at most twice.
 
 use std::{
