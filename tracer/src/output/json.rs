@@ -299,6 +299,8 @@ pub enum Record<'a> {
         sockets: u64,
         stuck: u64,
     },
+    /// The table was set right against the kernel's list of sockets.
+    Reconciled(&'a Reconciled),
     /// A socket crossed its state's threshold.
     Stuck(&'a SocketRecord<'a>),
     /// A stuck socket left the state.
@@ -328,6 +330,25 @@ pub enum Record<'a> {
     StateTimes {
         states: &'a [StateTime],
     },
+}
+
+/// The body of a `reconciled` record: what setting the table right against the kernel's
+/// list of sockets changed, after transitions were lost or a full table evicted sockets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reconciled {
+    pub time: Rfc3339,
+    /// Why: `lost` (transitions) or `evicted` (sockets in watched states).
+    pub reason: &'static str,
+    /// Sockets the kernel no longer had (phantoms), removed.
+    pub removed: usize,
+    /// Sockets the kernel had in another state, moved to it.
+    pub corrected: usize,
+    /// Sockets the table lacked, added.
+    pub added: usize,
+    /// Sockets tracked afterwards.
+    pub tracked: usize,
+    /// How long listing the kernel's sockets took.
+    pub listing_ms: u64,
 }
 
 /// A socket in a `stuck` or `resolved` record.
@@ -606,6 +627,11 @@ impl Render for Json {
         text::warn_lost(page, lost, total)?;
         let time = Rfc3339(SystemTime::now());
         Json::line(page, &Record::Lost { time, lost, total })
+    }
+
+    fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()> {
+        text::say_reconciled(page, r)?;
+        Json::line(page, &Record::Reconciled(r))
     }
 
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {

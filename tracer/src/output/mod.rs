@@ -23,7 +23,7 @@ use crate::{
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
 pub use json::{
-    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo,
+    Reconciled, Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo,
     StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
 };
 use summary::Group;
@@ -60,6 +60,8 @@ pub trait Render {
     fn lost(&mut self, page: &mut Page, lost: u64, total: u64) -> io::Result<()>;
     /// A full table dropped `sockets` sockets, `stuck` of them flagged.
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()>;
+    /// The table was set right against the kernel's list after losses or evictions.
+    fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()>;
     /// The totals: the last record of `watch`.
     fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()>;
     /// What a report read and how it reports it: its first record.
@@ -240,6 +242,11 @@ impl<W: Write, E: Write> Output<W, E> {
     /// Reports that a full table dropped `sockets` sockets (`stuck` of them flagged).
     pub fn evicted(&mut self, sockets: u64, stuck: u64) -> io::Result<()> {
         self.write(|r, p| r.evicted(p, sockets, stuck))
+    }
+
+    /// Reports that the table was set right against the kernel's list.
+    pub fn reconciled(&mut self, r: &Reconciled) -> io::Result<()> {
+        self.write(|render, p| render.reconciled(p, r))
     }
 
     /// Prints the totals; the last record of a run.

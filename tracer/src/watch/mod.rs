@@ -6,6 +6,7 @@
 
 mod focus;
 mod info;
+mod reconcile;
 mod session;
 
 use std::{
@@ -33,6 +34,7 @@ use crate::{
     stuck::Engine,
 };
 use focus::Focus;
+use reconcile::Reconciler;
 use session::Session;
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -170,6 +172,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if let Some(focus) = focus {
         session.focus(focus);
     }
+    session.reconcile_with(Reconciler::new(filters.clone(), namespaces));
     session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(
         args,

@@ -1,20 +1,29 @@
 //! The live driver around the [`Engine`]: feeds it what the probe reports, resolves the
 //! owners of what it flags, and hands every decision to the output and the recorder.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::SystemTime,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 
-use super::{focus::Focus, written, ATTRIBUTION_SPACING};
+use super::{
+    focus::Focus,
+    reconcile::{Listing, Reason, Reconciler},
+    written, ATTRIBUTION_SPACING,
+};
 use crate::{
     aggregate::Resolved,
     attribute::{Attributor, Host, Selection},
     decode,
-    model::{HeldBy, LastIo, Ownership, Socket},
-    output::{monotonic_ns, summary, Output, SocketReport, SummaryReason},
+    model::{HeldBy, LastIo, Ownership, Socket, SocketKey},
+    output::{monotonic_ns, summary, Output, Reconciled, Rfc3339, SocketReport, SummaryReason},
     probe::Probe,
-    record::{writer::Recorder, Entry, GoneEntry, ResolvedEntry, StopEntry, StuckEntry},
+    record::{
+        writer::Recorder, Entry, GoneEntry, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
+    },
     stuck::{Decision, Engine, Flag},
 };
 
@@ -58,6 +67,8 @@ pub(super) struct Session<W: Write, E: Write> {
     decisions: Vec<Decision>,
     /// Sockets (and of them, flagged ones) evicted since the last warning.
     evicted_unsaid: (u64, u64),
+    /// Sets the table right against the kernel's list after losses and evictions.
+    reconciler: Option<Reconciler>,
 }
 
 impl<W: Write, E: Write> Session<W, E> {
@@ -91,7 +102,14 @@ impl<W: Write, E: Write> Session<W, E> {
             counts: Counts::default(),
             decisions: decided,
             evicted_unsaid: (0, 0),
+            reconciler: None,
         }
+    }
+
+    /// Checks the table against the kernel's list with `reconciler` after transitions
+    /// are lost or watched sockets evicted.
+    pub(super) fn reconcile_with(&mut self, reconciler: Reconciler) {
+        self.reconciler = Some(reconciler);
     }
 
     /// Prints only the transitions of the sockets `focus` follows (`--events --pid`).
@@ -115,6 +133,9 @@ impl<W: Write, E: Write> Session<W, E> {
             match decode::decode(&item) {
                 Ok(t) => {
                     self.counts.events += 1;
+                    if let Some(r) = &mut self.reconciler {
+                        r.touched(t.ends());
+                    }
                     if let Some(r) = &mut self.recorder {
                         r.transition(&t);
                     }
@@ -155,9 +176,18 @@ impl<W: Write, E: Write> Session<W, E> {
                 }
                 // Said once a second at most (check_losses): a full table under churn
                 // evicts often.
-                Decision::Evicted { sockets, stuck } => {
+                Decision::Evicted {
+                    sockets,
+                    stuck,
+                    watched,
+                } => {
                     self.evicted_unsaid.0 += sockets;
                     self.evicted_unsaid.1 += stuck;
+                    if watched > 0 {
+                        if let Some(r) = &mut self.reconciler {
+                            r.ask(Reason::Evicted);
+                        }
+                    }
                 }
             }
         }
@@ -377,10 +407,58 @@ impl<W: Write, E: Write> Session<W, E> {
             }
             self.counts.lost = total;
             written(self.output.lost(lost, total))?;
+            if let Some(r) = &mut self.reconciler {
+                r.ask(Reason::Lost);
+            }
         }
         if sockets > 0 || lost > 0 {
             written(self.flush())?;
         }
+        if let Some(listing) = self.reconciler.as_mut().and_then(Reconciler::poll) {
+            written(self.reconciled(listing, probe))?;
+        }
         Ok(())
+    }
+
+    /// Applies a finished listing of the kernel's sockets to the table; records what
+    /// changed so that a report makes the same changes, and says so.
+    fn reconciled(&mut self, listing: Listing, probe: &Probe) -> io::Result<()> {
+        let done = self
+            .engine
+            .reconcile(listing.sockets, &listing.touched, &mut self.decisions);
+        if let Some(rec) = &mut self.recorder {
+            let now = monotonic_ns();
+            let gone = |key: SocketKey, s: &Socket| {
+                Entry::Gone(GoneEntry {
+                    ts_ns: now,
+                    key: key.into(),
+                    ends: s.ends.into(),
+                    state: s.state.0,
+                    since_ns: s.since_ns,
+                })
+            };
+            for (key, s) in &done.removed {
+                rec.push(gone(*key, s));
+            }
+            for (key, was, now) in &done.corrected {
+                rec.push(gone(*key, was));
+                rec.push(Entry::Socket(SocketEntry::new(*key, now)));
+            }
+            for (key, s) in &done.added {
+                rec.push(Entry::Socket(SocketEntry::new(*key, s)));
+            }
+        }
+        self.decide(probe)?;
+        let info = Reconciled {
+            time: Rfc3339(SystemTime::now()),
+            reason: listing.reason.name(),
+            removed: done.removed.len(),
+            corrected: done.corrected.len(),
+            added: done.added.len(),
+            tracked: self.engine.stats().tracked,
+            listing_ms: listing.took.as_millis() as u64,
+        };
+        self.output.reconciled(&info)?;
+        self.flush()
     }
 }
