@@ -31,7 +31,15 @@ fn allow_fds(n: u64) {
 /// orphans (their clients closed) that the kernel keeps as TIME_WAIT minisockets.
 fn kernel_sockets(port: u16) -> usize {
     let out = Command::new("ss")
-        .args(["-tanH", "state", "all", "exclude", "time-wait", "exclude", "fin-wait-2"])
+        .args([
+            "-tanH",
+            "state",
+            "all",
+            "exclude",
+            "time-wait",
+            "exclude",
+            "fin-wait-2",
+        ])
         .arg(format!("( sport = :{port} or dport = :{port} )"))
         .output()
         .expect("run ss");
@@ -145,7 +153,9 @@ fn a_full_table_still_flags_every_leak() {
         .collect();
     let leaked = leak(V4, port, &listener, LEAKED);
     let records = tracer
-        .wait_for("every leak flagged", |r| of_type(r, "stuck").len() >= LEAKED)
+        .wait_for("every leak flagged", |r| {
+            of_type(r, "stuck").len() >= LEAKED
+        })
         .to_vec();
     let mut flagged: Vec<u64> = of_type(&records, "stuck")
         .iter()

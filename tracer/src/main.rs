@@ -34,6 +34,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("tracer: error: {e:#}");
+    eprintln!("tracer: error: {}", tracer::cli::error_line(&e));
     ExitCode::FAILURE
 }

@@ -23,8 +23,8 @@ use crate::{
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
 pub use json::{
-    Reconciled, Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo,
-    StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
+    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, Reconciled, RecordInfo, ReportInfo,
+    StartInfo, StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
 };
 use summary::Group;
 pub use text::{human_duration, TextStyle};

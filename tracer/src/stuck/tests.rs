@@ -331,8 +331,15 @@ fn a_flagged_socket_found_in_another_state_loses_its_flag_without_a_resolution()
     assert_eq!(stuck(&out).len(), 1);
     out.clear();
     // Its close (CLOSE_WAIT -> LAST_ACK) was lost.
-    let done = e.reconcile(vec![listed(0xa, LastAck, 20 * SEC, 1)], &HashSet::new(), &mut out);
+    let done = e.reconcile(
+        vec![listed(0xa, LastAck, 20 * SEC, 1)],
+        &HashSet::new(),
+        &mut out,
+    );
     assert_eq!(done.corrected.len(), 1);
-    assert!(out.is_empty(), "no resolution: the leaving transition was not seen");
+    assert!(
+        out.is_empty(),
+        "no resolution: the leaving transition was not seen"
+    );
     assert_eq!(e.stuck().count(), 0);
 }

@@ -75,6 +75,16 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     if let Some(why) = &probe.io.off {
         eprintln!("tracer: warning: {why}");
     }
+    if probe.io.mechanism.is_some() {
+        let pinned = u64::from(io_sockets(args)) * IO_NOTE_BYTES;
+        if pinned >= 32 << 20 {
+            eprintln!(
+                "tracer: the kernel holds {} MiB for last send/receive notes ({} sockets, a quarter of --max-sockets)",
+                pinned >> 20,
+                io_sockets(args)
+            );
+        }
+    }
     if let Err(e) = &probe.netns {
         eprintln!(
             "tracer: warning: {e}; sockets' network namespaces are unknown, and owners are looked for in the tracer's own namespace only"
@@ -286,6 +296,10 @@ async fn follow<W: Write, E: Write>(
 /// cap, because each costs the kernel 104 bytes allocated up front (6.5 MiB by default).
 /// The map is LRU: on a machine where more sockets than that have been used since they
 /// were born, the notes of the idlest go first, and a stuck socket may then lack one.
+/// Kernel memory per last send/receive note: the LRU hash map's key, value and overhead,
+/// measured with `bpftool map show` (memlock / entries).
+const IO_NOTE_BYTES: u64 = 104;
+
 fn io_sockets(args: &WatchArgs) -> u32 {
     (args.max_sockets / 4).max(1024)
 }
