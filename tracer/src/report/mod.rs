@@ -56,11 +56,18 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
         if i > 0 && !seg.continues {
             replay.restart(&seg.header);
         }
+        // A segment's first socket entries are its checkpoint; later ones are the live
+        // run's corrections after lost transitions, which every segment applies.
+        let mut checkpoint = seg.header.checkpoint;
         while let Some(entry) = seg.next_entry()? {
-            if seg.continues && matches!(entry, Entry::Socket(_)) {
-                continue;
+            let in_checkpoint = checkpoint > 0 && matches!(entry, Entry::Socket(_));
+            if in_checkpoint {
+                checkpoint -= 1;
+                if seg.continues {
+                    continue;
+                }
             }
-            replay.entry(entry, i == 0);
+            replay.entry(entry, i == 0 && in_checkpoint);
         }
         warnings.extend(seg.damage_report());
         read.entries += seg.stats().entries;

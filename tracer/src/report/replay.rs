@@ -136,9 +136,11 @@ impl Replay {
         self.engine.restart(header.max_sockets as usize);
     }
 
-    /// Applies one entry. `Socket` entries restore the checkpoint of a segment that does
-    /// not follow the previous one; the caller skips them otherwise.
-    pub fn entry(&mut self, entry: Entry, first_segment: bool) {
+    /// Applies one entry. `Socket` entries restore a checkpoint (`snapshot`: the first
+    /// segment's, the sockets open at start) or the live run's corrections after lost
+    /// transitions; the caller skips the checkpoint of a segment that follows the previous
+    /// one.
+    pub fn entry(&mut self, entry: Entry, snapshot: bool) {
         // The recording lasted at least to its latest entry (its stop, if it has one).
         let seen = match &entry {
             Entry::Owners(o) => o.ts_ns,
@@ -152,7 +154,7 @@ impl Replay {
         self.last_ns = self.last_ns.max(seen);
         match entry {
             Entry::Transition(e) => self.transition(Transition::from(&e)),
-            Entry::Socket(s) => self.restore(&s, first_segment),
+            Entry::Socket(s) => self.restore(&s, snapshot),
             Entry::Owners(o) => {
                 let stay = (o.ends.into(), State(o.state), o.since_ns);
                 self.engine.owned(stay, o.ownership());
@@ -172,9 +174,9 @@ impl Replay {
         }
     }
 
-    fn restore(&mut self, s: &SocketEntry, first_segment: bool) {
+    fn restore(&mut self, s: &SocketEntry, snapshot: bool) {
         let (key, socket) = s.socket();
-        if first_segment
+        if snapshot
             && self
                 .options
                 .timeline
