@@ -527,6 +527,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_namespace_is_an_inode_or_a_namespace_file() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(parse_netns("4026531840"), Ok(4026531840));
+        assert!(parse_netns("0").is_err());
+        assert!(parse_netns("99999999999").is_err());
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(parse_netns("/proc/self/ns/net").map(u64::from), Ok(own));
+        let not_ns = parse_netns("/proc/self/status").unwrap_err();
+        assert!(not_ns.contains("not a namespace file"), "{not_ns}");
+        let pid_ns = parse_netns("/proc/self/ns/pid").unwrap_err();
+        assert!(pid_ns.contains("not a network namespace"), "{pid_ns}");
+        assert!(parse_netns("/nonexistent/ns")
+            .unwrap_err()
+            .contains("No such file"));
+    }
+
+    #[test]
     fn an_error_line_says_each_cause_once() {
         #[derive(Debug, thiserror::Error)]
         #[error("creating map SOCKET_IO failed: {0}")]
