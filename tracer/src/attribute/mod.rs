@@ -5,8 +5,9 @@
 //! [`Selection`] picks stuck sockets by owner.
 //!
 //! This runs only for sockets being flagged (and once at start, for the snapshot), never
-//! per event. The pid current at a transition is not used as the owner: transitions such
-//! as ESTABLISHED -> CLOSE_WAIT run in softirq, in whatever task happened to be running.
+//! per event, and in `watch` on a thread of its own ([`worker`]). The pid current at a
+//! transition is not used as the owner: transitions such as ESTABLISHED -> CLOSE_WAIT run
+//! in softirq, in whatever task happened to be running.
 //!
 //! Each network namespace has its own sockets, and sock_diag lists only those of the
 //! namespace its netlink socket was made in: a socket is looked up in the namespace its
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod procfs;
 mod select;
 pub mod sock_diag;
+pub mod worker;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -65,8 +67,6 @@ pub trait System {
     fn process(&mut self, pid: u32) -> Option<ProcessInfo>;
     /// Local ports the kernel picks for connect() (`ip_local_port_range`).
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16>;
-    /// How many descriptors a process has open now.
-    fn fd_count(&mut self, pid: u32) -> Option<usize>;
 }
 
 /// The running machine: sock_diag netlink in each network namespace, and `/proc`.
@@ -163,10 +163,6 @@ impl System for Host {
 
     fn process(&mut self, pid: u32) -> Option<ProcessInfo> {
         self.proc.process(pid)
-    }
-
-    fn fd_count(&mut self, pid: u32) -> Option<usize> {
-        self.proc.fd_count(pid)
     }
 
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16> {
@@ -426,11 +422,6 @@ impl<S: System> Attributor<S> {
             })
             .collect();
         Snapshot { sockets, failed }
-    }
-
-    /// How many descriptors process `pid` has open now.
-    pub fn fd_count(&mut self, pid: u32) -> Option<usize> {
-        self.sys.fd_count(pid)
     }
 }
 
