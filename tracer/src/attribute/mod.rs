@@ -1,5 +1,6 @@
 //! Stage 4: names the processes that own sockets, the way `ss -p` does: sock_diag gives
-//! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode.
+//! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode, through
+//! an index kept between lookups and refreshed incrementally ([`fd_index`]).
 //!
 //! [`container`] reads the container or service an owner runs in from its cgroup, and
 //! [`Selection`] picks stuck sockets by owner.
@@ -14,6 +15,7 @@
 //! endpoints say ([`netns`] finds and enters them), and the snapshot lists every one.
 
 pub mod container;
+pub mod fd_index;
 pub mod netns;
 pub mod procfs;
 mod select;
@@ -31,6 +33,7 @@ use tracer_common::TcpState;
 use crate::model::{
     Endpoints, Family, HeldBy, Origin, Owner, Ownership, ProcessInfo, SnapshotSocket, State,
 };
+use fd_index::FdIndex;
 use netns::NetnsError;
 use procfs::{Holding, ProcFs};
 pub use select::Selection;
@@ -69,10 +72,12 @@ pub trait System {
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16>;
 }
 
-/// The running machine: sock_diag netlink in each network namespace, and `/proc`.
+/// The running machine: sock_diag netlink in each network namespace, and `/proc`, whose
+/// socket holders it keeps an index of.
 #[derive(Debug)]
 pub struct Host {
     proc: ProcFs,
+    index: FdIndex,
     netns: netns::Registry,
     /// The tracer's own namespace: listed through a plain socket, no helper thread.
     own: u32,
@@ -82,6 +87,7 @@ impl Default for Host {
     fn default() -> Self {
         Self {
             proc: ProcFs::default(),
+            index: FdIndex::default(),
             netns: netns::Registry::default(),
             own: netns::own(),
         }
@@ -158,7 +164,7 @@ impl System for Host {
     }
 
     fn holders(&mut self, inodes: &HashSet<u64>) -> Vec<Holding> {
-        self.proc.holders(inodes)
+        self.index.holders(&self.proc, inodes)
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcessInfo> {

@@ -602,7 +602,7 @@ fn procfs_scan_finds_socket_links_and_reads_process_files() {
     fs::create_dir_all(root.join("999")).unwrap(); // exited: no fd directory
 
     let proc = ProcFs::at(&root);
-    let got = proc.holders(&[101, 100, 555].into_iter().collect());
+    let got = FdIndex::default().holders(&proc, &[101, 100, 555].into_iter().collect());
     assert_eq!(
         got,
         vec![Holding {
@@ -716,6 +716,7 @@ fn a_real_namespace_is_found_listed_and_attributed_as_root() {
     symlink(&ns_file, dir.path().join("proc/1/ns/net")).unwrap();
     let host = Host {
         proc: ProcFs::default(),
+        index: FdIndex::default(),
         netns: netns::Registry::at(dir.path().join("proc"), dir.path().join("run")),
         own,
     };
