@@ -357,6 +357,12 @@ impl<S: System> Attributor<S> {
         Attribution { owners, failed }
     }
 
+    /// Prepares what lookups build on (the index of socket holders reads every process
+    /// once), so that the first flags of a run wait no longer than later ones.
+    pub fn warm_up(&mut self) {
+        self.sys.holders(&HashSet::new());
+    }
+
     /// The TCP sockets that exist now (both families, every state a full socket can be
     /// in, in the namespaces this attributor covers), as the table's start-up snapshot at
     /// monotonic `now_ns`. Entry times are lower bounds: `now_ns`, or earlier where

@@ -44,8 +44,8 @@ impl Drop for WakeOnExit {
 }
 
 impl Worker {
-    /// Starts the thread, which owns `attributor` from now on. It ends once this handle is
-    /// dropped and its current lookup is done.
+    /// Starts the thread, which owns `attributor` from now on and warms it up before the
+    /// first lookup. It ends once this handle is dropped and its current lookup is done.
     pub fn spawn<S: System + Send + 'static>(mut attributor: Attributor<S>) -> io::Result<Self> {
         let (queries, asked) = mpsc::channel::<Query>();
         let (answer, answers) = mpsc::channel();
@@ -54,6 +54,7 @@ impl Worker {
         thread::Builder::new()
             .name("tracer-owners".into())
             .spawn(move || {
+                attributor.warm_up();
                 for query in asked {
                     if answer.send(attributor.owners(&query)).is_err() {
                         break;

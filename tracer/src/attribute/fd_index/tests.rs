@@ -210,3 +210,14 @@ fn without_counts_every_process_is_read_every_time() {
     assert_eq!(fake.read_since(), vec![1, 4242, 4300, 5000]);
     assert_eq!(fake.checks.get(), 0);
 }
+
+#[test]
+fn a_lookup_of_nothing_builds_the_index_for_the_first_real_one() {
+    let fake = host();
+    let mut index = FdIndex::default();
+    assert_eq!(found(index.holders(&fake, &inodes(&[]))), vec![]);
+    assert_eq!(fake.read_since(), vec![1, 4242, 4300, 5000]);
+    let got = index.holders(&fake, &inodes(&[501]));
+    assert_eq!(found(got), vec![(5000, vec![(501, 5)], 3)]);
+    assert_eq!(fake.read_since(), Vec::<u32>::new());
+}
