@@ -178,7 +178,8 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         recorder,
         args.events,
         args.pid,
-    );
+    )
+    .context("cannot start the owner lookup thread")?;
     if let Some(focus) = focus {
         session.focus(focus);
     }
@@ -252,6 +253,7 @@ async fn follow<W: Write, E: Write>(
         args.summary_interval,
     );
     summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let owners_ready = session.owners_ready();
 
     let reason = loop {
         // The stuck timer: the next threshold crossing, on the kernel's monotonic clock.
@@ -283,6 +285,7 @@ async fn follow<W: Write, E: Write>(
                     .and_then(|()| session.flag_due(probe, monotonic_ns())),
             ),
             _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
+            _ = owners_ready.notified() => written(session.owners_found(probe)),
         };
         if quiet_on_broken_pipe(step)? {
             session.finish_recording(monotonic_ns());
