@@ -55,10 +55,13 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         states: args.states.clone(),
     };
     let ring_config = RingConfig::with_bytes(args.buffer_size);
-    // Signal handlers first, so a SIGTERM right after the start record is not fatal.
+    // Signal handlers first, so a SIGTERM right after the start record is not fatal. A
+    // closed terminal or a dropped ssh session sends SIGHUP: the run ends as on SIGTERM,
+    // with its totals and the recording's stop entry.
     let signals = (
         signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
         signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
     );
 
     // Switches that force the paths other kernels take (record layout, send/receive hooks).
@@ -221,7 +224,7 @@ async fn follow<W: Write, E: Write>(
     probe: &Probe,
     ring: &mut AsyncFd<RingBuf<MapData>>,
     args: &WatchArgs,
-    (mut sigint, mut sigterm): (Signal, Signal),
+    (mut sigint, mut sigterm, mut sighup): (Signal, Signal, Signal),
 ) -> anyhow::Result<Option<StopReason>> {
     let deadline = async {
         match args.duration {
@@ -254,6 +257,7 @@ async fn follow<W: Write, E: Write>(
         let step = tokio::select! {
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
+            _ = sighup.recv() => break StopReason::Signal,
             _ = &mut deadline => break StopReason::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer failed")?;
