@@ -28,6 +28,7 @@
 //! of an entry (older readers ignore trailing bytes). `tests/golden/` holds a recording of
 //! format 1.0 that every later reader must report the same.
 
+pub mod file;
 pub mod reader;
 pub mod writer;
 

@@ -3,8 +3,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::{
+    file::prepare,
     reader::{Damage, OpenError, Reader},
-    writer::{encode, prepare, prologue, segment_path, RecordError, Recorder, SEGMENTS},
+    writer::{encode, prologue, segment_path, RecordError, Recorder, SEGMENTS},
     *,
 };
 use crate::{
@@ -480,6 +481,54 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
         read_file(&path).last(),
         Some(Entry::Stop(s)) if s.events == 20_000
     ));
+}
+
+#[test]
+fn rotated_segments_stay_locked_until_the_recording_ends() {
+    let (_dir, path) = scratch("rec");
+    let mut r = Recorder::start(
+        &path,
+        prepare(&path).unwrap(),
+        Some(64 << 10),
+        header(0),
+        &[],
+    )
+    .unwrap();
+    for i in 0..2_000 {
+        r.transition(&transition(i));
+        if i % 100 == 99 {
+            r.flush(i, std::iter::empty(), |_| None).unwrap();
+            r.settle();
+        }
+    }
+    assert!(segment_path(&path, 2).exists(), "rotated twice");
+    // Whichever of its files a second tracer looks at, the recording is in use.
+    for n in 0..3 {
+        let file = if n == 0 {
+            path.clone()
+        } else {
+            segment_path(&path, n)
+        };
+        let f = std::fs::File::open(&file).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        assert_eq!(locked, -1, "{} is not locked", file.display());
+    }
+    let err = prepare(&path).unwrap_err();
+    assert!(matches!(err, RecordError::Busy { .. }), "{err}");
+    r.finish(StopEntry {
+        ts_ns: 1,
+        events: 2_000,
+        lost: 0,
+        unrecorded: 0,
+    })
+    .unwrap();
+    prepare(&path).expect("free once the recording has ended");
 }
 
 #[test]

@@ -12,8 +12,9 @@
 //! a report can start from any of them.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    collections::VecDeque,
+    fs::{self, File},
+    io::{self, Write},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
@@ -24,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
+use super::{file, Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
 use crate::{
     decode::Transition,
     model::{Ownership, Socket, SocketKey},
@@ -47,6 +48,22 @@ pub enum RecordError {
         path.display()
     )]
     NotARecording { path: PathBuf },
+    #[error(
+        "{} is {what}; a recording must be a regular file (choose another path)",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error(
+        "{} is being recorded by another tracer{}; choose another file",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "cannot lock the recording {}: {error}; choose a file on a file system that supports locks",
+        path.display()
+    )]
+    Lock { path: PathBuf, error: io::Error },
     #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
     Write { path: PathBuf, error: io::Error },
 }
@@ -125,24 +142,8 @@ pub struct Recorder {
     sent: u64,
 }
 
-/// Creates the recording's file at `path`, before anything else is set up, so that a
-/// bad path fails at once. An earlier recording there (and its rotated files) is replaced;
-/// any other file is refused, as are rotated names that hold something else.
-pub fn prepare(path: &Path) -> Result<File, RecordError> {
-    refuse_foreign(path)?;
-    for n in 1..SEGMENTS {
-        let old = segment_path(path, n);
-        refuse_foreign(&old)?;
-        let _ = fs::remove_file(old);
-    }
-    File::create(path).map_err(|error| RecordError::Create {
-        path: path.to_owned(),
-        error,
-    })
-}
-
 impl Recorder {
-    /// Starts recording to `file` (from [`prepare`] at `path`) with `header` and the
+    /// Starts recording to `file` (from [`file::prepare`] at `path`) with `header` and the
     /// sockets open at start. With `max_bytes`, the recording's files together stay within
     /// about that size.
     pub fn start(
@@ -371,6 +372,8 @@ fn write_loop(
         error,
     };
     let mut buf = Vec::with_capacity(1 << 20);
+    // The rotated segments' files, newest first: kept open to keep them locked.
+    let mut older: VecDeque<File> = VecDeque::new();
     let mut synced = Instant::now();
     let mut dirty = false;
     loop {
@@ -394,7 +397,12 @@ fn write_loop(
             Some(Msg::Rotate(header, checkpoint)) => {
                 file.sync_data().map_err(fail)?;
                 shift_segments(path).map_err(fail)?;
-                file = File::create(path).map_err(fail)?;
+                older.push_front(std::mem::replace(
+                    &mut file,
+                    file::create_segment(path).map_err(fail)?,
+                ));
+                // The oldest was deleted by the shift.
+                older.truncate(SEGMENTS as usize - 1);
                 let first = segment_start(&header, checkpoint.into_iter());
                 file.write_all(&first).map_err(fail)?;
                 progress.segment_bytes.store(first.len() as u64, Relaxed);
@@ -436,26 +444,4 @@ pub fn segment_path(path: &Path, n: u64) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(format!(".{n}"));
     PathBuf::from(p)
-}
-
-/// Refuses to overwrite a file that exists, is not empty and is not a recording.
-fn refuse_foreign(path: &Path) -> Result<(), RecordError> {
-    let mut magic = [0u8; MAGIC.len()];
-    let n = match OpenOptions::new().read(true).open(path) {
-        Ok(mut f) => f.read(&mut magic).unwrap_or(0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
-            return Err(RecordError::Create {
-                path: path.to_owned(),
-                error,
-            })
-        }
-    };
-    if n == 0 || magic[..n] == MAGIC[..n] {
-        Ok(())
-    } else {
-        Err(RecordError::NotARecording {
-            path: path.to_owned(),
-        })
-    }
 }

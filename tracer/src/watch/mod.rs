@@ -26,10 +26,7 @@ use crate::{
     model::{Family, Format, Thresholds},
     output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
     probe::{Diagnostics, Filters, Probe, RingConfig},
-    record::{
-        writer::{self, Recorder},
-        SocketEntry,
-    },
+    record::{file, writer::Recorder, SocketEntry},
     stuck::Engine,
 };
 use focus::Focus;
@@ -69,7 +66,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // The recording's file comes first: a path that cannot be written fails before the
     // probe is loaded.
     let record_file = match &args.record {
-        Some(path) => Some((path, writer::prepare(path)?)),
+        Some(path) => Some((path, file::prepare(path)?)),
         None => None,
     };
     let (mut probe, ring) = Probe::attach(&filters, ring_config, &diagnostics, io_sockets(args))?;
