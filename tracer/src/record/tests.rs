@@ -362,6 +362,11 @@ fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// A deadline no test reaches: the writer always finishes.
+fn far() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 fn read_file(path: &std::path::Path) -> Vec<Entry> {
     read_all(&std::fs::read(path).unwrap()).unwrap().0
 }
@@ -382,7 +387,7 @@ fn recorder_writes_header_snapshot_entries_and_stop() {
         lost: 0,
         unrecorded: 0,
     };
-    r.finish(stop).unwrap();
+    r.finish(stop, far()).unwrap();
     let read = read_file(&path);
     let mut h = header(0);
     h.checkpoint = 1;
@@ -433,12 +438,15 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
             r.settle();
         }
     }
-    r.finish(StopEntry {
-        ts_ns: 1,
-        events: 20_000,
-        lost: 0,
-        unrecorded: 0,
-    })
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 20_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
     .unwrap();
     assert!(
         !segment_path(&path, SEGMENTS).exists(),
@@ -521,12 +529,15 @@ fn rotated_segments_stay_locked_until_the_recording_ends() {
     }
     let err = prepare(&path).unwrap_err();
     assert!(matches!(err, RecordError::Busy { .. }), "{err}");
-    r.finish(StopEntry {
-        ts_ns: 1,
-        events: 2_000,
-        lost: 0,
-        unrecorded: 0,
-    })
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 2_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
     .unwrap();
     prepare(&path).expect("free once the recording has ended");
 }
@@ -548,12 +559,15 @@ fn recorder_refuses_to_overwrite_other_files() {
     std::fs::write(segment_path(&path, 1), prologue()).unwrap();
     Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &[])
         .unwrap()
-        .finish(StopEntry {
-            ts_ns: 0,
-            events: 0,
-            lost: 0,
-            unrecorded: 0,
-        })
+        .finish(
+            StopEntry {
+                ts_ns: 0,
+                events: 0,
+                lost: 0,
+                unrecorded: 0,
+            },
+            far(),
+        )
         .unwrap();
     assert!(!segment_path(&path, 1).exists());
 }

@@ -37,6 +37,10 @@ pub const SEGMENTS: u64 = 4;
 const BACKLOG: usize = 32;
 /// How often written data is forced to disk, against a machine crash.
 const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How often the end of a run looks whether the writer thread is done.
+const CLOSE_POLL: Duration = Duration::from_millis(2);
+/// How long a recorder dropped early waits for its disk.
+const DROP_GRACE: Duration = Duration::from_millis(800);
 
 /// Why recording failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,11 @@ pub enum RecordError {
     Lock { path: PathBuf, error: io::Error },
     #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
     Write { path: PathBuf, error: io::Error },
+    #[error(
+        "the recording {} was still being written when the run had to end (its disk is stalled): its last entries may be missing",
+        path.display()
+    )]
+    Stalled { path: PathBuf },
 }
 
 /// Appends `entry` to `out` as one frame.
@@ -286,21 +295,40 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes the stop entry and waits for the writer thread to put everything on disk.
-    pub fn finish(mut self, mut stop: StopEntry) -> Result<(), RecordError> {
+    /// Writes the stop entry and waits for the writer thread to put everything on disk,
+    /// until `deadline` at most: a stalled disk must not hold up the end of the run.
+    pub fn finish(mut self, mut stop: StopEntry, deadline: Instant) -> Result<(), RecordError> {
         stop.unrecorded = self.unrecorded;
         self.push(Entry::Stop(stop));
-        let chunk = std::mem::take(&mut self.chunk);
-        let sent = self
-            .tx
-            .take()
-            .is_some_and(|tx| tx.send(Msg::Append(chunk)).is_ok());
-        let joined = self.join();
-        if sent {
-            joined
-        } else {
-            joined.and(Err(self.stopped()))
+        self.close(deadline)
+    }
+
+    /// Hands the queued entries to the writer thread, which then ends, and waits for it
+    /// until `deadline`; a thread still writing then is left to the process's exit.
+    fn close(&mut self, deadline: Instant) -> Result<(), RecordError> {
+        let Some(tx) = self.tx.take() else {
+            return self.join();
+        };
+        let mut msg = Msg::Append(std::mem::take(&mut self.chunk));
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    thread::sleep(CLOSE_POLL);
+                }
+                Err(TrySendError::Full(_)) => return Err(self.stalled()),
+                Err(TrySendError::Disconnected(_)) => return self.join().and(Err(self.stopped())),
+            }
         }
+        drop(tx);
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return Err(self.stalled());
+            }
+            thread::sleep(CLOSE_POLL);
+        }
+        self.join()
     }
 
     /// Sends without waiting; false when the backlog is full.
@@ -328,6 +356,14 @@ impl Recorder {
         }
     }
 
+    /// The writer thread is still writing at the deadline: it is let go.
+    fn stalled(&mut self) -> RecordError {
+        self.thread = None;
+        RecordError::Stalled {
+            path: self.path.clone(),
+        }
+    }
+
     fn stopped(&self) -> RecordError {
         RecordError::Write {
             path: self.path.clone(),
@@ -338,15 +374,9 @@ impl Recorder {
 
 impl Drop for Recorder {
     /// A run that ends early (an error, a closed stdout) still gets what it queued onto
-    /// the disk before the process exits.
+    /// the disk before the process exits, unless the disk is stalled.
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let chunk = std::mem::take(&mut self.chunk);
-            if !chunk.is_empty() {
-                let _ = tx.send(Msg::Append(chunk));
-            }
-        }
-        let _ = self.join();
+        let _ = self.close(Instant::now() + DROP_GRACE);
     }
 }
 

@@ -1,7 +1,10 @@
 //! The live driver around the [`Engine`]: feeds it what the probe reports, resolves the
 //! owners of what it flags, and hands every decision to the output and the recorder.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -180,8 +183,9 @@ impl<W: Write, E: Write> Session<W, E> {
         self.output.flush()
     }
 
-    /// Writes the stop entry and closes the recording; returns the entries it left out.
-    pub(super) fn finish_recording(&mut self, end_ns: u64) -> u64 {
+    /// Writes the stop entry and closes the recording, waiting for its disk until
+    /// `deadline` at most; returns the entries it left out.
+    pub(super) fn finish_recording(&mut self, end_ns: u64, deadline: Instant) -> u64 {
         let Some(r) = self.recorder.take() else {
             return 0;
         };
@@ -192,7 +196,7 @@ impl<W: Write, E: Write> Session<W, E> {
             lost: self.counts.lost,
             unrecorded,
         };
-        if let Err(e) = r.finish(stop) {
+        if let Err(e) = r.finish(stop, deadline) {
             eprintln!("tracer: warning: {e}");
         }
         unrecorded
