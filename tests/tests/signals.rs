@@ -309,3 +309,94 @@ fn a_terminal_that_hangs_up_ends_the_run_cleanly() {
     let info = report_info(&rec);
     assert_eq!(info["live"]["stopped"], true, "{info}");
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = scratch_dir();
+        let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        let options = CString::new(format!("size={size}")).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_and_the_stop_record_says_what_was_left_out() {
+    if !privileged("a_full_disk_stops_the_recording_and_the_stop_record_says_what_was_left_out") {
+        return;
+    }
+    let disk = Tmpfs::mount("1M");
+    let rec = disk.dir.path().join("full.rec");
+    let (socket, port) = bound_socket(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let listener = listen(socket);
+    let mut tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    // About 10 transitions of 53 bytes each per connection: twice what 1 MiB holds.
+    for _ in 0..4000 {
+        closed_session(&listener);
+    }
+    let (status, stderr) = tracer.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "tracer: warning: writing the recording {} failed: No space left on device",
+            rec.display()
+        )),
+        "{stderr}"
+    );
+    let stop = tracer.records.last().unwrap().clone();
+    assert_eq!(stop["type"], "stop");
+    assert_eq!(stop["lost"], 0, "{stop}");
+    let info = report_info(&rec);
+    let live = &info["live"];
+    // Nothing but transitions was recorded in this run: those on disk and those left out
+    // are every one the live run saw.
+    let events = stop["events"].as_u64().unwrap();
+    let unrecorded = stop["unrecorded"].as_u64().unwrap();
+    let recorded = info["transitions"].as_u64().unwrap();
+    eprintln!("full disk: {recorded} transitions recorded, {unrecorded} left out of {events}");
+    assert!(unrecorded > 0, "{stop}");
+    assert_eq!(recorded + unrecorded, events, "{stop} {info}");
+    assert_eq!(info["damaged_bytes"], 0, "no torn entry: {info}");
+    assert_eq!(live["unrecorded"], unrecorded, "{info}");
+    assert_eq!(
+        live["stopped"], true,
+        "the stop entry fits in the room kept: {info}"
+    );
+    assert!(
+        live["recording_stopped"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("No space left on device")),
+        "{info}"
+    );
+    let warnings = info["warnings"].to_string();
+    assert!(warnings.contains("recording stopped at "), "{warnings}");
+    assert!(!warnings.contains("killed"), "{warnings}");
+}

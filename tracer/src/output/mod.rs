@@ -25,8 +25,8 @@ use crate::{
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
 pub use json::{
-    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo,
-    StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
+    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, RecordingStopped,
+    ReportInfo, StartInfo, StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
 };
 use summary::Group;
 pub use text::{human_duration, TextStyle};

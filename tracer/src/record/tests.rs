@@ -139,6 +139,10 @@ fn every_kind() -> Vec<Entry> {
             state: 8,
             since_ns: 7_000_000_000,
         }),
+        Entry::Failed(FailedEntry {
+            ts_ns: 41_800_000_000,
+            error: "No space left on device (os error 28)".into(),
+        }),
         Entry::Stop(StopEntry {
             ts_ns: 42_000_000_000,
             events: 2,

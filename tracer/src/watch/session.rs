@@ -54,7 +54,7 @@ pub(super) struct Session<W: Write, E: Write> {
     attribution_failed: bool,
     /// Reading the probe's last send/receive failed once (warned about).
     io_failed: bool,
-    /// `--record`: dropped (with a warning) if writing fails.
+    /// `--record`: after a failed write (said once), it counts what it leaves out.
     recorder: Option<Recorder>,
     pub(super) counts: Counts,
     /// Reused between batches.
@@ -177,7 +177,6 @@ impl<W: Write, E: Write> Session<W, E> {
             });
             if let Err(e) = flushed {
                 eprintln!("tracer: warning: {e}; the live trace goes on");
-                self.recorder = None;
             }
         }
         self.output.flush()
@@ -186,20 +185,20 @@ impl<W: Write, E: Write> Session<W, E> {
     /// Writes the stop entry and closes the recording, waiting for its disk until
     /// `deadline` at most; returns the entries it left out.
     pub(super) fn finish_recording(&mut self, end_ns: u64, deadline: Instant) -> u64 {
-        let Some(r) = self.recorder.take() else {
+        let Some(mut r) = self.recorder.take() else {
             return 0;
         };
-        let unrecorded = r.unrecorded();
         let stop = StopEntry {
             ts_ns: end_ns,
             events: self.counts.events,
             lost: self.counts.lost,
-            unrecorded,
+            // The recorder counts.
+            unrecorded: 0,
         };
         if let Err(e) = r.finish(stop, deadline) {
             eprintln!("tracer: warning: {e}");
         }
-        unrecorded
+        r.unrecorded()
     }
 
     fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
