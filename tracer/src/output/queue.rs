@@ -111,15 +111,29 @@ impl Queued {
         self.shared.room.notified()
     }
 
+    /// Hands everything over and waits, until `deadline` at most, for the thread to have
+    /// written it; more may be written after.
+    pub fn drain(&mut self, deadline: Instant) -> Result<(), CloseError> {
+        self.hand_over().map_err(CloseError::Failed)?;
+        let queued = &self.shared.queued;
+        self.wait(deadline, |state| state.done || queued.load(Relaxed) == 0)
+    }
+
     /// Hands everything over and waits, until `deadline` at most, for the thread to write
     /// it. Bytes it could not write by then stay with the thread, which the process's
     /// exit ends.
     pub fn close(&mut self, deadline: Instant) -> Result<(), CloseError> {
         self.hand_over().map_err(CloseError::Failed)?;
-        let mut state = self.shared.lock();
-        state.closed = true;
+        self.shared.lock().closed = true;
         self.shared.wake.notify_all();
-        while !state.done {
+        self.wait(deadline, |state| state.done)
+    }
+
+    /// Waits until `done` holds of the thread's state, or `deadline`; then says whether
+    /// everything handed over was written.
+    fn wait(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> Result<(), CloseError> {
+        let mut state = self.shared.lock();
+        while !done(&state) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CloseError::Stalled {
@@ -211,6 +225,7 @@ fn write_loop(mut out: impl Write, shared: &Shared) {
             break;
         }
         shared.room.notify_one();
+        shared.wake.notify_all();
     }
     state.done = true;
     shared.wake.notify_all();
@@ -285,6 +300,23 @@ mod tests {
         assert_eq!(*got2.lock().unwrap(), b"one\ntwo\n");
         assert_eq!(q.backlog(), 0);
         assert!(got.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn drain_waits_for_the_stream_and_leaves_it_open() {
+        let (mut q, go, got) = gated();
+        q.write_all(b"one\n").unwrap();
+        let err = q
+            .drain(Instant::now() + Duration::from_millis(50))
+            .unwrap_err();
+        assert!(matches!(err, CloseError::Stalled { bytes: 4 }), "{err}");
+        go.send(()).unwrap();
+        q.drain(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(*got.lock().unwrap(), b"one\n");
+        q.write_all(b"two\n").unwrap();
+        go.send(()).unwrap();
+        q.close(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(*got.lock().unwrap(), b"one\ntwo\n");
     }
 
     #[test]

@@ -224,6 +224,9 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
         .skipped()
         .context("reading the probe's count of skipped transitions failed")?;
     let stop = info::stop_info(&session, reason, started, unrecorded, skipped);
+    // Text puts the totals on stderr: after what stdout still has to show. A failure here
+    // comes again from close below.
+    let _ = session.output.out_mut().drain(deadline);
     if quiet_on_broken_pipe(written(session.output.stop(&stop)))? {
         return Ok(());
     }
