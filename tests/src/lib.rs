@@ -163,6 +163,11 @@ impl Tracer {
         &self.records
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` to the tracer.
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.

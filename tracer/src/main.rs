@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Watch(args) => tracer::watch::run(args, std::io::stdout().lock()).await,
+            Command::Watch(args) => tracer::watch::run(args, std::io::stdout()).await,
             Command::Report(args) => {
                 tracer::report::run(args, std::io::stdout().lock(), std::io::stderr())
             }

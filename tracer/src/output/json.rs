@@ -124,7 +124,7 @@ pub struct FilterInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
-    /// SIGINT or SIGTERM.
+    /// SIGINT, SIGTERM or SIGHUP.
     Signal,
     /// `--duration` elapsed.
     Duration,
@@ -219,6 +219,16 @@ pub struct LiveInfo {
     pub unrecorded: u64,
     /// Whether it ended normally (its stop entry was read).
     pub stopped: bool,
+    /// Writing the recording failed (a full disk): when and why; `null` if it did not.
+    pub recording_stopped: Option<RecordingStopped>,
+}
+
+/// When and why writing a recording failed, as the live run noted it.
+#[derive(Debug, Serialize)]
+pub struct RecordingStopped {
+    pub time: Rfc3339,
+    /// What the system said, as `No space left on device (os error 28)`.
+    pub error: String,
 }
 
 /// One of a report's worst offenders: the body of an `offender` record.

@@ -638,6 +638,15 @@ fn stop_and_lost_records() {
         status,
         "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
     );
+    let unrecorded = StopInfo {
+        unrecorded: 26_348,
+        ..stop
+    };
+    let (_, status) = render(Format::Text, |o| o.stop(&unrecorded).unwrap());
+    assert_eq!(
+        status,
+        "tracer: stopped after 1.5s: 12 transitions, 3 lost; 26348 entries not recorded\n"
+    );
 }
 
 #[test]

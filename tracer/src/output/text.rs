@@ -366,7 +366,7 @@ impl Render for Text {
         let skipped = info.skipped.to_string();
         writeln!(
             page.status,
-            "tracer: stopped after {:.1}s: {} transitions, {} lost{}",
+            "tracer: stopped after {:.1}s: {} transitions, {} lost{}{}",
             info.duration_ms as f64 / 1000.0,
             info.events,
             info.lost,
@@ -374,6 +374,10 @@ impl Render for Text {
                 String::new()
             } else {
                 format!("; skipped {skipped}")
+            },
+            match info.unrecorded {
+                0 => String::new(),
+                n => format!("; {n} entries not recorded"),
             }
         )
     }

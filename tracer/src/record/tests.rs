@@ -3,8 +3,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::{
+    file::prepare,
     reader::{Damage, OpenError, Reader},
-    writer::{encode, prepare, prologue, segment_path, RecordError, Recorder, SEGMENTS},
+    writer::{encode, prologue, segment_path, RecordError, Recorder, SEGMENTS},
     *,
 };
 use crate::{
@@ -137,6 +138,10 @@ fn every_kind() -> Vec<Entry> {
             ends: s.ends.into(),
             state: 8,
             since_ns: 7_000_000_000,
+        }),
+        Entry::Failed(FailedEntry {
+            ts_ns: 41_800_000_000,
+            error: "No space left on device (os error 28)".into(),
         }),
         Entry::Stop(StopEntry {
             ts_ns: 42_000_000_000,
@@ -361,6 +366,11 @@ fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// A deadline no test reaches: the writer always finishes.
+fn far() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 fn read_file(path: &std::path::Path) -> Vec<Entry> {
     read_all(&std::fs::read(path).unwrap()).unwrap().0
 }
@@ -381,7 +391,7 @@ fn recorder_writes_header_snapshot_entries_and_stop() {
         lost: 0,
         unrecorded: 0,
     };
-    r.finish(stop).unwrap();
+    r.finish(stop, far()).unwrap();
     let read = read_file(&path);
     let mut h = header(0);
     h.checkpoint = 1;
@@ -432,12 +442,15 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
             r.settle();
         }
     }
-    r.finish(StopEntry {
-        ts_ns: 1,
-        events: 20_000,
-        lost: 0,
-        unrecorded: 0,
-    })
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 20_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
     .unwrap();
     assert!(
         !segment_path(&path, SEGMENTS).exists(),
@@ -483,6 +496,57 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
 }
 
 #[test]
+fn rotated_segments_stay_locked_until_the_recording_ends() {
+    let (_dir, path) = scratch("rec");
+    let mut r = Recorder::start(
+        &path,
+        prepare(&path).unwrap(),
+        Some(64 << 10),
+        header(0),
+        &[],
+    )
+    .unwrap();
+    for i in 0..2_000 {
+        r.transition(&transition(i));
+        if i % 100 == 99 {
+            r.flush(i, std::iter::empty(), |_| None).unwrap();
+            r.settle();
+        }
+    }
+    assert!(segment_path(&path, 2).exists(), "rotated twice");
+    // Whichever of its files a second tracer looks at, the recording is in use.
+    for n in 0..3 {
+        let file = if n == 0 {
+            path.clone()
+        } else {
+            segment_path(&path, n)
+        };
+        let f = std::fs::File::open(&file).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        assert_eq!(locked, -1, "{} is not locked", file.display());
+    }
+    let err = prepare(&path).unwrap_err();
+    assert!(matches!(err, RecordError::Busy { .. }), "{err}");
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 2_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
+    .unwrap();
+    prepare(&path).expect("free once the recording has ended");
+}
+
+#[test]
 fn recorder_refuses_to_overwrite_other_files() {
     let (_dir, path) = scratch("notes.txt");
     std::fs::write(&path, "precious").unwrap();
@@ -499,12 +563,15 @@ fn recorder_refuses_to_overwrite_other_files() {
     std::fs::write(segment_path(&path, 1), prologue()).unwrap();
     Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &[])
         .unwrap()
-        .finish(StopEntry {
-            ts_ns: 0,
-            events: 0,
-            lost: 0,
-            unrecorded: 0,
-        })
+        .finish(
+            StopEntry {
+                ts_ns: 0,
+                events: 0,
+                lost: 0,
+                unrecorded: 0,
+            },
+            far(),
+        )
         .unwrap();
     assert!(!segment_path(&path, 1).exists());
 }

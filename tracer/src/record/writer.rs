@@ -6,25 +6,35 @@
 //! a chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says
 //! how many entries are missing.
 //!
+//! A write that fails (a full disk) stops the recording, not the run: the thread keeps
+//! [`RESERVE`] bytes allocated past the end of the file, so that on a full disk the
+//! allocation for the next chunk fails before anything is written, and the room kept takes
+//! an [`Entry::Failed`] at once and the stop entry at the end, which counts every entry
+//! left out.
+//!
 //! With a size budget, the recording is split into [`SEGMENTS`] files: `FILE` is being
 //! written, `FILE.1` is the one before, up to `FILE.3`; the oldest is deleted at each
 //! rotation. Each segment starts with a header and a checkpoint of the sockets tracked, so
 //! a report can start from any of them.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    collections::VecDeque,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
         mpsc::{self, Receiver, SyncSender, TrySendError},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
+use super::{
+    file, Entry, FailedEntry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION,
+};
 use crate::{
     decode::Transition,
     model::{Ownership, Socket, SocketKey},
@@ -36,6 +46,15 @@ pub const SEGMENTS: u64 = 4;
 const BACKLOG: usize = 32;
 /// How often written data is forced to disk, against a machine crash.
 const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How often the end of a run looks whether the writer thread is done.
+const CLOSE_POLL: Duration = Duration::from_millis(2);
+/// How long a recorder dropped early waits for its disk.
+const DROP_GRACE: Duration = Duration::from_millis(800);
+/// Room kept allocated past the end of the file being written: enough for the note of a
+/// failure and the stop entry.
+pub const RESERVE: usize = 4096;
+/// Longest error message a failure's note keeps, within [`RESERVE`].
+const ERROR_CHARS: usize = 512;
 
 /// Why recording failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +66,29 @@ pub enum RecordError {
         path.display()
     )]
     NotARecording { path: PathBuf },
+    #[error(
+        "{} is {what}; a recording must be a regular file (choose another path)",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error(
+        "{} is being recorded by another tracer{}; choose another file",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "cannot lock the recording {}: {error}; choose a file on a file system that supports locks",
+        path.display()
+    )]
+    Lock { path: PathBuf, error: io::Error },
     #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
     Write { path: PathBuf, error: io::Error },
+    #[error(
+        "the recording {} was still being written when the run had to end (its disk is stalled): its last entries may be missing",
+        path.display()
+    )]
+    Stalled { path: PathBuf },
 }
 
 /// Appends `entry` to `out` as one frame.
@@ -92,7 +132,7 @@ enum Msg {
     Rotate(Box<Header>, Vec<Entry>),
 }
 
-/// Sizes the writer thread keeps for the loop, which decides rotations.
+/// What the writer thread tells the loop: sizes, which decide rotations, and a failure.
 #[derive(Default)]
 struct Progress {
     /// Bytes in the current segment, of which its header and checkpoint.
@@ -100,6 +140,12 @@ struct Progress {
     checkpoint_bytes: AtomicU64,
     /// The current segment's number.
     segment: AtomicU32,
+    /// Writing failed: nothing more is written but the stop entry.
+    failed: AtomicBool,
+    /// Why, until the loop takes it to say so.
+    failure: Mutex<Option<io::Error>>,
+    /// Entries the thread received after the failure and left out.
+    dropped: AtomicU64,
     /// Messages handled, for tests that wait for the writer.
     #[cfg(test)]
     handled: AtomicU64,
@@ -112,7 +158,7 @@ pub struct Recorder {
     /// Entries queued; while `gap` is not zero, the first is the note of that gap.
     chunk: Vec<Entry>,
     tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<Result<(), RecordError>>>,
+    thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
     segment_limit: Option<u64>,
     /// The header of the newest segment asked for, the template for the next.
@@ -120,34 +166,20 @@ pub struct Recorder {
     /// Entries left out so far, and since the last chunk that went through.
     unrecorded: u64,
     gap: u64,
+    /// The writer thread's failure has been seen (and said): entries are only counted.
+    failed: bool,
     /// Messages sent, for tests that wait for the writer.
     #[cfg(test)]
     sent: u64,
 }
 
-/// Creates the recording's file at `path`, before anything else is set up, so that a
-/// bad path fails at once. An earlier recording there (and its rotated files) is replaced;
-/// any other file is refused, as are rotated names that hold something else.
-pub fn prepare(path: &Path) -> Result<File, RecordError> {
-    refuse_foreign(path)?;
-    for n in 1..SEGMENTS {
-        let old = segment_path(path, n);
-        refuse_foreign(&old)?;
-        let _ = fs::remove_file(old);
-    }
-    File::create(path).map_err(|error| RecordError::Create {
-        path: path.to_owned(),
-        error,
-    })
-}
-
 impl Recorder {
-    /// Starts recording to `file` (from [`prepare`] at `path`) with `header` and the
+    /// Starts recording to `file` (from [`file::prepare`] at `path`) with `header` and the
     /// sockets open at start. With `max_bytes`, the recording's files together stay within
     /// about that size.
     pub fn start(
         path: &Path,
-        mut file: File,
+        file: File,
         max_bytes: Option<u64>,
         mut header: Header,
         snapshot: &[SocketEntry],
@@ -159,7 +191,7 @@ impl Recorder {
         header.checkpoint = snapshot.len() as u32;
         let first = segment_start(&header, snapshot.iter().map(|s| Entry::Socket(*s)));
         // Written here, so that a disk that refuses it is an error at start.
-        file.write_all(&first).map_err(create_error)?;
+        let sink = Sink::start(file, &first).map_err(create_error)?;
         let progress = Arc::new(Progress::default());
         progress.segment_bytes.store(first.len() as u64, Relaxed);
         progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
@@ -168,7 +200,7 @@ impl Recorder {
         let thread_progress = Arc::clone(&progress);
         let thread = thread::Builder::new()
             .name("tracer-record".into())
-            .spawn(move || write_loop(&thread_path, file, rx, &thread_progress))
+            .spawn(move || write_loop(&thread_path, sink, rx, &thread_progress))
             .map_err(create_error)?;
         Ok(Recorder {
             path: path.to_owned(),
@@ -180,6 +212,7 @@ impl Recorder {
             header,
             unrecorded: 0,
             gap: 0,
+            failed: false,
             #[cfg(test)]
             sent: 0,
         })
@@ -195,9 +228,13 @@ impl Recorder {
         }
     }
 
-    /// Queues `entry`.
+    /// Queues `entry`; after a failure, counts it as left out.
     pub fn push(&mut self, entry: Entry) {
-        self.chunk.push(entry);
+        if self.failed {
+            self.unrecorded += 1;
+        } else {
+            self.chunk.push(entry);
+        }
     }
 
     /// Queues a transition.
@@ -212,9 +249,9 @@ impl Recorder {
         ))));
     }
 
-    /// Entries left out so far because the disk was too slow.
+    /// Entries left out so far because the disk was too slow or failed.
     pub fn unrecorded(&self) -> u64 {
-        self.unrecorded
+        self.unrecorded + self.progress.dropped.load(Relaxed)
     }
 
     /// Hands the queued entries to the writer thread. When the segment is full, starts
@@ -226,6 +263,13 @@ impl Recorder {
         sockets: impl Iterator<Item = (SocketKey, &'a Socket)>,
         owners: impl Fn(&Socket) -> Option<&'a Ownership>,
     ) -> Result<(), RecordError> {
+        if !self.failed && self.progress.failed.load(Relaxed) {
+            // What is queued is left out with the rest; the failure is said once.
+            self.failed = true;
+            self.unrecorded += self.chunk.len() as u64 - u64::from(self.gap > 0);
+            self.chunk.clear();
+            return Err(self.failure());
+        }
         if !self.chunk.is_empty() {
             // The entries in the chunk, its gap note aside.
             let entries = self.chunk.len() as u64 - u64::from(self.gap > 0);
@@ -285,21 +329,46 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes the stop entry and waits for the writer thread to put everything on disk.
-    pub fn finish(mut self, mut stop: StopEntry) -> Result<(), RecordError> {
+    /// Writes the stop entry and waits for the writer thread to put everything on disk,
+    /// until `deadline` at most: a stalled disk must not hold up the end of the run. The
+    /// stop entry counts the entries left out, as [`Recorder::unrecorded`] then does.
+    pub fn finish(&mut self, mut stop: StopEntry, deadline: Instant) -> Result<(), RecordError> {
+        // The thread adds what it left out itself.
         stop.unrecorded = self.unrecorded;
-        self.push(Entry::Stop(stop));
-        let chunk = std::mem::take(&mut self.chunk);
-        let sent = self
-            .tx
-            .take()
-            .is_some_and(|tx| tx.send(Msg::Append(chunk)).is_ok());
-        let joined = self.join();
-        if sent {
-            joined
-        } else {
-            joined.and(Err(self.stopped()))
+        self.chunk.push(Entry::Stop(stop));
+        self.close(deadline)?;
+        match !self.failed && self.progress.failed.load(Relaxed) {
+            true => Err(self.failure()),
+            false => Ok(()),
         }
+    }
+
+    /// Hands the queued entries to the writer thread, which then ends, and waits for it
+    /// until `deadline`; a thread still writing then is left to the process's exit.
+    fn close(&mut self, deadline: Instant) -> Result<(), RecordError> {
+        let Some(tx) = self.tx.take() else {
+            return self.join();
+        };
+        let mut msg = Msg::Append(std::mem::take(&mut self.chunk));
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    thread::sleep(CLOSE_POLL);
+                }
+                Err(TrySendError::Full(_)) => return Err(self.stalled()),
+                Err(TrySendError::Disconnected(_)) => return self.join().and(Err(self.stopped())),
+            }
+        }
+        drop(tx);
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return Err(self.stalled());
+            }
+            thread::sleep(CLOSE_POLL);
+        }
+        self.join()
     }
 
     /// Sends without waiting; false when the backlog is full.
@@ -317,13 +386,34 @@ impl Recorder {
         }
     }
 
-    /// The writer thread's result, once it has ended.
+    /// Waits for the writer thread to end; an error if it panicked.
     fn join(&mut self) -> Result<(), RecordError> {
         self.tx = None;
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
             Some(Err(_)) => Err(self.stopped()),
-            None => Ok(()),
+            Some(Ok(())) | None => Ok(()),
+        }
+    }
+
+    /// The writer thread's failure, taken to be said.
+    fn failure(&self) -> RecordError {
+        let error = self
+            .progress
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        RecordError::Write {
+            path: self.path.clone(),
+            error: error.unwrap_or_else(|| io::Error::other("the writer thread failed")),
+        }
+    }
+
+    /// The writer thread is still writing at the deadline: it is let go.
+    fn stalled(&mut self) -> RecordError {
+        self.thread = None;
+        RecordError::Stalled {
+            path: self.path.clone(),
         }
     }
 
@@ -337,15 +427,9 @@ impl Recorder {
 
 impl Drop for Recorder {
     /// A run that ends early (an error, a closed stdout) still gets what it queued onto
-    /// the disk before the process exits.
+    /// the disk before the process exits, unless the disk is stalled.
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let chunk = std::mem::take(&mut self.chunk);
-            if !chunk.is_empty() {
-                let _ = tx.send(Msg::Append(chunk));
-            }
-        }
-        let _ = self.join();
+        let _ = self.close(Instant::now() + DROP_GRACE);
     }
 }
 
@@ -359,20 +443,76 @@ fn segment_start(header: &Header, checkpoint: impl Iterator<Item = Entry>) -> Ve
     bytes
 }
 
-/// The writer thread: encodes and appends entries, syncs, rotates.
-fn write_loop(
-    path: &Path,
-    mut file: File,
-    rx: Receiver<Msg>,
-    progress: &Progress,
-) -> Result<(), RecordError> {
-    let fail = |error| RecordError::Write {
-        path: path.to_owned(),
-        error,
-    };
+/// The segment being written, with room kept past its end.
+struct Sink {
+    file: File,
+    /// Where the next entry goes: the bytes written.
+    len: u64,
+    /// Whether the file system keeps room allocated ahead (most do: fallocate).
+    reserve: bool,
+}
+
+impl Sink {
+    /// A segment in `file` (empty) that starts with `first`.
+    fn start(file: File, first: &[u8]) -> io::Result<Sink> {
+        let mut sink = Sink {
+            file,
+            len: 0,
+            reserve: true,
+        };
+        sink.append(first)?;
+        Ok(sink)
+    }
+
+    /// Appends `bytes`, having allocated them and [`RESERVE`] bytes more: on a full disk
+    /// this fails before writing anything, and the room kept before stays for the note of
+    /// the failure and the stop entry.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.reserve {
+            let len = (bytes.len() + RESERVE) as libc::off_t;
+            // SAFETY: fallocate on a descriptor we own; KEEP_SIZE leaves the file's size.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    self.len as libc::off_t,
+                    len,
+                )
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(e);
+                }
+                // Without it a full disk may leave no room for the note of the failure.
+                self.reserve = false;
+            }
+        }
+        self.write(bytes)
+    }
+
+    /// Writes `bytes` after the last entry, into room kept for them.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Cuts what a failed write left after the last entry, and frees the room kept.
+    fn trim(&self) {
+        let _ = self.file.set_len(self.len);
+    }
+}
+
+/// The writer thread: encodes and appends entries, syncs, rotates. After a failure it
+/// writes only the note of it and the stop entry, and counts what it leaves out.
+fn write_loop(path: &Path, mut sink: Sink, rx: Receiver<Msg>, progress: &Progress) {
     let mut buf = Vec::with_capacity(1 << 20);
+    // The rotated segments' files, newest first: kept open to keep them locked.
+    let mut older: VecDeque<File> = VecDeque::new();
     let mut synced = Instant::now();
     let mut dirty = false;
+    let mut failed = false;
     loop {
         let msg = match rx.recv_timeout(SYNC_PERIOD) {
             Ok(m) => Some(m),
@@ -381,38 +521,142 @@ fn write_loop(
         };
         #[cfg(test)]
         let msg_handled = msg.is_some();
-        match msg {
+        let step = match msg {
+            Some(Msg::Append(entries)) if failed => {
+                stop_only(&mut sink, entries, &mut buf, progress);
+                Ok(())
+            }
             Some(Msg::Append(entries)) => {
                 buf.clear();
                 for e in &entries {
                     encode(e, &mut buf);
                 }
-                file.write_all(&buf).map_err(fail)?;
-                progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
-                dirty = true;
+                match sink.append(&buf) {
+                    Ok(()) => {
+                        progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
+                        dirty = true;
+                        Ok(())
+                    }
+                    Err(e) => Err((e, entries)),
+                }
             }
+            // Checkpoints restate what is known: nothing is missing for their loss.
+            Some(Msg::Rotate(..)) if failed => Ok(()),
             Some(Msg::Rotate(header, checkpoint)) => {
-                file.sync_data().map_err(fail)?;
-                shift_segments(path).map_err(fail)?;
-                file = File::create(path).map_err(fail)?;
-                let first = segment_start(&header, checkpoint.into_iter());
-                file.write_all(&first).map_err(fail)?;
-                progress.segment_bytes.store(first.len() as u64, Relaxed);
-                progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
-                progress.segment.store(header.segment, Relaxed);
-                dirty = true;
+                match rotate(path, &mut sink, &mut older, &header, checkpoint) {
+                    Ok(()) => {
+                        progress.segment_bytes.store(sink.len, Relaxed);
+                        progress.checkpoint_bytes.store(sink.len, Relaxed);
+                        progress.segment.store(header.segment, Relaxed);
+                        dirty = true;
+                        Ok(())
+                    }
+                    Err(e) => Err((e, Vec::new())),
+                }
             }
-            None => {}
-        }
+            None => Ok(()),
+        };
         #[cfg(test)]
         progress.handled.fetch_add(u64::from(msg_handled), Relaxed);
-        if dirty && synced.elapsed() >= SYNC_PERIOD {
-            file.sync_data().map_err(fail)?;
+        if let Err((error, entries)) = step {
+            failed = true;
+            fail(&mut sink, error, &mut buf, progress);
+            stop_only(&mut sink, entries, &mut buf, progress);
+        }
+        if dirty && !failed && synced.elapsed() >= SYNC_PERIOD {
+            if let Err(e) = sink.file.sync_data() {
+                failed = true;
+                fail(&mut sink, e, &mut buf, progress);
+            }
             synced = Instant::now();
             dirty = false;
         }
     }
-    file.sync_data().map_err(fail)
+    if !failed {
+        if let Err(e) = sink.file.sync_data() {
+            fail(&mut sink, e, &mut buf, progress);
+        }
+    }
+    sink.trim();
+}
+
+/// Writing failed with `error`: notes it in the room kept, and tells the loop.
+fn fail(sink: &mut Sink, error: io::Error, buf: &mut Vec<u8>, progress: &Progress) {
+    buf.clear();
+    encode(
+        &Entry::Failed(FailedEntry {
+            ts_ns: monotonic_ns(),
+            error: error.to_string().chars().take(ERROR_CHARS).collect(),
+        }),
+        buf,
+    );
+    // Only where no room could be kept does this fail too: the report then finds no stop.
+    let _ = sink.write(buf);
+    *progress
+        .failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    progress.failed.store(true, Relaxed);
+}
+
+/// After a failure: counts `entries` as left out but for the stop entry, which is written
+/// with them counted.
+fn stop_only(sink: &mut Sink, entries: Vec<Entry>, buf: &mut Vec<u8>, progress: &Progress) {
+    for entry in entries {
+        match entry {
+            Entry::Stop(mut stop) => {
+                stop.unrecorded += progress.dropped.load(Relaxed);
+                buf.clear();
+                encode(&Entry::Stop(stop), buf);
+                let _ = sink.write(buf);
+            }
+            // The loop counted the entries of its gaps.
+            Entry::Gap { .. } => {}
+            _ => {
+                progress.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Closes the current segment and starts the next, with `header` and `checkpoint`. If the
+/// next cannot be started, the current one goes back to `FILE`, where a report looks.
+fn rotate(
+    path: &Path,
+    sink: &mut Sink,
+    older: &mut VecDeque<File>,
+    header: &Header,
+    checkpoint: Vec<Entry>,
+) -> io::Result<()> {
+    sink.file.sync_data()?;
+    shift_segments(path)?;
+    let first = segment_start(header, checkpoint.into_iter());
+    match file::create_segment(path).and_then(|f| Sink::start(f, &first)) {
+        Ok(next) => {
+            let done = std::mem::replace(sink, next);
+            done.trim();
+            older.push_front(done.file);
+            // The oldest was deleted by the shift.
+            older.truncate(SEGMENTS as usize - 1);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            let _ = fs::rename(segment_path(path, 1), path);
+            Err(e)
+        }
+    }
+}
+
+/// Now on the kernel's monotonic clock, which dates every entry.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; the clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `FILE.2` -> `FILE.3`, `FILE.1` -> `FILE.2`, `FILE` -> `FILE.1`; the oldest goes.
@@ -436,26 +680,4 @@ pub fn segment_path(path: &Path, n: u64) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(format!(".{n}"));
     PathBuf::from(p)
-}
-
-/// Refuses to overwrite a file that exists, is not empty and is not a recording.
-fn refuse_foreign(path: &Path) -> Result<(), RecordError> {
-    let mut magic = [0u8; MAGIC.len()];
-    let n = match OpenOptions::new().read(true).open(path) {
-        Ok(mut f) => f.read(&mut magic).unwrap_or(0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
-            return Err(RecordError::Create {
-                path: path.to_owned(),
-                error,
-            })
-        }
-    };
-    if n == 0 || magic[..n] == MAGIC[..n] {
-        Ok(())
-    } else {
-        Err(RecordError::NotARecording {
-            path: path.to_owned(),
-        })
-    }
 }

@@ -25,8 +25,8 @@ use crate::{
     model::{HeldBy, IoOp, Ownership, Socket, Stay, Target, Thresholds},
     output::{
         summary::{self, ServicePort},
-        LiveInfo, Offender, Outcome, Output, ReportInfo, Rfc3339, SocketReport, StateTime,
-        SummaryReason, TextStyle, TransitionCount, WallClock,
+        LiveInfo, Offender, Outcome, Output, RecordingStopped, ReportInfo, Rfc3339, SocketReport,
+        StateTime, SummaryReason, TextStyle, TransitionCount, WallClock,
     },
     record::Entry,
 };
@@ -126,6 +126,10 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
             lost: replay.live.lost,
             unrecorded: replay.live.unrecorded,
             stopped: replay.live.stop.is_some(),
+            recording_stopped: replay.live.failed.as_ref().map(|f| RecordingStopped {
+                time: Rfc3339(clock.at(f.ts_ns)),
+                error: f.error.clone(),
+            }),
         },
         warnings: &warnings,
     };
@@ -203,12 +207,33 @@ fn live_warnings(replay: &Replay, clock: &WallClock) -> Vec<String> {
         ));
     }
     if live.unrecorded > 0 {
-        w.push(format!(
-            "the recording left out {} entries because the disk could not keep up",
-            live.unrecorded
-        ));
+        w.push(match live.failed {
+            Some(_) => format!(
+                "the recording left out {} entries: those after it stopped, and any the disk \
+                 could not keep up with before",
+                live.unrecorded
+            ),
+            None => format!(
+                "the recording left out {} entries because the disk could not keep up",
+                live.unrecorded
+            ),
+        });
     }
-    if live.stop.is_none() {
+    if let Some(f) = &live.failed {
+        // The live run knew and went on: not killed.
+        let end = match &live.stop {
+            Some(s) => format!(
+                "the live run went on to {} without recording",
+                Rfc3339(clock.at(s.ts_ns))
+            ),
+            None => "the end of the live run was not recorded either".to_owned(),
+        };
+        w.push(format!(
+            "recording stopped at {}: {}; {end}; it is reported up to then",
+            Rfc3339(clock.at(f.ts_ns)),
+            f.error
+        ));
+    } else if live.stop.is_none() {
         w.push(format!(
             "the recording has no stop entry: the live run was killed or is still running; \
              it is reported up to {}",

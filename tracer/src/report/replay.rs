@@ -12,7 +12,7 @@ use crate::{
     aggregate::Resolved,
     decode::Transition,
     model::{Endpoints, Ownership, Socket, SocketKey, State, Stay, Target, Thresholds},
-    record::{Entry, Header, SocketEntry, StopEntry},
+    record::{Entry, FailedEntry, Header, SocketEntry, StopEntry},
     stuck::{Decision, Engine, Flag},
 };
 
@@ -77,10 +77,12 @@ pub struct Live {
     pub resolved: u64,
     /// The probe's drop counter at its last report.
     pub lost: u64,
-    /// Entries the recorder left out (disk too slow).
+    /// Entries the recorder left out (disk too slow, or failing).
     pub unrecorded: u64,
     /// The stop entry, absent when the run was cut.
     pub stop: Option<StopEntry>,
+    /// Writing the recording failed here: what follows is the stop entry alone.
+    pub failed: Option<FailedEntry>,
 }
 
 /// The incident, rebuilt.
@@ -141,13 +143,15 @@ impl Replay {
     /// transitions; the caller skips the checkpoint of a segment that follows the previous
     /// one.
     pub fn entry(&mut self, entry: Entry, snapshot: bool) {
-        // The recording lasted at least to its latest entry (its stop, if it has one).
+        // The recording lasted at least to its latest entry (its stop, if it has one; not
+        // past a failure, after which nothing was recorded).
         let seen = match &entry {
             Entry::Owners(o) => o.ts_ns,
             Entry::Stuck(s) => s.ts_ns,
             Entry::Resolved(r) => r.ts_ns,
             Entry::Lost { ts_ns, .. } => *ts_ns,
-            Entry::Stop(s) => s.ts_ns,
+            Entry::Stop(s) if self.live.failed.is_none() => s.ts_ns,
+            Entry::Failed(f) => f.ts_ns,
             Entry::Gone(g) => g.ts_ns,
             _ => 0,
         };
@@ -168,7 +172,12 @@ impl Replay {
             Entry::Resolved(_) => self.live.resolved += 1,
             Entry::Lost { total, .. } => self.live.lost = self.live.lost.max(total),
             Entry::Gap { entries } => self.live.unrecorded += entries,
-            Entry::Stop(stop) => self.live.stop = Some(stop),
+            Entry::Stop(stop) => {
+                // Its count includes what the gaps of rotated-away segments said.
+                self.live.unrecorded = self.live.unrecorded.max(stop.unrecorded);
+                self.live.stop = Some(stop);
+            }
+            Entry::Failed(f) => self.live.failed = Some(f),
             // A later segment's header: the caller handles segments.
             Entry::Header(_) => {}
         }

@@ -11,7 +11,7 @@ use std::{
     collections::VecDeque,
     io::{self, Write},
     sync::Arc,
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -89,7 +89,7 @@ pub(super) struct Session<W: Write, E: Write> {
     attribution_failed: bool,
     /// Reading the probe's last send/receive failed once (warned about).
     io_failed: bool,
-    /// `--record`: dropped (with a warning) if writing fails.
+    /// `--record`: after a failed write (said once), it counts what it leaves out.
     recorder: Option<Recorder>,
     pub(super) counts: Counts,
     /// Reused between batches.
@@ -242,28 +242,28 @@ impl<W: Write, E: Write> Session<W, E> {
             });
             if let Err(e) = flushed {
                 eprintln!("tracer: warning: {e}; the live trace goes on");
-                self.recorder = None;
             }
         }
         self.output.flush()
     }
 
-    /// Writes the stop entry and closes the recording; returns the entries it left out.
-    pub(super) fn finish_recording(&mut self, end_ns: u64) -> u64 {
-        let Some(r) = self.recorder.take() else {
+    /// Writes the stop entry and closes the recording, waiting for its disk until
+    /// `deadline` at most; returns the entries it left out.
+    pub(super) fn finish_recording(&mut self, end_ns: u64, deadline: Instant) -> u64 {
+        let Some(mut r) = self.recorder.take() else {
             return 0;
         };
-        let unrecorded = r.unrecorded();
         let stop = StopEntry {
             ts_ns: end_ns,
             events: self.counts.events,
             lost: self.counts.lost,
-            unrecorded,
+            // The recorder counts.
+            unrecorded: 0,
         };
-        if let Err(e) = r.finish(stop) {
+        if let Err(e) = r.finish(stop, deadline) {
             eprintln!("tracer: warning: {e}");
         }
-        unrecorded
+        r.unrecorded()
     }
 
     fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
