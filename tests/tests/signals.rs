@@ -400,3 +400,110 @@ fn a_full_disk_stops_the_recording_and_the_stop_record_says_what_was_left_out() 
     assert!(warnings.contains("recording stopped at "), "{warnings}");
     assert!(!warnings.contains("killed"), "{warnings}");
 }
+
+/// An ext4 file system on a loop device, mounted on a fresh directory; unmounted when
+/// dropped.
+struct LoopDisk {
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A [`LoopDisk`] frozen, as a hung disk is: every write to it waits. Thawed when dropped,
+/// which must come before a tracer writing to it is killed and reaped: a thread waiting
+/// in the kernel holds its process's exit.
+struct Frozen<'a>(&'a LoopDisk);
+
+impl LoopDisk {
+    /// `None`, with the reason printed, where loop devices or ext4 are missing (some
+    /// kernels the suite runs on have them as modules nobody loaded).
+    fn mount() -> Option<LoopDisk> {
+        let dir = scratch_dir();
+        let image = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        File::create(&image).unwrap().set_len(32 << 20).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        let mounted = quietly("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()])
+            && quietly(
+                "mount",
+                &["-o", "loop", image.to_str().unwrap(), mnt.to_str().unwrap()],
+            );
+        if !mounted {
+            eprintln!("NOT EXERCISED: a hung recording disk (no loop device or ext4 here)");
+            return None;
+        }
+        Some(LoopDisk { mnt, _dir: dir })
+    }
+
+    fn freeze(&self) -> Frozen<'_> {
+        assert!(
+            quietly("fsfreeze", &["-f", self.mnt.to_str().unwrap()]),
+            "fsfreeze -f"
+        );
+        Frozen(self)
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        quietly("umount", &[self.mnt.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        quietly("fsfreeze", &["-u", self.0.mnt.to_str().unwrap()]);
+    }
+}
+
+/// Runs `program ARGS` without its output; whether it succeeded.
+fn quietly(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_hung_recording_disk_does_not_hold_the_end_of_the_run() {
+    if !privileged("a_hung_recording_disk_does_not_hold_the_end_of_the_run") {
+        return;
+    }
+    let Some(disk) = LoopDisk::mount() else {
+        return;
+    };
+    let rec = disk.mnt.join("hung.rec");
+    let (socket, port) = bound_socket(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let listener = listen(socket);
+    let mut tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    let frozen = disk.freeze();
+    // The recorder's thread hangs at its next write.
+    for _ in 0..500 {
+        closed_session(&listener);
+    }
+    let signalled = Instant::now();
+    tracer.signal(libc::SIGTERM);
+    tracer.wait_for("the stop record", |r| {
+        r.last().is_some_and(|r| r["type"] == "stop")
+    });
+    let took = signalled.elapsed();
+    eprintln!("recording disk hung: stop record {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The process exits once its thread is out of the kernel.
+    drop(frozen);
+    let (status, stderr) = tracer.stop_with(0);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "tracer: warning: the recording {} was still being written when the run had to end",
+            rec.display()
+        )),
+        "{stderr}"
+    );
+}
