@@ -2,6 +2,9 @@
 //! batches of sockets to look up, and hands their owners back in the order asked, waking
 //! the loop through a [`Notify`]. The loop never waits on sock_diag or `/proc`: a slow
 //! lookup delays the flags it was asked about, never the reading of the ring buffer.
+//!
+//! Nothing here may print: the loop's output holds stderr locked for the whole run, and
+//! the loop may be waiting for this thread (at the end of the run).
 
 use std::{
     io,
