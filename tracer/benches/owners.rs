@@ -25,6 +25,17 @@ fn inode(fd: &impl AsRawFd) -> u64 {
         .ino()
 }
 
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm's resident pages");
+    pages * 4096
+}
+
 /// Runs one lookup and prints what it cost.
 fn lookup(what: &str, index: &mut FdIndex, proc: &ProcFs, inodes: &HashSet<u64>) {
     let start = Instant::now();
@@ -66,7 +77,12 @@ fn main() {
     let mut index = FdIndex::default();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let first: HashSet<u64> = [inode(&listener)].into();
+    let before = rss();
     lookup("first lookup (reads all)", &mut index, &proc, &first);
+    println!(
+        "owners: the index takes {:.1} MiB of RSS",
+        (rss() - before) as f64 / f64::from(1 << 20)
+    );
 
     let addr = listener.local_addr().expect("address");
     let mut kept = Vec::new();

@@ -285,7 +285,7 @@ pub fn run(tracer: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
         max_rss_kib
     );
     println!(
-        "recording: {:.1} MiB on disk within a budget of {} MiB, {} entries left out",
+        "recording: {:.1} MiB on disk (budget {} MiB), {} entries left out",
         recorded as f64 / f64::from(1 << 20),
         budget >> 20,
         field("unrecorded")
