@@ -49,8 +49,11 @@ const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
 /// Output waiting for a slow reader of stdout beyond which the loop stops reading the
 /// probe, until the reader catches up (the kernel counts what it then drops as lost).
 const OUT_BACKLOG: usize = 4 << 20;
-/// How long the end of a run waits for the reader of stdout and for the recording's disk:
-/// with the final reads and the detaching, a run ends within a second of its signal.
+/// How long the end of a run waits for the recording's disk, and for the reader of stdout
+/// after it: with the final reads and the detaching, a run ends within a second of its
+/// signal. The disk's wait ends first, so that a hung disk leaves the totals time to reach
+/// a reader of stdout.
+const RECORD_GRACE: Duration = Duration::from_millis(400);
 const STOP_GRACE: Duration = Duration::from_millis(800);
 
 /// Runs `tracer watch` with `args`, writing records to `out` (from a thread of its own)
@@ -203,7 +206,8 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
     let Some(reason) = follow(&mut session, &probe, &mut ring, args, signals).await? else {
         return Ok(());
     };
-    let deadline = Instant::now() + STOP_GRACE;
+    let stopping = Instant::now();
+    let deadline = stopping + STOP_GRACE;
 
     // Detach first: then the ring and the drop counter are final, and the totals account
     // for every transition the probe saw.
@@ -216,7 +220,7 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
         .and_then(|()| session.check_losses(&probe))
         .and_then(|()| written(session.summary(SummaryReason::Stop, end_ns)));
     // The recording is finished even when stdout has gone away.
-    let unrecorded = session.finish_recording(end_ns, deadline);
+    let unrecorded = session.finish_recording(end_ns, stopping + RECORD_GRACE);
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
@@ -309,7 +313,7 @@ async fn follow<E: Write>(
             _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
         };
         if quiet_on_broken_pipe(step)? {
-            session.finish_recording(monotonic_ns(), Instant::now() + STOP_GRACE);
+            session.finish_recording(monotonic_ns(), Instant::now() + RECORD_GRACE);
             return Ok(None);
         }
     };
