@@ -49,11 +49,11 @@ const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
 /// Output waiting for a slow reader of stdout beyond which the loop stops reading the
 /// probe, until the reader catches up (the kernel counts what it then drops as lost).
 const OUT_BACKLOG: usize = 4 << 20;
-/// How long the end of a run waits for the recording's disk, and for the reader of stdout
-/// after it: with the final reads and the detaching, a run ends within a second of its
-/// signal. The disk's wait ends first, so that a hung disk leaves the totals time to reach
-/// a reader of stdout.
+/// How long, from its signal, the end of a run waits for the recording's disk: less than
+/// [`STOP_GRACE`], so that a hung disk leaves the totals time to reach stdout.
 const RECORD_GRACE: Duration = Duration::from_millis(400);
+/// How long, from its signal, the end of a run waits for the reader of stdout: with the
+/// final reads and the detaching, a run ends within a second.
 const STOP_GRACE: Duration = Duration::from_millis(800);
 
 /// Runs `tracer watch` with `args`, writing records to `out` (from a thread of its own)
@@ -356,9 +356,10 @@ fn quiet_on_broken_pipe(r: anyhow::Result<()>) -> anyhow::Result<bool> {
 fn terminal_hung_up() -> bool {
     let mut hung_up = false;
     for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: a termios of our own for tcgetattr to fill; fd is only read.
+        // SAFETY: termios is plain data, for which zeroes are valid.
         let mut termios = unsafe { std::mem::zeroed::<libc::termios>() };
         // A hung-up terminal refuses even this with EIO; other files say ENOTTY.
+        // SAFETY: tcgetattr writes one termios we own.
         if unsafe { libc::tcgetattr(fd, &mut termios) } == 0
             || io::Error::last_os_error().raw_os_error() != Some(libc::EIO)
         {
