@@ -100,8 +100,12 @@ impl Queued {
         })
     }
 
-    /// Bytes written to the queue and not yet to the stream.
+    /// Bytes written to the queue and not yet to the stream; none once the stream has
+    /// failed, since they never will be (the next write says why).
     pub fn backlog(&self) -> usize {
+        if self.shared.failed.load(Relaxed) {
+            return 0;
+        }
         self.buf.len() + self.shared.queued.load(Relaxed)
     }
 
@@ -353,6 +357,7 @@ mod tests {
             matches!(&err, CloseError::Failed(e) if e.kind() == io::ErrorKind::BrokenPipe),
             "{err}"
         );
+        assert_eq!(q.backlog(), 0, "nothing waits for a stream that failed");
         assert_eq!(
             q.write_all(b"more\n").unwrap_err().kind(),
             io::ErrorKind::BrokenPipe

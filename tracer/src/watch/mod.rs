@@ -51,8 +51,11 @@ const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
 /// Output waiting for a slow reader of stdout beyond which the loop stops reading the
 /// probe, until the reader catches up (the kernel counts what it then drops as lost).
 const OUT_BACKLOG: usize = 4 << 20;
-/// How long the end of a run waits for the reader of stdout and for the recording's disk:
-/// with the final reads and the detaching, a run ends within a second of its signal.
+/// How long, from its signal, the end of a run waits for the recording's disk: less than
+/// [`STOP_GRACE`], so that a hung disk leaves the totals time to reach stdout.
+const RECORD_GRACE: Duration = Duration::from_millis(400);
+/// How long, from its signal, the end of a run waits for the reader of stdout: with the
+/// final reads and the detaching, a run ends within a second.
 const STOP_GRACE: Duration = Duration::from_millis(800);
 
 /// Runs `tracer watch` with `args`, writing records to `out` (from a thread of its own)
@@ -217,7 +220,8 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
     let Some(reason) = follow(&mut session, &probe, &mut ring, args, signals).await? else {
         return Ok(());
     };
-    let deadline = Instant::now() + STOP_GRACE;
+    let stopping = Instant::now();
+    let deadline = stopping + STOP_GRACE;
 
     // Detach first: then the ring and the drop counter are final, and the totals account
     // for every transition the probe saw.
@@ -230,7 +234,7 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
         .and_then(|()| session.check_losses(&probe))
         .and_then(|()| written(session.summary(SummaryReason::Stop, end_ns)));
     // The recording is finished even when stdout has gone away.
-    let unrecorded = session.finish_recording(end_ns, deadline);
+    let unrecorded = session.finish_recording(end_ns, stopping + RECORD_GRACE);
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
@@ -325,7 +329,7 @@ async fn follow<E: Write>(
             _ = owners_ready.notified() => written(session.owners_found(probe)),
         };
         if quiet_on_broken_pipe(step)? {
-            session.finish_recording(monotonic_ns(), Instant::now() + STOP_GRACE);
+            session.finish_recording(monotonic_ns(), Instant::now() + RECORD_GRACE);
             return Ok(None);
         }
     };
@@ -372,9 +376,10 @@ fn quiet_on_broken_pipe(r: anyhow::Result<()>) -> anyhow::Result<bool> {
 fn terminal_hung_up() -> bool {
     let mut hung_up = false;
     for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: a termios of our own for tcgetattr to fill; fd is only read.
+        // SAFETY: termios is plain data, for which zeroes are valid.
         let mut termios = unsafe { std::mem::zeroed::<libc::termios>() };
         // A hung-up terminal refuses even this with EIO; other files say ENOTTY.
+        // SAFETY: tcgetattr writes one termios we own.
         if unsafe { libc::tcgetattr(fd, &mut termios) } == 0
             || io::Error::last_os_error().raw_os_error() != Some(libc::EIO)
         {
