@@ -347,9 +347,17 @@ mod tests {
     #[test]
     fn a_failed_write_is_returned_to_the_writer() {
         let (mut q, go, _got) = gated();
-        drop(go);
-        q.write_all(b"line\n").unwrap();
+        q.write_all(b"one\n").unwrap();
         q.flush().unwrap();
+        // Once the thread is writing it, more waits behind it, and is never written.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !q.shared.lock().pending.is_empty() {
+            assert!(Instant::now() < deadline, "the thread never took the bytes");
+            thread::yield_now();
+        }
+        q.write_all(b"two\n").unwrap();
+        q.flush().unwrap();
+        drop(go);
         let err = q
             .close(Instant::now() + Duration::from_secs(10))
             .unwrap_err();
