@@ -163,6 +163,11 @@ impl Tracer {
         &self.records
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` to the tracer.
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.
@@ -593,6 +598,29 @@ impl Drop for NamedNetns {
     }
 }
 
+/// Nanoseconds since the epoch of a time as the tracer's JSON writes it, RFC 3339 in UTC
+/// (`2026-11-26T17:36:27.497796406Z`).
+pub fn epoch_ns(time: &str) -> u64 {
+    let parsed = (|| {
+        let (date, clock) = time.strip_suffix('Z')?.split_once('T')?;
+        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+        let mut t = hms.split(':').map(|p| p.parse::<u64>().ok());
+        let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+        let nanos: u64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+        let days =
+            u64::try_from(era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468).ok()?;
+        Some(((days * 86_400 + h * 3600 + min * 60 + sec) * 1_000_000_000) + nanos)
+    })();
+    parsed.unwrap_or_else(|| panic!("not an RFC 3339 UTC time: {time:?}"))
+}
+
 /// Runs `tracer ARGS` to its end and returns its JSON Lines (for `tracer report`).
 pub fn run_tracer(args: &[&str]) -> Vec<Value> {
     let out = Command::new(tracer_bin())
@@ -612,10 +640,71 @@ pub fn run_tracer(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// Idle loopback connections held by a process of their own (`tests/src/bin/idle.rs`),
+/// two ESTABLISHED sockets each. Killed when dropped.
+pub struct Idle {
+    child: Child,
+}
+
+impl Idle {
+    /// At least `sockets` idle sockets, in as few processes as this process's hard
+    /// descriptor limit (which they inherit) allows; returns once all are open.
+    pub fn hold(sockets: usize) -> Vec<Idle> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct passed.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        // A few descriptors for the process itself beside its sockets.
+        let per_process = (limit.rlim_max.saturating_sub(64) / 2).max(1) as usize;
+        let mut left = sockets.div_ceil(2);
+        let mut started = Vec::new();
+        while left > 0 {
+            let n = left.min(per_process);
+            started.push(Idle::spawn(n));
+            left -= n;
+        }
+        started
+    }
+
+    /// Starts one holding `connections` connections, and waits until they are open.
+    pub fn spawn(connections: usize) -> Idle {
+        let mut child = Command::new(helper_bin("idle"))
+            .arg(connections.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start idle");
+        let mut first = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut first);
+        if first.trim() != "ready" {
+            let _ = child.kill();
+            panic!("idle did not say `ready` but {first:?} (its stderr is above)");
+        }
+        Idle { child }
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `leaky` binary: cargo builds it beside the test executables' `deps` directory
 /// (what `CARGO_BIN_EXE_leaky` names, which only the test crates get), also when they are
 /// run without cargo, as `cargo xtask test` and its guests do.
 fn leaky_bin() -> PathBuf {
+    helper_bin("leaky")
+}
+
+/// A binary of this crate, `name`, found as [`leaky_bin`] says.
+fn helper_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
     let dir = if dir.ends_with("deps") {
@@ -623,10 +712,10 @@ fn leaky_bin() -> PathBuf {
     } else {
         dir
     };
-    let path = dir.join("leaky");
+    let path = dir.join(name);
     assert!(
         path.is_file(),
-        "no leaky binary at {}; `cargo test -p integration-tests` builds it",
+        "no {name} binary at {}; `cargo test -p integration-tests` builds it",
         path.display()
     );
     path

@@ -16,14 +16,32 @@ fn stuck(records: &[Value]) -> Vec<&Value> {
     records.iter().filter(|r| r["type"] == "stuck").collect()
 }
 
+/// The stuck records of `leaky`'s sockets (its namespace and port), among others the host
+/// may have.
+fn stuck_of<'a>(records: &'a [Value], leaky: &Leaky) -> Vec<&'a Value> {
+    let netns = leaky.netns();
+    stuck(records)
+        .into_iter()
+        .filter(|r| r["netns"] == netns && r["sport"] == leaky.port)
+        .collect()
+}
+
+/// Waits until each of `leakies` has a stuck record per leak; returns the records.
+fn wait_flagged(tracer: &mut Tracer, leakies: &[&Leaky]) -> Vec<Value> {
+    tracer
+        .wait_for("every leak flagged", |r| {
+            leakies
+                .iter()
+                .all(|l| stuck_of(r, l).len() >= l.leaks.len())
+        })
+        .to_vec()
+}
+
 /// Checks that `leaky` owns exactly its leaked sockets among `records`' stuck records, with
 /// the right pid, fds and namespace.
 fn assert_flagged(records: &[Value], leaky: &Leaky, family: &str) {
     let netns = leaky.netns();
-    let mine: Vec<&Value> = stuck(records)
-        .into_iter()
-        .filter(|r| r["netns"] == netns)
-        .collect();
+    let mine = stuck_of(records, leaky);
     assert_eq!(
         mine.len(),
         leaky.leaks.len(),
@@ -53,9 +71,7 @@ fn leaks_in_named_and_anonymous_namespaces(test: &str, ip: IpAddr, family: &str)
     let in_anonymous = Leaky::spawn_in(&Leaky::anonymous_netns(), ip, 0, 2);
     assert_ne!(in_named.netns(), in_anonymous.netns());
     assert_ne!(in_named.netns(), NamedNetns::own());
-    let records = tracer
-        .wait_for("four stuck records", |r| stuck(r).len() >= 4)
-        .to_vec();
+    let records = wait_flagged(&mut tracer, &[&in_named, &in_anonymous]);
     assert_flagged(&records, &in_named, family);
     assert_flagged(&records, &in_anonymous, family);
     drop((in_named, in_anonymous));
@@ -90,10 +106,9 @@ fn the_same_addresses_in_two_namespaces_are_two_sockets() {
     // 127.0.0.1:8080 <- 127.0.0.1:40000 in both.
     let in_a = Leaky::spawn_pair_in(&a.exec(), 8080, 40000);
     let in_b = Leaky::spawn_pair_in(&b.exec(), 8080, 40000);
-    let records = tracer
-        .wait_for("two stuck records", |r| stuck(r).len() >= 2)
-        .to_vec();
-    let flagged = stuck(&records);
+    let records = wait_flagged(&mut tracer, &[&in_a, &in_b]);
+    let mut flagged = stuck_of(&records, &in_a);
+    flagged.extend(stuck_of(&records, &in_b));
     assert_eq!(flagged.len(), 2, "{flagged:#?}");
     for r in &flagged {
         let leaky = [&in_a, &in_b]
@@ -130,16 +145,9 @@ fn a_leak_in_a_namespace_before_start_is_flagged_with_a_lower_bound_age() {
     let named = NamedNetns::new("before");
     let leaky = Leaky::spawn_in(&named.exec(), V4, 0, 1);
     let mut tracer = Tracer::start(&["--close-wait", "1s"]);
-    let records = tracer
-        .wait_for("a stuck record", |r| {
-            stuck(r).iter().any(|r| r["netns"] == leaky.netns())
-        })
-        .to_vec();
+    let records = wait_flagged(&mut tracer, &[&leaky]);
     assert_flagged(&records, &leaky, "ipv4");
-    let r = stuck(&records)
-        .into_iter()
-        .find(|r| r["netns"] == leaky.netns())
-        .unwrap();
+    let r = stuck_of(&records, &leaky)[0];
     assert_eq!(r["age_is_lower_bound"], true, "{r}");
     assert_eq!(r["sk"], Value::Null, "from the snapshot: {r}");
     drop(leaky);
@@ -154,11 +162,7 @@ fn a_process_in_its_own_pid_namespace_is_named_by_its_host_pid() {
     let mut tracer = Tracer::start(&["--close-wait", "1s"]);
     let leaky = Leaky::spawn_in(&Leaky::own_pid_namespace(), V4, 0, 1);
     assert_ne!(leaky.pid, 1, "the host's pid, not the one inside");
-    let records = tracer
-        .wait_for("a stuck record", |r| {
-            stuck(r).iter().any(|r| r["sport"] == leaky.port)
-        })
-        .to_vec();
+    let records = wait_flagged(&mut tracer, &[&leaky]);
     assert_flagged(&records, &leaky, "ipv4");
     drop(leaky);
     tracer.stop();
@@ -174,9 +178,7 @@ fn netns_filter_keeps_exactly_one_namespace() {
     let mut tracer = Tracer::start(&["--events", "--close-wait", "1s", "--netns", &kept.path()]);
     let in_other = Leaky::spawn_in(&other.exec(), V4, 0, 2);
     let in_kept = Leaky::spawn_in(&kept.exec(), V4, 0, 2);
-    let records = tracer
-        .wait_for("the kept namespace's leaks", |r| stuck(r).len() >= 2)
-        .to_vec();
+    let records = wait_flagged(&mut tracer, &[&in_kept]);
     assert_flagged(&records, &in_kept, "ipv4");
     drop((in_kept, in_other));
     let records = tracer.stop();
@@ -210,9 +212,8 @@ fn a_report_names_the_live_owners_and_namespaces() {
     let named = NamedNetns::new("report");
     let mut tracer = Tracer::start(&["--close-wait", "1s", "--record", file.to_str().unwrap()]);
     let leaky = Leaky::spawn_in(&named.exec(), V4, 0, 2);
-    let live = tracer
-        .wait_for("two stuck records", |r| stuck(r).len() >= 2)
-        .to_vec();
+    let live = wait_flagged(&mut tracer, &[&leaky]);
+    let netns = leaky.netns();
     drop(leaky);
     tracer.stop();
     let report = run_tracer(&[
@@ -233,8 +234,15 @@ fn a_report_names_the_live_owners_and_namespaces() {
             r["held_by"].clone(),
         )
     };
-    let mut live: Vec<_> = stuck(&live).into_iter().map(key).collect();
-    let mut reported: Vec<_> = stuck(&report).into_iter().map(key).collect();
+    let ours = |records: &[Value]| -> Vec<_> {
+        stuck(records)
+            .into_iter()
+            .filter(|r| r["netns"] == netns)
+            .map(key)
+            .collect()
+    };
+    let (mut live, mut reported) = (ours(&live), ours(&report));
+    assert_eq!(live.len(), 2, "{live:?}");
     live.sort_by_key(|k| format!("{k:?}"));
     reported.sort_by_key(|k| format!("{k:?}"));
     assert_eq!(reported, live);

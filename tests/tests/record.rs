@@ -700,5 +700,15 @@ fn the_budget_holds_with_tens_of_thousands_of_sockets_open() {
         "{stderr}"
     );
     assert!(stderr.contains("left out"), "{stderr}");
+    // Where the recording stopped, and why, as after a full disk; not a killed run.
+    assert!(
+        report[0]["live"]["recording_stopped"]["error"]
+            .as_str()
+            .is_some_and(|e| e == "--record-max-size 4MiB reached without room to rotate"),
+        "{}",
+        report[0]["live"]
+    );
+    assert!(stderr.contains("recording stopped at "), "{stderr}");
+    assert!(!stderr.contains("killed"), "{stderr}");
     drop(held);
 }

@@ -112,10 +112,10 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub summary_interval: Duration,
 
-    /// Most sockets kept in memory (about 210 bytes each); beyond it the oldest in
-    /// unwatched states are dropped, and counted. The kernel keeps last send/receive
-    /// notes for a quarter as many (104 bytes each).
-    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
+    /// Most sockets kept in memory (about 210 bytes each), at most 4194304; beyond it the
+    /// oldest in unwatched states are dropped, and counted. The kernel keeps last
+    /// send/receive notes for a quarter as many (104 bytes each, allocated at start).
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=MAX_SOCKETS as i64))]
     pub max_sockets: u32,
 
     /// Also record every transition, the sockets open at start, the owners found and every
@@ -272,6 +272,28 @@ impl Cli {
         }
         Ok(cli)
     }
+}
+
+/// Largest `--max-sockets`: about 880 MiB of table and 104 MiB of kernel notes, beyond
+/// which a host needs sampling rather than a bigger table.
+pub const MAX_SOCKETS: u32 = 1 << 22;
+
+/// An error and its causes on one line, `what failed: why`, leaving out a cause whose
+/// words the line already holds (library errors often repeat their source in their own
+/// message, which `{:#}` would print again).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// A network namespace: an inode number, or a path to a namespace file (`/proc/PID/ns/net`,
@@ -503,6 +525,45 @@ pub fn parse_state(s: &str) -> Result<TcpState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_is_an_inode_or_a_namespace_file() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(parse_netns("4026531840"), Ok(4026531840));
+        assert!(parse_netns("0").is_err());
+        assert!(parse_netns("99999999999").is_err());
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(parse_netns("/proc/self/ns/net").map(u64::from), Ok(own));
+        let not_ns = parse_netns("/proc/self/status").unwrap_err();
+        assert!(not_ns.contains("not a namespace file"), "{not_ns}");
+        let pid_ns = parse_netns("/proc/self/ns/pid").unwrap_err();
+        assert!(pid_ns.contains("not a network namespace"), "{pid_ns}");
+        assert!(parse_netns("/nonexistent/ns")
+            .unwrap_err()
+            .contains("No such file"));
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("creating map SOCKET_IO failed: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = anyhow::Error::new(Repeats(std::io::Error::from_raw_os_error(libc::ENOMEM)))
+            .context("loading the probe failed");
+        assert_eq!(
+            error_line(&e),
+            "loading the probe failed: creating map SOCKET_IO failed: Cannot allocate memory (os error 12)"
+        );
+    }
+
+    #[test]
+    fn max_sockets_is_bounded() {
+        let parse = |n: &str| Cli::try_parse_checked(["tracer", "watch", "--max-sockets", n]);
+        assert!(parse("4194304").is_ok());
+        let err = parse("4294967295").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("1024..=4194304"), "{err}");
+    }
 
     fn parse(args: &[&str]) -> Result<WatchArgs, clap::Error> {
         match parse_cli(args)?.command {

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Watch(args) => tracer::watch::run(args, std::io::stdout().lock()).await,
+            Command::Watch(args) => tracer::watch::run(args, std::io::stdout()).await,
             Command::Report(args) => {
                 tracer::report::run(args, std::io::stdout().lock(), std::io::stderr())
             }
@@ -34,6 +34,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("tracer: error: {e:#}");
+    eprintln!("tracer: error: {}", tracer::cli::error_line(&e));
     ExitCode::FAILURE
 }

@@ -15,18 +15,51 @@
 //! - **evicted**: the table was full and dropped sockets.
 //!
 //! A stuck socket that the kernel no longer has in that state ([`Engine::gone`]) is dropped
-//! without a resolution: its transition was lost.
+//! without a resolution: its transition was lost. After lost transitions (or evictions),
+//! [`Engine::reconcile`] sets the whole table right against the kernel's own list.
 
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
 };
 
+use tracer_common::TcpState;
+
 use crate::{
     aggregate::{Resolved, Table, TableStats},
     decode::Transition,
-    model::{Ownership, SnapshotSocket, Socket, SocketKey, State, Stay, Thresholds},
+    model::{Endpoints, Ownership, SnapshotSocket, Socket, SocketKey, State, Stay, Thresholds},
 };
+
+/// What [`Engine::reconcile`] changed, each socket as the table now holds it (or, for the
+/// removed ones, held it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Sockets the kernel no longer has: their last transitions were lost.
+    pub removed: Vec<(SocketKey, Socket)>,
+    /// Sockets the kernel has in another state than the table thought: as the table held
+    /// them, and as it holds them now, in the kernel's state since a lower bound.
+    pub corrected: Vec<(SocketKey, Socket, Socket)>,
+    /// Sockets the table did not have (their birth was lost, or a full table evicted
+    /// them), as from a snapshot.
+    pub added: Vec<(SocketKey, Socket)>,
+}
+
+impl Reconciliation {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.corrected.is_empty() && self.added.is_empty()
+    }
+}
+
+/// Whether the kernel's list of sockets (the start-up snapshot's) can show a socket in
+/// `state`: TIME_WAIT and the request and closed states are not listed as full sockets.
+fn listable(state: State) -> bool {
+    !matches!(
+        state.known(),
+        Some(TcpState::TimeWait | TcpState::Close | TcpState::NewSynRecv | TcpState::BoundInactive)
+    )
+}
 
 /// A socket whose stay in a watched state reached the state's threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +85,12 @@ impl Flag {
 pub enum Decision {
     Stuck(Flag),
     Resolved(Resolved),
-    /// A full table dropped `sockets` sockets, `stuck` of them flagged.
+    /// A full table dropped `sockets` sockets, `stuck` of them flagged, `watched` of them
+    /// in watched states.
     Evicted {
         sockets: u64,
         stuck: u64,
+        watched: u64,
     },
 }
 
@@ -67,8 +102,8 @@ pub struct Engine {
     start_ns: u64,
     /// Owners found for flagged stays: by the live run's attribution, or from a recording.
     owners: HashMap<Stay, Ownership>,
-    /// Evictions already reported as decisions.
-    evicted_seen: (u64, u64),
+    /// Evictions already reported as decisions: sockets, stuck, watched.
+    evicted_seen: (u64, u64, u64),
 }
 
 impl Engine {
@@ -79,7 +114,7 @@ impl Engine {
             table: Table::new(thresholds, cap),
             start_ns,
             owners: HashMap::new(),
-            evicted_seen: (0, 0),
+            evicted_seen: (0, 0, 0),
         }
     }
 
@@ -109,7 +144,7 @@ impl Engine {
     /// not follow the one before, whose checkpoint is the truth from here on.
     pub fn restart(&mut self, cap: usize) {
         self.table = Table::new(self.table.thresholds().clone(), cap);
-        self.evicted_seen = (0, 0);
+        self.evicted_seen = (0, 0, 0);
     }
 
     /// Applies one transition, after flagging what crossed its threshold before it.
@@ -171,6 +206,79 @@ impl Engine {
         self.owners.remove(&stay);
     }
 
+    /// Sets the table right against `listed`, the kernel's sockets as a snapshot listed them
+    /// from monotonic `listed_ns` on, after transitions were lost: sockets it does not list
+    /// are removed, those it lists in another state take that state, and those the table
+    /// lacks are added. Sockets `touched` by a transition since `listed_ns` are newer than
+    /// the list and left as they are. A flagged socket that is removed or corrected loses
+    /// its flag's stay without a resolution, as [`Engine::gone`] does.
+    pub fn reconcile(
+        &mut self,
+        listed: Vec<SnapshotSocket>,
+        touched: &HashSet<Endpoints>,
+        out: &mut Vec<Decision>,
+    ) -> Reconciliation {
+        let mut listed: HashMap<Endpoints, SnapshotSocket> = listed
+            .into_iter()
+            .filter(|s| !touched.contains(&s.ends))
+            .map(|s| (s.ends, s))
+            .collect();
+        let mut done = Reconciliation::default();
+        let held: Vec<(SocketKey, Socket)> = self
+            .table
+            .sockets()
+            .filter(|(_, s)| !touched.contains(&s.ends))
+            .map(|(k, s)| (k, *s))
+            .collect();
+        for (key, s) in held {
+            let kernel = listed.remove(&s.ends);
+            if !listable(s.state) {
+                continue;
+            }
+            match kernel {
+                Some(k) if k.state == s.state => {}
+                Some(k) => {
+                    self.owners.remove(&s.stay());
+                    let socket = Socket {
+                        state: k.state,
+                        // It entered the state after its last known transition.
+                        since_ns: k.since_ns.max(s.since_ns),
+                        since_is_lower_bound: true,
+                        flagged: false,
+                        ..s
+                    };
+                    self.table.forget(key);
+                    self.table.restore(key, socket);
+                    done.corrected.push((key, s, socket));
+                }
+                None => {
+                    self.owners.remove(&s.stay());
+                    self.table.forget(key);
+                    done.removed.push((key, s));
+                }
+            }
+        }
+        let mut missing: Vec<SnapshotSocket> = listed.into_values().collect();
+        missing.sort_by_key(|s| (s.since_ns, s.cookie));
+        for k in missing {
+            let key = SocketKey::Snapshot(k.cookie);
+            let socket = Socket {
+                id: 0,
+                ends: k.ends,
+                state: k.state,
+                since_ns: k.since_ns,
+                since_is_lower_bound: true,
+                origin: k.origin,
+                hint: None,
+                flagged: false,
+            };
+            self.table.restore(key, socket);
+            done.added.push((key, socket));
+        }
+        self.evictions(out);
+        done
+    }
+
     /// Remembers who owns a flagged stay.
     pub fn owned(&mut self, stay: Stay, ownership: Ownership) {
         self.owners.insert(stay, ownership);
@@ -207,13 +315,14 @@ impl Engine {
 
     fn evictions(&mut self, out: &mut Vec<Decision>) {
         let stats = self.table.stats();
-        let (sockets, stuck) = self.evicted_seen;
+        let (sockets, stuck, watched) = self.evicted_seen;
         if stats.evicted > sockets {
             out.push(Decision::Evicted {
                 sockets: stats.evicted - sockets,
                 stuck: stats.evicted_stuck - stuck,
+                watched: stats.evicted_watched - watched,
             });
-            self.evicted_seen = (stats.evicted, stats.evicted_stuck);
+            self.evicted_seen = (stats.evicted, stats.evicted_stuck, stats.evicted_watched);
         }
     }
 }

@@ -41,6 +41,20 @@ pub struct BenchArgs {
     /// report its size per transition.
     #[arg(long)]
     pub record: bool,
+    /// Measure a busy host instead: `--idle` sockets held open across processes, churn,
+    /// and `--leak` sockets leaked into CLOSE_WAIT at once; prints what was lost, how late
+    /// the leak's flags came, the tracer's CPU and RSS, and the recording's size.
+    #[arg(long)]
+    pub scale: bool,
+    /// With `--scale`: idle sockets to hold open (two per loopback connection).
+    #[arg(long, default_value_t = 200_000)]
+    pub idle: usize,
+    /// With `--scale`: sockets to leak at once.
+    #[arg(long, default_value_t = 2000)]
+    pub leak: usize,
+    /// With `--scale`: the CLOSE_WAIT threshold, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub close_wait: u64,
     /// Extra arguments for `tracer watch` (after `--`), e.g. `-- --events`.
     #[arg(last = true)]
     pub tracer_args: Vec<String>,
@@ -62,6 +76,9 @@ struct Traced {
 
 /// Runs the benchmark against the tracer binary at `tracer`.
 pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    if args.scale {
+        return crate::scale::run(tracer, args);
+    }
     let period = Duration::from_secs(args.seconds);
     eprintln!(
         "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads and {} request(s) per connection, without and with `tracer watch --format json {}{}`",
@@ -178,7 +195,7 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
 /// host's TIME_WAIT table fills during a run and empties in waves 60 s later, and each
 /// close costs more or less depending on which, swinging rounds by up to half. Nothing on
 /// the host changes; the tracepoint is kernel-wide, so the tracer sees this namespace too.
-fn isolate_network() -> anyhow::Result<()> {
+pub fn isolate_network() -> anyhow::Result<()> {
     // SAFETY: unshare affects only this (still single-threaded) process's namespaces;
     // threads spawned later inherit the new one.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -305,7 +322,7 @@ fn read_records(
 }
 
 /// CPU seconds used so far and peak RSS of process `pid`, from procfs.
-fn process_usage(pid: u32) -> (f64, u64) {
+pub fn process_usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
     let fields: Vec<&str> = stat

@@ -5,6 +5,7 @@ mod bench;
 #[allow(dead_code)] // build.rs uses the part that builds the probe
 mod bpf_toolchain;
 mod kernel;
+mod scale;
 mod setup;
 mod suite;
 
@@ -45,6 +46,9 @@ enum Task {
     },
     /// Set up, build, and measure the tracer's cost on loopback connection churn.
     Bench(bench::BenchArgs),
+    /// Hold loopback connections open for `bench --scale` (it runs this binary again).
+    #[command(hide = true)]
+    Hold(scale::HoldArgs),
 }
 
 /// The kernels `cargo xtask test` runs the privileged tests on.
@@ -118,6 +122,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             }
             bench::run(&build()?, &args)?;
         }
+        Task::Hold(args) => scale::hold(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,9 @@ pub struct TableStats {
     pub evicted: u64,
     /// Of those, sockets that were flagged stuck (their `resolved` will never come).
     pub evicted_stuck: u64,
+    /// Of those, sockets in watched states, flagged or not: the table is checked against
+    /// the kernel's list then, so that a leak among them is found again.
+    pub evicted_watched: u64,
 }
 
 /// The life of every socket, bounded by a cap.
@@ -325,6 +328,9 @@ impl Table {
                 self.stats.evicted += 1;
                 if s.flagged {
                     self.stats.evicted_stuck += 1;
+                }
+                if self.thresholds.get(s.state).is_some() {
+                    self.stats.evicted_watched += 1;
                 }
             }
         }

@@ -1,22 +1,26 @@
 //! Stage 4: names the processes that own sockets, the way `ss -p` does: sock_diag gives
-//! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode.
+//! each socket's inode, and `/proc/<pid>/fd` says which processes hold that inode, through
+//! an index kept between lookups and refreshed incrementally ([`fd_index`]).
 //!
 //! [`container`] reads the container or service an owner runs in from its cgroup, and
 //! [`Selection`] picks stuck sockets by owner.
 //!
 //! This runs only for sockets being flagged (and once at start, for the snapshot), never
-//! per event. The pid current at a transition is not used as the owner: transitions such
-//! as ESTABLISHED -> CLOSE_WAIT run in softirq, in whatever task happened to be running.
+//! per event, and in `watch` on a thread of its own ([`worker`]). The pid current at a
+//! transition is not used as the owner: transitions such as ESTABLISHED -> CLOSE_WAIT run
+//! in softirq, in whatever task happened to be running.
 //!
 //! Each network namespace has its own sockets, and sock_diag lists only those of the
 //! namespace its netlink socket was made in: a socket is looked up in the namespace its
 //! endpoints say ([`netns`] finds and enters them), and the snapshot lists every one.
 
 pub mod container;
+pub mod fd_index;
 pub mod netns;
 pub mod procfs;
 mod select;
 pub mod sock_diag;
+pub mod worker;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,6 +33,7 @@ use tracer_common::TcpState;
 use crate::model::{
     Endpoints, Family, HeldBy, Origin, Owner, Ownership, ProcessInfo, SnapshotSocket, State,
 };
+use fd_index::FdIndex;
 use netns::NetnsError;
 use procfs::{Holding, ProcFs};
 pub use select::Selection;
@@ -65,14 +70,14 @@ pub trait System {
     fn process(&mut self, pid: u32) -> Option<ProcessInfo>;
     /// Local ports the kernel picks for connect() (`ip_local_port_range`).
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16>;
-    /// How many descriptors a process has open now.
-    fn fd_count(&mut self, pid: u32) -> Option<usize>;
 }
 
-/// The running machine: sock_diag netlink in each network namespace, and `/proc`.
+/// The running machine: sock_diag netlink in each network namespace, and `/proc`, whose
+/// socket holders it keeps an index of.
 #[derive(Debug)]
 pub struct Host {
     proc: ProcFs,
+    index: FdIndex,
     netns: netns::Registry,
     /// The tracer's own namespace: listed through a plain socket, no helper thread.
     own: u32,
@@ -82,6 +87,7 @@ impl Default for Host {
     fn default() -> Self {
         Self {
             proc: ProcFs::default(),
+            index: FdIndex::default(),
             netns: netns::Registry::default(),
             own: netns::own(),
         }
@@ -158,15 +164,11 @@ impl System for Host {
     }
 
     fn holders(&mut self, inodes: &HashSet<u64>) -> Vec<Holding> {
-        self.proc.holders(inodes)
+        self.index.holders(&self.proc, inodes)
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcessInfo> {
         self.proc.process(pid)
-    }
-
-    fn fd_count(&mut self, pid: u32) -> Option<usize> {
-        self.proc.fd_count(pid)
     }
 
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16> {
@@ -355,6 +357,12 @@ impl<S: System> Attributor<S> {
         Attribution { owners, failed }
     }
 
+    /// Prepares what lookups build on (the index of socket holders reads every process
+    /// once), so that the first flags of a run wait no longer than later ones.
+    pub fn warm_up(&mut self) {
+        self.sys.holders(&HashSet::new());
+    }
+
     /// The TCP sockets that exist now (both families, every state a full socket can be
     /// in, in the namespaces this attributor covers), as the table's start-up snapshot at
     /// monotonic `now_ns`. Entry times are lower bounds: `now_ns`, or earlier where
@@ -426,11 +434,6 @@ impl<S: System> Attributor<S> {
             })
             .collect();
         Snapshot { sockets, failed }
-    }
-
-    /// How many descriptors process `pid` has open now.
-    pub fn fd_count(&mut self, pid: u32) -> Option<usize> {
-        self.sys.fd_count(pid)
     }
 }
 

@@ -2,8 +2,8 @@
 //! tests). Processes come and go during a scan; one that vanishes is skipped, not an error.
 //!
 //! The per-process files (status, limits, cmdline, cgroup) are parsed by the `procfs`
-//! crate. The descriptor scan, which touches every fd on the machine, is one `readlink`
-//! per fd here: `procfs`'s `FDInfo` costs four system calls per fd.
+//! crate. Reading a process's descriptors ([`Fds`], for the index of socket holders) is
+//! one `readlink` per fd here: `procfs`'s `FDInfo` costs four system calls per fd.
 
 use std::{
     collections::HashSet,
@@ -13,6 +13,7 @@ use std::{
 
 use procfs::process::{LimitValue, Process};
 
+use super::fd_index::Fds;
 use crate::model::ProcessInfo;
 
 /// The descriptors that refer to sockets of interest in one process.
@@ -29,6 +30,9 @@ pub struct Holding {
 #[derive(Clone, Debug)]
 pub struct ProcFs {
     root: PathBuf,
+    /// The size of a `/proc/PID/fd` directory is its descriptor count (Linux 6.2+; 0
+    /// before): told by our own, which is never empty.
+    sized: bool,
 }
 
 impl Default for ProcFs {
@@ -40,58 +44,9 @@ impl Default for ProcFs {
 impl ProcFs {
     /// The tree at `root`.
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// Every process holding a descriptor to one of `inodes`, in pid order.
-    pub fn holders(&self, inodes: &HashSet<u64>) -> Vec<Holding> {
-        let mut found = Vec::new();
-        let Ok(dir) = fs::read_dir(&self.root) else {
-            return found;
-        };
-        let mut link = PathBuf::new();
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let fd_dir = entry.path().join("fd");
-            // Gone, or a kernel thread, or not ours to read: nothing to attribute there.
-            let Ok(fds) = fs::read_dir(&fd_dir) else {
-                continue;
-            };
-            let mut holding = Holding {
-                pid,
-                fds: Vec::new(),
-                fd_count: 0,
-            };
-            for fd in fds.flatten() {
-                holding.fd_count += 1;
-                let name = fd.file_name();
-                link.clear();
-                link.push(&fd_dir);
-                link.push(&name);
-                let Ok(target) = fs::read_link(&link) else {
-                    continue;
-                };
-                if let Some(inode) = socket_inode(&target) {
-                    if inodes.contains(&inode) {
-                        if let Some(n) = name.to_str().and_then(|s| s.parse().ok()) {
-                            holding.fds.push((inode, n));
-                        }
-                    }
-                }
-            }
-            if !holding.fds.is_empty() {
-                holding.fds.sort_by_key(|&(_, fd)| fd);
-                found.push(holding);
-            }
-        }
-        found.sort_by_key(|h| h.pid);
-        found
+        let root = root.into();
+        let sized = fs::metadata(root.join("self/fd")).is_ok_and(|m| m.len() > 0);
+        Self { root, sized }
     }
 
     /// The inodes of the sockets process `pid` holds descriptors to (none once it is gone).
@@ -106,6 +61,9 @@ impl ProcFs {
 
     /// How many descriptors process `pid` has open; `None` when it has gone.
     pub fn fd_count(&self, pid: u32) -> Option<usize> {
+        if self.sized {
+            return self.count(pid);
+        }
         let p = Process::new_with_root(self.root.join(pid.to_string())).ok()?;
         p.fd_count().ok()
     }
@@ -134,6 +92,59 @@ impl ProcFs {
             fd_limit,
             cgroup,
         })
+    }
+}
+
+impl Fds for ProcFs {
+    fn pids(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    fn count(&self, pid: u32) -> Option<usize> {
+        if !self.sized {
+            return None;
+        }
+        let m = fs::metadata(self.root.join(pid.to_string()).join("fd")).ok()?;
+        usize::try_from(m.len()).ok()
+    }
+
+    fn read(&self, pid: u32) -> Option<(Vec<(u64, i32)>, usize)> {
+        let fd_dir = self.root.join(pid.to_string()).join("fd");
+        // Gone, or a kernel thread, or not ours to read: nothing to attribute there.
+        let fds = fs::read_dir(&fd_dir).ok()?;
+        let mut sockets = Vec::new();
+        let mut count = 0;
+        let mut link = PathBuf::new();
+        for fd in fds.flatten() {
+            count += 1;
+            let name = fd.file_name();
+            link.clear();
+            link.push(&fd_dir);
+            link.push(&name);
+            let Ok(target) = fs::read_link(&link) else {
+                continue;
+            };
+            if let Some(inode) = socket_inode(&target) {
+                if let Some(n) = name.to_str().and_then(|s| s.parse().ok()) {
+                    sockets.push((inode, n));
+                }
+            }
+        }
+        Some((sockets, count))
+    }
+
+    fn socket_at(&self, pid: u32, fd: i32) -> Option<u64> {
+        let link = self
+            .root
+            .join(pid.to_string())
+            .join("fd")
+            .join(fd.to_string());
+        socket_inode(&fs::read_link(link).ok()?)
     }
 }
 

@@ -101,13 +101,6 @@ impl System for Fake {
     fn ephemeral_ports(&mut self) -> RangeInclusive<u16> {
         32768..=60999
     }
-
-    fn fd_count(&mut self, pid: u32) -> Option<usize> {
-        self.holdings
-            .iter()
-            .find(|h| h.pid == pid)
-            .map(|h| h.fd_count)
-    }
 }
 
 fn v4(sport: u16, dport: u16) -> Endpoints {
@@ -352,6 +345,72 @@ fn holders(got: &[Ownership]) -> Vec<Vec<(u32, Vec<i32>)>> {
         .collect()
 }
 
+/// Waits for `ready` as the event loop does, a few seconds at most.
+fn woken(ready: &tokio::sync::Notify) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), ready.notified()).await
+    })
+    .is_ok()
+}
+
+#[test]
+fn the_worker_answers_in_the_order_asked_and_wakes_the_loop() {
+    let w = worker::Worker::spawn(Attributor::new(broker(), Namespaces::All)).unwrap();
+    let ready = w.ready();
+    w.ask(vec![(v4(61616, 40005), CloseWait.into())]).unwrap();
+    w.ask(vec![
+        (v4(61616, 40002), CloseWait.into()),
+        (v4(50000, 80), FinWait2.into()),
+    ])
+    .unwrap();
+    assert!(woken(&ready));
+    let first = w.answer().unwrap();
+    assert_eq!(
+        holders(&first.owners),
+        vec![vec![(4242, vec![20]), (4300, vec![20])]]
+    );
+    let second = w.answer().unwrap();
+    let held: Vec<HeldBy> = second.owners.iter().map(|o| o.held_by).collect();
+    assert_eq!(held, vec![HeldBy::AcceptQueue, HeldBy::Orphan]);
+    assert!(matches!(w.try_answer(), Ok(None)));
+}
+
+/// A system whose every lookup fails hard.
+struct Broken;
+
+impl System for Broken {
+    fn namespaces(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
+    fn sockets(&mut self, _: &[u32], _: &[Family], _: u32, _: bool) -> Vec<Listing> {
+        panic!("a bug in a lookup");
+    }
+    fn holders(&mut self, _: &HashSet<u64>) -> Vec<Holding> {
+        Vec::new()
+    }
+    fn process(&mut self, _: u32) -> Option<ProcessInfo> {
+        None
+    }
+    fn ephemeral_ports(&mut self) -> RangeInclusive<u16> {
+        32768..=60999
+    }
+}
+
+#[test]
+fn a_worker_that_died_wakes_the_loop_and_says_so() {
+    let w = worker::Worker::spawn(Attributor::new(Broken, Namespaces::All)).unwrap();
+    let ready = w.ready();
+    w.ask(vec![(v4(61616, 40001), CloseWait.into())]).unwrap();
+    assert!(woken(&ready), "woken when the thread ended");
+    assert!(w.try_answer().is_err());
+    assert!(w.answer().is_err());
+    assert!(w.ask(vec![(v4(61616, 40001), CloseWait.into())]).is_err());
+}
+
 /// The same 4-tuple in the tracer's namespace and two containers', each held by its own
 /// process.
 fn containers() -> Fake {
@@ -543,7 +602,7 @@ fn procfs_scan_finds_socket_links_and_reads_process_files() {
     fs::create_dir_all(root.join("999")).unwrap(); // exited: no fd directory
 
     let proc = ProcFs::at(&root);
-    let got = proc.holders(&[101, 100, 555].into_iter().collect());
+    let got = FdIndex::default().holders(&proc, &[101, 100, 555].into_iter().collect());
     assert_eq!(
         got,
         vec![Holding {
@@ -657,6 +716,7 @@ fn a_real_namespace_is_found_listed_and_attributed_as_root() {
     symlink(&ns_file, dir.path().join("proc/1/ns/net")).unwrap();
     let host = Host {
         proc: ProcFs::default(),
+        index: FdIndex::default(),
         netns: netns::Registry::at(dir.path().join("proc"), dir.path().join("run")),
         own,
     };

@@ -124,7 +124,7 @@ pub struct FilterInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
-    /// SIGINT or SIGTERM.
+    /// SIGINT, SIGTERM or SIGHUP.
     Signal,
     /// `--duration` elapsed.
     Duration,
@@ -155,8 +155,8 @@ pub struct StopInfo {
     pub peak_tracked: usize,
     pub evicted: u64,
     pub evicted_stuck: u64,
-    /// Entries the recording left out because the disk could not keep up (0 without
-    /// `--record`).
+    /// Entries the recording left out because the disk could not keep up or failed, or
+    /// the recording reached its budget (0 without `--record`).
     pub unrecorded: u64,
 }
 
@@ -219,6 +219,18 @@ pub struct LiveInfo {
     pub unrecorded: u64,
     /// Whether it ended normally (its stop entry was read).
     pub stopped: bool,
+    /// Writing the recording stopped (a full disk, or its budget reached): when and why;
+    /// `null` if it did not.
+    pub recording_stopped: Option<RecordingStopped>,
+}
+
+/// When and why writing a recording stopped, as the live run noted it.
+#[derive(Debug, Serialize)]
+pub struct RecordingStopped {
+    pub time: Rfc3339,
+    /// What the system said, as `No space left on device (os error 28)`, or
+    /// `--record-max-size 4MiB reached without room to rotate`.
+    pub error: String,
 }
 
 /// One of a report's worst offenders: the body of an `offender` record.
@@ -299,6 +311,8 @@ pub enum Record<'a> {
         sockets: u64,
         stuck: u64,
     },
+    /// The table was set right against the kernel's list of sockets.
+    Reconciled(&'a Reconciled),
     /// A socket crossed its state's threshold.
     Stuck(&'a SocketRecord<'a>),
     /// A stuck socket left the state.
@@ -328,6 +342,25 @@ pub enum Record<'a> {
     StateTimes {
         states: &'a [StateTime],
     },
+}
+
+/// The body of a `reconciled` record: what setting the table right against the kernel's
+/// list of sockets changed, after transitions were lost or a full table evicted sockets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reconciled {
+    pub time: Rfc3339,
+    /// Why: `lost` (transitions) or `evicted` (sockets in watched states).
+    pub reason: &'static str,
+    /// Sockets the kernel no longer had (phantoms), removed.
+    pub removed: usize,
+    /// Sockets the kernel had in another state, moved to it.
+    pub corrected: usize,
+    /// Sockets the table lacked, added.
+    pub added: usize,
+    /// Sockets tracked afterwards.
+    pub tracked: usize,
+    /// How long listing the kernel's sockets took.
+    pub listing_ms: u64,
 }
 
 /// A socket in a `stuck` or `resolved` record.
@@ -606,6 +639,11 @@ impl Render for Json {
         text::warn_lost(page, lost, total)?;
         let time = Rfc3339(SystemTime::now());
         Json::line(page, &Record::Lost { time, lost, total })
+    }
+
+    fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()> {
+        text::say_reconciled(page, r)?;
+        Json::line(page, &Record::Reconciled(r))
     }
 
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {

@@ -3,10 +3,12 @@
 //! [`Output`] owns the streams and the clock, and hands every record to one [`Render`]er:
 //! [`text::Text`] for people, [`json::Json`] for programs. [`json`] also holds the record
 //! types, the contract documented in the README; [`clock`] dates records; [`summary`]
-//! groups the stuck sockets.
+//! groups the stuck sockets; [`queue`] writes stdout from a thread, so that a reader that
+//! stalls does not stall the live run.
 
 pub mod clock;
 pub mod json;
+pub mod queue;
 pub mod summary;
 pub mod text;
 
@@ -23,8 +25,9 @@ use crate::{
 };
 pub use clock::{monotonic_ns, Rfc3339, WallClock};
 pub use json::{
-    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, RecordInfo, ReportInfo, StartInfo,
-    StateTime, StopInfo, StopReason, SummaryReason, TransitionCount,
+    Attached, FilterInfo, LiveInfo, NetnsOffsetsInfo, Offender, Reconciled, RecordInfo,
+    RecordingStopped, ReportInfo, StartInfo, StateTime, StopInfo, StopReason, SummaryReason,
+    TransitionCount,
 };
 use summary::Group;
 pub use text::{human_duration, TextStyle};
@@ -60,6 +63,8 @@ pub trait Render {
     fn lost(&mut self, page: &mut Page, lost: u64, total: u64) -> io::Result<()>;
     /// A full table dropped `sockets` sockets, `stuck` of them flagged.
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()>;
+    /// The table was set right against the kernel's list after losses or evictions.
+    fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()>;
     /// The totals: the last record of `watch`.
     fn stop(&mut self, page: &mut Page, info: &StopInfo) -> io::Result<()>;
     /// What a report read and how it reports it: its first record.
@@ -242,6 +247,11 @@ impl<W: Write, E: Write> Output<W, E> {
         self.write(|r, p| r.evicted(p, sockets, stuck))
     }
 
+    /// Reports that the table was set right against the kernel's list.
+    pub fn reconciled(&mut self, r: &Reconciled) -> io::Result<()> {
+        self.write(|render, p| render.reconciled(p, r))
+    }
+
     /// Prints the totals; the last record of a run.
     pub fn stop(&mut self, info: &StopInfo) -> io::Result<()> {
         self.write(|r, p| r.stop(p, info))?;
@@ -271,6 +281,29 @@ impl<W: Write, E: Write> Output<W, E> {
     /// Writes a report's time spent per state.
     pub fn state_times(&mut self, states: &[StateTime]) -> io::Result<()> {
         self.write(|r, p| r.state_times(p, states))
+    }
+
+    /// Writes the totals as text writes them, to the status stream: for when the stop
+    /// record could not reach a reader of JSON.
+    pub fn stop_status(&mut self, info: &StopInfo) -> io::Result<()> {
+        let mut page = Page {
+            out: Vec::new(),
+            status: Vec::new(),
+            clock: self.page.clock,
+        };
+        text::Text::new(TextStyle::default()).stop(&mut page, info)?;
+        self.status.write_all(&page.status)?;
+        self.status.flush()
+    }
+
+    /// The stream records are written to.
+    pub fn out(&self) -> &W {
+        &self.out
+    }
+
+    /// The stream records are written to, to finish it.
+    pub fn out_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     /// Pushes buffered output out, so a live reader sees it now.

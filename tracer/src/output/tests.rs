@@ -99,6 +99,29 @@ fn transition_as_json() {
     );
 }
 
+/// A stuck alert for `socket` at 31.5 s and the summary it makes, in `format`.
+fn stuck_and_summary(format: Format, socket: &Socket, ownership: &Ownership) -> String {
+    let report = SocketReport {
+        key: SocketKey::Sk(1),
+        socket,
+        ownership,
+    };
+    let groups = summary::group(std::iter::once((socket, Some(ownership))), |_| None);
+    render(format, |o| {
+        o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
+            .unwrap();
+        o.summary(
+            SummaryReason::Interval,
+            &groups,
+            TableStats::default(),
+            &BTreeMap::new(),
+            31_500_000_000,
+        )
+        .unwrap();
+    })
+    .0
+}
+
 fn leaked() -> (Socket, Ownership) {
     use crate::{attribute::tests::java as java_process, model::Endpoints};
     let socket = Socket {
@@ -260,24 +283,7 @@ fn containers_name_their_owners_in_json() {
         "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0d2f6c1e_9a4b_4e8d_b3c7_5f1a2e9d8c6b.slice/cri-containerd-{ID}.scope"
     );
     let (socket, ownership) = leaked_in(Some(&docker), Some(&pod));
-    let report = SocketReport {
-        key: SocketKey::Sk(1),
-        socket: &socket,
-        ownership: &ownership,
-    };
-    let groups = summary::group(std::iter::once((&socket, Some(&ownership))), |_| None);
-    let (out, _) = render(Format::Json, |o| {
-        o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
-            .unwrap();
-        o.summary(
-            SummaryReason::Interval,
-            &groups,
-            TableStats::default(),
-            &BTreeMap::new(),
-            31_500_000_000,
-        )
-        .unwrap();
-    });
+    let out = stuck_and_summary(Format::Json, &socket, &ownership);
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -325,24 +331,7 @@ fn containers_name_their_owners_in_text() {
         ),
     ] {
         let (socket, ownership) = leaked_in(Some(cgroup), None);
-        let report = SocketReport {
-            key: SocketKey::Sk(1),
-            socket: &socket,
-            ownership: &ownership,
-        };
-        let groups = summary::group(std::iter::once((&socket, Some(&ownership))), |_| None);
-        let (out, _) = render(Format::Text, |o| {
-            o.stuck(&report, 31_500_000_000, Duration::from_secs(30))
-                .unwrap();
-            o.summary(
-                SummaryReason::Interval,
-                &groups,
-                TableStats::default(),
-                &BTreeMap::new(),
-                31_500_000_000,
-            )
-            .unwrap();
-        });
+        let out = stuck_and_summary(Format::Text, &socket, &ownership);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[1],
@@ -649,40 +638,24 @@ fn stop_and_lost_records() {
         status,
         "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
     );
+    let unrecorded = StopInfo {
+        unrecorded: 26_348,
+        ..stop
+    };
+    let (_, status) = render(Format::Text, |o| o.stop(&unrecorded).unwrap());
+    assert_eq!(
+        status,
+        "tracer: stopped after 1.5s: 12 transitions, 3 lost; 26348 entries not recorded\n"
+    );
 }
 
 #[test]
 fn text_names_a_namespace_other_than_the_tracers() {
     let (mut socket, ownership) = leaked();
-    let alert = |socket: &Socket| {
-        let report = SocketReport {
-            key: SocketKey::Sk(1),
-            socket,
-            ownership: &ownership,
-        };
-        let groups = summary::group(std::iter::once((socket, Some(&ownership))), |_| None);
-        render(Format::Text, |o| {
-            o.stuck(&report, 31_000_000_000, Duration::from_secs(30))
-                .unwrap();
-            let stats = TableStats {
-                tracked: 1,
-                ..TableStats::default()
-            };
-            o.summary(
-                SummaryReason::Stop,
-                &groups,
-                stats,
-                &BTreeMap::new(),
-                31_000_000_000,
-            )
-            .unwrap();
-        })
-        .0
-    };
-    let home = alert(&socket);
+    let home = stuck_and_summary(Format::Text, &socket, &ownership);
     assert!(!home.contains("netns"), "{home}");
     socket.ends.netns = 4026532999;
-    let away = alert(&socket);
+    let away = stuck_and_summary(Format::Text, &socket, &ownership);
     assert!(
         away.contains("127.0.0.1:61616 <- 10.0.0.9:40000 netns 4026532999 java[4242]"),
         "{away}"

@@ -13,7 +13,7 @@ use tracer_common::TcpState;
 
 use super::{
     clock::{self, Date, Rfc3339, TimeOfDay},
-    json::{Offender, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
+    json::{Offender, Reconciled, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
     summary::{self, Group, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
@@ -354,6 +354,10 @@ impl Render for Text {
         warn_lost(page, lost, total)
     }
 
+    fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()> {
+        say_reconciled(page, r)
+    }
+
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()> {
         warn_evicted(page, sockets, stuck)
     }
@@ -362,7 +366,7 @@ impl Render for Text {
         let skipped = info.skipped.to_string();
         writeln!(
             page.status,
-            "tracer: stopped after {:.1}s: {} transitions, {} lost{}",
+            "tracer: stopped after {:.1}s: {} transitions, {} lost{}{}",
             info.duration_ms as f64 / 1000.0,
             info.events,
             info.lost,
@@ -370,6 +374,10 @@ impl Render for Text {
                 String::new()
             } else {
                 format!("; skipped {skipped}")
+            },
+            match info.unrecorded {
+                0 => String::new(),
+                n => format!("; {n} entries not recorded"),
             }
         )
     }
@@ -519,6 +527,20 @@ pub(super) fn warn_evicted(page: &mut Page, sockets: u64, stuck: u64) -> io::Res
         page.status,
         "tracer: warning: table full: {} not followed ({stuck} of them stuck); raise --max-sockets",
         plural(sockets as usize, "socket")
+    )
+}
+
+/// The status line that the table was set right against the kernel's list; in every format.
+pub(super) fn say_reconciled(page: &mut Page, r: &Reconciled) -> io::Result<()> {
+    let why = match r.reason {
+        "evicted" => "a full table evicted watched sockets",
+        _ => "transitions were lost",
+    };
+    writeln!(
+        page.status,
+        "tracer: {why}: checked the table against the kernel's sockets ({} ms): {} gone removed, \
+         {} in another state corrected, {} missed added; {} tracked",
+        r.listing_ms, r.removed, r.corrected, r.added, r.tracked
     )
 }
 

@@ -22,6 +22,10 @@
 //! at the end of [`HeldByEntry`]; a 1.1 reader counts an owners entry that uses it as
 //! damaged, and reads the rest.
 //!
+//! 1.3 adds [`Entry::Failed`]: writing stopped (a full disk, or `--record-max-size`
+//! reached without room to rotate) and why. The writer keeps room allocated past the end
+//! of the file for it and the stop entry after it (after the budget, a gap entry first).
+//!
 //! Compatibility: a reader refuses a newer major version, and major 0 (the development
 //! format before the first release). Within a major version, a newer minor may add entry
 //! kinds at the end of [`Entry`] (older readers skip and count them) and fields at the end
@@ -29,6 +33,7 @@
 //! format 1.0 that every later reader must report the same.
 
 mod crc;
+pub mod file;
 pub mod reader;
 pub mod writer;
 
@@ -48,7 +53,7 @@ use crate::{
 /// transfers and files of other kinds are told apart at once.
 pub const MAGIC: [u8; 8] = *b"\x89tracer\n";
 /// Format version written: entries change only by additions within a major version.
-pub const VERSION: (u16, u16) = (1, 2);
+pub const VERSION: (u16, u16) = (1, 3);
 /// Size of the prologue: magic and version.
 pub const PROLOGUE_LEN: usize = 12;
 /// Size of an entry's frame before the payload: length and CRC.
@@ -75,18 +80,24 @@ pub enum Entry {
     Resolved(ResolvedEntry),
     /// The probe's drop counter reached `total` (transitions lost before `ts_ns`).
     Lost { ts_ns: u64, total: u64 },
-    /// The recorder could not keep up with the disk and left out `entries` entries here.
+    /// The recorder could not keep up with the disk and left out `entries` entries here;
+    /// before the stop entry of a recording that reached its budget, those left out since.
     Gap { entries: u64 },
-    /// The live run ended normally.
+    /// The live run ended normally. After a [`Entry::Failed`], written into the room kept
+    /// for it.
     Stop(StopEntry),
     /// A socket the live run flagged was no longer in that state when it looked for its
     /// owners: its transition was lost. The live run dropped it without reporting it
     /// (since 1.1).
     Gone(GoneEntry),
+    /// Writing the recording failed (a full disk), or the recording reached its budget
+    /// without room to rotate: nothing after this entry was written but the stop entry
+    /// (after the budget, behind a gap entry), which counts what was left out (since 1.3).
+    Failed(FailedEntry),
 }
 
 /// Number of [`Entry`] kinds this build knows; higher variant indexes are skipped.
-pub const ENTRY_KINDS: u32 = 10;
+pub const ENTRY_KINDS: u32 = 11;
 
 /// The first entry of each segment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,7 +150,11 @@ impl Entry {
             Entry::Stuck(e) => Some(&mut e.ends),
             Entry::Resolved(e) => Some(&mut e.ends),
             Entry::Gone(e) => Some(&mut e.ends),
-            Entry::Header(_) | Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) => None,
+            Entry::Header(_)
+            | Entry::Lost { .. }
+            | Entry::Gap { .. }
+            | Entry::Stop(_)
+            | Entry::Failed(_) => None,
         }
     }
 
@@ -161,7 +176,7 @@ impl Entry {
             Entry::Owners(o) => postcard::to_slice(&o.ends.netns, &mut buf[main..])
                 .ok()?
                 .len(),
-            Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) => 0,
+            Entry::Lost { .. } | Entry::Gap { .. } | Entry::Stop(_) | Entry::Failed(_) => 0,
         };
         Some(&buf[..main + ext])
     }
@@ -593,8 +608,17 @@ pub struct StopEntry {
     pub ts_ns: u64,
     pub events: u64,
     pub lost: u64,
-    /// Entries the recorder had to leave out (disk too slow).
+    /// Entries the recorder had to leave out (disk too slow, or failing).
     pub unrecorded: u64,
+}
+
+/// Writing the recording stopped at `ts_ns` (monotonic), for the reason `error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedEntry {
+    pub ts_ns: u64,
+    /// What the system said, as `No space left on device (os error 28)`, or
+    /// `--record-max-size 4MiB reached without room to rotate`.
+    pub error: String,
 }
 
 /// The kernel's 16-byte command name.

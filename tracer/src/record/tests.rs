@@ -3,8 +3,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::{
+    file::prepare,
     reader::{Damage, OpenError, Reader},
-    writer::{encode, prepare, prologue, segment_path, RecordError, Recorder, SEGMENTS},
+    writer::{encode, prologue, segment_path, RecordError, Recorder, SEGMENTS},
     *,
 };
 use crate::{
@@ -137,6 +138,10 @@ fn every_kind() -> Vec<Entry> {
             ends: s.ends.into(),
             state: 8,
             since_ns: 7_000_000_000,
+        }),
+        Entry::Failed(FailedEntry {
+            ts_ns: 41_800_000_000,
+            error: "No space left on device (os error 28)".into(),
         }),
         Entry::Stop(StopEntry {
             ts_ns: 42_000_000_000,
@@ -394,6 +399,11 @@ fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// A deadline no test reaches: the writer always finishes.
+fn far() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 fn read_file(path: &std::path::Path) -> Vec<Entry> {
     read_all(&std::fs::read(path).unwrap()).unwrap().0
 }
@@ -414,7 +424,7 @@ fn recorder_writes_header_snapshot_entries_and_stop() {
         lost: 0,
         unrecorded: 0,
     };
-    r.finish(stop).unwrap();
+    r.finish(stop, far()).unwrap();
     let read = read_file(&path);
     let mut h = header(0);
     h.checkpoint = 1;
@@ -465,12 +475,15 @@ fn rotation_keeps_the_budget_and_each_segment_stands_alone() {
             r.settle();
         }
     }
-    r.finish(StopEntry {
-        ts_ns: 1,
-        events: 20_000,
-        lost: 0,
-        unrecorded: 0,
-    })
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 20_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
     .unwrap();
     assert!(
         !segment_path(&path, SEGMENTS).exists(),
@@ -593,8 +606,8 @@ fn a_large_table_keeps_the_budget_without_rotating_in_a_loop() {
     let budget = 64 << 10;
     let big = table(300);
     let r = Recorder::start(&path, prepare(&path).unwrap(), Some(budget), header(0), &[]).unwrap();
-    let (r, _) = record_with_table(&path, budget, &big, r, 0..20_000);
-    r.finish(stop(20_000)).unwrap();
+    let (mut r, _) = record_with_table(&path, budget, &big, r, 0..20_000);
+    r.finish(stop(20_000), far()).unwrap();
     let mut checkpoint = Vec::new();
     for (k, s) in &big {
         encode(&Entry::Socket(SocketEntry::new(*k, s)), &mut checkpoint);
@@ -624,8 +637,8 @@ fn a_large_table_keeps_the_budget_without_rotating_in_a_loop() {
 }
 
 /// A budget that cannot hold a checkpoint of the sockets open at start and as much again:
-/// one warning at start, no rotation, and the recording stops at the budget with a gap
-/// note and its stop entry.
+/// one warning at start, no rotation, and the recording stops at the budget with a note
+/// of when and why (as after a failed write), a gap note and its stop entry.
 #[test]
 fn a_budget_too_small_to_rotate_says_so_once_and_stops_at_it() {
     let (_dir, path) = scratch("rec");
@@ -644,7 +657,7 @@ fn a_budget_too_small_to_rotate_says_so_once_and_stops_at_it() {
     )
     .unwrap();
     assert_eq!(r.warnings().len(), 1);
-    let (r, _) = record_with_table(&path, budget, &big, r, 0..5_000);
+    let (mut r, _) = record_with_table(&path, budget, &big, r, 0..5_000);
     let warnings = r.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
@@ -655,7 +668,7 @@ fn a_budget_too_small_to_rotate_says_so_once_and_stops_at_it() {
     );
     let unrecorded = r.unrecorded();
     assert!(unrecorded > 0);
-    r.finish(stop(5_000)).unwrap();
+    r.finish(stop(5_000), far()).unwrap();
     assert_eq!(on_disk(&path).1, vec![0], "no rotation");
     let entries = read_file(&path);
     let transitions = entries
@@ -676,6 +689,15 @@ fn a_budget_too_small_to_rotate_says_so_once_and_stops_at_it() {
         ]
     );
     assert_eq!(unrecorded, 5_000 - transitions as u64);
+    // Where it stopped, and why, as after a failed write.
+    assert!(
+        matches!(
+            &entries[n - 3],
+            Entry::Failed(f) if f.error == "--record-max-size 0.1MiB reached without room to rotate"
+        ),
+        "{:?}",
+        entries[n - 3]
+    );
 }
 
 /// A table that grows past what the budget can rotate with: the rotation is refused once,
@@ -689,7 +711,7 @@ fn a_table_that_outgrows_the_budget_stops_rotating_once() {
     let (r, _) = record_with_table(&path, budget, &table(2), r, 0..3_000);
     let before = on_disk(&path).1;
     assert!(before.len() >= 2, "rotated: {before:?}");
-    let (r, _) = record_with_table(&path, budget, &table(600), r, 3_000..10_000);
+    let (mut r, _) = record_with_table(&path, budget, &table(600), r, 3_000..10_000);
     let warnings = r.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
@@ -697,7 +719,7 @@ fn a_table_that_outgrows_the_budget_stops_rotating_once() {
         "{}",
         warnings[0]
     );
-    r.finish(stop(10_000)).unwrap();
+    r.finish(stop(10_000), far()).unwrap();
     let (_, after) = on_disk(&path);
     assert_eq!(
         after,
@@ -738,6 +760,57 @@ fn a_budget_smaller_than_the_first_checkpoint_is_an_error() {
 }
 
 #[test]
+fn rotated_segments_stay_locked_until_the_recording_ends() {
+    let (_dir, path) = scratch("rec");
+    let mut r = Recorder::start(
+        &path,
+        prepare(&path).unwrap(),
+        Some(64 << 10),
+        header(0),
+        &[],
+    )
+    .unwrap();
+    for i in 0..2_000 {
+        r.transition(&transition(i));
+        if i % 100 == 99 {
+            r.flush(i, std::iter::empty(), |_| None).unwrap();
+            r.settle();
+        }
+    }
+    assert!(segment_path(&path, 2).exists(), "rotated twice");
+    // Whichever of its files a second tracer looks at, the recording is in use.
+    for n in 0..3 {
+        let file = if n == 0 {
+            path.clone()
+        } else {
+            segment_path(&path, n)
+        };
+        let f = std::fs::File::open(&file).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        assert_eq!(locked, -1, "{} is not locked", file.display());
+    }
+    let err = prepare(&path).unwrap_err();
+    assert!(matches!(err, RecordError::Busy { .. }), "{err}");
+    r.finish(
+        StopEntry {
+            ts_ns: 1,
+            events: 2_000,
+            lost: 0,
+            unrecorded: 0,
+        },
+        far(),
+    )
+    .unwrap();
+    prepare(&path).expect("free once the recording has ended");
+}
+
+#[test]
 fn recorder_refuses_to_overwrite_other_files() {
     let (_dir, path) = scratch("notes.txt");
     std::fs::write(&path, "precious").unwrap();
@@ -754,12 +827,15 @@ fn recorder_refuses_to_overwrite_other_files() {
     std::fs::write(segment_path(&path, 1), prologue()).unwrap();
     Recorder::start(&path, prepare(&path).unwrap(), None, header(0), &[])
         .unwrap()
-        .finish(StopEntry {
-            ts_ns: 0,
-            events: 0,
-            lost: 0,
-            unrecorded: 0,
-        })
+        .finish(
+            StopEntry {
+                ts_ns: 0,
+                events: 0,
+                lost: 0,
+                unrecorded: 0,
+            },
+            far(),
+        )
         .unwrap();
     assert!(!segment_path(&path, 1).exists());
 }

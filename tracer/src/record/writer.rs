@@ -6,39 +6,49 @@
 //! a chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says
 //! how many entries are missing.
 //!
+//! A write that fails (a full disk) stops the recording, not the run: the thread keeps
+//! [`RESERVE`] bytes allocated past the end of the file, so that on a full disk the
+//! allocation for the next chunk fails before anything is written, and the room kept takes
+//! an [`Entry::Failed`] at once and the stop entry at the end, which counts every entry
+//! left out.
+//!
 //! With a size budget, the recording is split into [`SEGMENTS`] files: `FILE` is being
 //! written, `FILE.1` is the one before, up to `FILE.3`; the oldest is deleted at each
 //! rotation. Each segment starts with a header and a checkpoint of the sockets tracked, so
 //! a report can start from any of them.
 //!
-//! The budget counts everything on disk, checkpoints included: the files together stay
-//! within it plus one chunk. A segment is closed before the chunks in flight and the next
-//! would take it past its quarter, once it holds as many bytes of new entries as its
-//! checkpoint: a large table makes segments larger and fewer (the oldest are deleted, as
-//! the newest grows, to keep the budget), never rotations one after another. When the next
-//! segment could not rotate within the budget (its checkpoint and as much again do not
-//! fit), the recording stops rotating, says so in one warning, goes on in one file and
-//! stops at the budget; the stop entry is still written, after a gap entry counting what
-//! was left out. A budget that cannot hold the checkpoint at start is an error.
+//! The budget counts everything on disk, checkpoints and the room kept for the end
+//! included: the files together stay within it plus one chunk. A segment is closed before
+//! the chunks in flight and the next would take it past its quarter, once it holds as many
+//! bytes of new entries as its checkpoint: a large table makes segments larger and fewer
+//! (the oldest are deleted, as the newest grows, to keep the budget), never rotations one
+//! after another. When the next segment could not rotate within the budget (its checkpoint
+//! and as much again do not fit), the recording stops rotating, says so in one warning,
+//! goes on in one file and stops at the budget, as after a failed write: an
+//! [`Entry::Failed`] says when and why, and at the end a gap entry counts what was left
+//! out, then the stop entry. A budget that cannot hold the checkpoint at start is an error.
 
 use std::{
     collections::VecDeque,
-    fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{
-            AtomicU32, AtomicU64,
+            AtomicBool, AtomicU32, AtomicU64,
             Ordering::{Acquire, Relaxed, Release},
         },
         mpsc::{self, Receiver, SyncSender, TrySendError},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use super::{Entry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION};
+use super::{
+    file, Entry, FailedEntry, Header, OwnersEntry, SocketEntry, StopEntry, MAGIC, VERSION,
+};
 use crate::{
     decode::Transition,
     model::{Ownership, Socket, SocketKey},
@@ -50,6 +60,16 @@ pub const SEGMENTS: u64 = 4;
 const BACKLOG: usize = 32;
 /// How often written data is forced to disk, against a machine crash.
 const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How often the end of a run looks whether the writer thread is done.
+const CLOSE_POLL: Duration = Duration::from_millis(2);
+/// How long a recorder dropped early waits for its disk.
+const DROP_GRACE: Duration = Duration::from_millis(800);
+/// Room kept allocated past the end of the file being written: enough for the note of a
+/// failure (or of the budget reached), a gap entry and the stop entry. It counts toward
+/// the budget.
+pub const RESERVE: usize = 4096;
+/// Longest error message a failure's note keeps, within [`RESERVE`].
+const ERROR_CHARS: usize = 512;
 
 /// Why recording failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +81,29 @@ pub enum RecordError {
         path.display()
     )]
     NotARecording { path: PathBuf },
+    #[error(
+        "{} is {what}; a recording must be a regular file (choose another path)",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error(
+        "{} is being recorded by another tracer{}; choose another file",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "cannot lock the recording {}: {error}; choose a file on a file system that supports locks",
+        path.display()
+    )]
+    Lock { path: PathBuf, error: io::Error },
     #[error("writing the recording {} failed: {error}; recording stopped", path.display())]
     Write { path: PathBuf, error: io::Error },
+    #[error(
+        "the recording {} was still being written when the run had to end (its disk is stalled): its last entries may be missing",
+        path.display()
+    )]
+    Stalled { path: PathBuf },
     #[error(
         "--record-max-size {} cannot hold a checkpoint of the {sockets} sockets open ({}); \
          give at least {}",
@@ -118,7 +159,7 @@ enum Msg {
     Rotate(Box<Header>, Vec<Entry>),
 }
 
-/// Sizes the writer thread keeps for the loop, which decides rotations.
+/// What the writer thread tells the loop: sizes, which decide rotations, and a failure.
 #[derive(Default)]
 struct Progress {
     /// Bytes in the current segment, of which its header and checkpoint.
@@ -130,11 +171,16 @@ struct Progress {
     chunk_bytes: AtomicU64,
     /// The current segment's number.
     segment: AtomicU32,
-    /// Entries the writer left out because the recording reached its budget.
+    /// Writing failed: nothing more is written but the stop entry.
+    failed: AtomicBool,
+    /// Why, until the loop takes it to say so.
+    failure: Mutex<Option<io::Error>>,
+    /// Entries the thread received after the failure, or once the recording reached its
+    /// budget, and left out.
     dropped: AtomicU64,
     /// Budget warnings given, for tests.
     #[cfg(test)]
-    warnings: std::sync::Mutex<Vec<String>>,
+    warnings: Mutex<Vec<String>>,
     /// Messages handled, for tests that wait for the writer.
     #[cfg(test)]
     handled: AtomicU64,
@@ -145,7 +191,10 @@ impl Progress {
     fn warn(&self, message: String) {
         eprintln!("tracer: warning: {message}");
         #[cfg(test)]
-        self.warnings.lock().expect("not poisoned").push(message);
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
     }
 }
 
@@ -156,7 +205,7 @@ pub struct Recorder {
     /// Entries queued; while `gap` is not zero, the first is the note of that gap.
     chunk: Vec<Entry>,
     tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<Result<(), RecordError>>>,
+    thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
     max_bytes: Option<u64>,
     /// The header of the newest segment asked for, the template for the next.
@@ -166,35 +215,21 @@ pub struct Recorder {
     gap: u64,
     /// Chunks sent to the writer thread.
     chunks: u64,
+    /// The writer thread's failure has been seen (and said): entries are only counted.
+    failed: bool,
     /// Messages sent, for tests that wait for the writer.
     #[cfg(test)]
     sent: u64,
 }
 
-/// Creates the recording's file at `path`, before anything else is set up, so that a
-/// bad path fails at once. An earlier recording there (and its rotated files) is replaced;
-/// any other file is refused, as are rotated names that hold something else.
-pub fn prepare(path: &Path) -> Result<File, RecordError> {
-    refuse_foreign(path)?;
-    for n in 1..SEGMENTS {
-        let old = segment_path(path, n);
-        refuse_foreign(&old)?;
-        let _ = fs::remove_file(old);
-    }
-    File::create(path).map_err(|error| RecordError::Create {
-        path: path.to_owned(),
-        error,
-    })
-}
-
 impl Recorder {
-    /// Starts recording to `file` (from [`prepare`] at `path`) with `header` and the
+    /// Starts recording to `file` (from [`file::prepare`] at `path`) with `header` and the
     /// sockets open at start. With `max_bytes`, the recording's files together stay within
     /// that size and one chunk; a budget that cannot hold the sockets open at start is an
     /// error, one that cannot rotate beside them a warning.
     pub fn start(
         path: &Path,
-        mut file: File,
+        file: File,
         max_bytes: Option<u64>,
         mut header: Header,
         snapshot: &[SocketEntry],
@@ -209,7 +244,7 @@ impl Recorder {
         let mut budget = Budget::new(max_bytes);
         if let Some(limit) = max_bytes {
             let checkpoint = first.len() as u64;
-            if checkpoint > limit {
+            if checkpoint + RESERVE as u64 > limit {
                 return Err(RecordError::Budget {
                     budget: limit,
                     sockets: header.checkpoint,
@@ -221,7 +256,7 @@ impl Recorder {
             }
         }
         // Written here, so that a disk that refuses it is an error at start.
-        file.write_all(&first).map_err(create_error)?;
+        let sink = Sink::start(file, &first).map_err(create_error)?;
         progress.segment_bytes.store(first.len() as u64, Relaxed);
         progress.checkpoint_bytes.store(first.len() as u64, Relaxed);
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
@@ -229,7 +264,7 @@ impl Recorder {
         let thread_progress = Arc::clone(&progress);
         let thread = thread::Builder::new()
             .name("tracer-record".into())
-            .spawn(move || write_loop(&thread_path, file, rx, &thread_progress, budget))
+            .spawn(move || write_loop(&thread_path, sink, rx, &thread_progress, budget))
             .map_err(create_error)?;
         Ok(Recorder {
             path: path.to_owned(),
@@ -242,6 +277,7 @@ impl Recorder {
             unrecorded: 0,
             gap: 0,
             chunks: 0,
+            failed: false,
             #[cfg(test)]
             sent: 0,
         })
@@ -260,12 +296,20 @@ impl Recorder {
     /// The budget warnings given so far.
     #[cfg(test)]
     pub(super) fn warnings(&self) -> Vec<String> {
-        self.progress.warnings.lock().expect("not poisoned").clone()
+        self.progress
+            .warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Queues `entry`.
+    /// Queues `entry`; after a failure, counts it as left out.
     pub fn push(&mut self, entry: Entry) {
-        self.chunk.push(entry);
+        if self.failed {
+            self.unrecorded += 1;
+        } else {
+            self.chunk.push(entry);
+        }
     }
 
     /// Queues a transition.
@@ -280,7 +324,8 @@ impl Recorder {
         ))));
     }
 
-    /// Entries left out so far: the disk was too slow, or the recording reached its budget.
+    /// Entries left out so far: the disk was too slow or failed, or the recording reached
+    /// its budget.
     pub fn unrecorded(&self) -> u64 {
         self.unrecorded + self.progress.dropped.load(Relaxed)
     }
@@ -294,6 +339,13 @@ impl Recorder {
         sockets: impl Iterator<Item = (SocketKey, &'a Socket)>,
         owners: impl Fn(&Socket) -> Option<&'a Ownership>,
     ) -> Result<(), RecordError> {
+        if !self.failed && self.progress.failed.load(Relaxed) {
+            // What is queued is left out with the rest; the failure is said once.
+            self.failed = true;
+            self.unrecorded += self.chunk.len() as u64 - u64::from(self.gap > 0);
+            self.chunk.clear();
+            return Err(self.failure());
+        }
         if !self.chunk.is_empty() {
             // The entries in the chunk, its gap note aside.
             let entries = self.chunk.len() as u64 - u64::from(self.gap > 0);
@@ -314,10 +366,10 @@ impl Recorder {
         Ok(())
     }
 
-    /// Whether the current segment would pass its quarter of the budget (checkpoint
-    /// included) with the chunks in flight and the next one, and the last rotation asked for
-    /// is done. A large checkpoint must not make every flush rotate: a segment holds as
-    /// many bytes of new entries as its checkpoint first.
+    /// Whether the current segment would pass its quarter of the budget (checkpoint and
+    /// room kept included) with the chunks in flight and the next one, and the last
+    /// rotation asked for is done. A large checkpoint must not make every flush rotate: a
+    /// segment holds as many bytes of new entries as its checkpoint first.
     fn rotation_due(&self) -> bool {
         let Some(limit) = self.max_bytes else {
             return false;
@@ -330,7 +382,7 @@ impl Recorder {
         let checkpoint = p.checkpoint_bytes.load(Relaxed);
         let coming = (in_flight + 1) * p.chunk_bytes.load(Relaxed);
         p.segment.load(Relaxed) == self.header.segment
-            && bytes + coming >= limit / SEGMENTS
+            && bytes + coming + RESERVE as u64 >= limit / SEGMENTS
             && bytes - checkpoint >= checkpoint
     }
 
@@ -360,21 +412,46 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes the stop entry and waits for the writer thread to put everything on disk.
-    pub fn finish(mut self, mut stop: StopEntry) -> Result<(), RecordError> {
+    /// Writes the stop entry and waits for the writer thread to put everything on disk,
+    /// until `deadline` at most: a stalled disk must not hold up the end of the run. The
+    /// stop entry counts the entries left out, as [`Recorder::unrecorded`] then does.
+    pub fn finish(&mut self, mut stop: StopEntry, deadline: Instant) -> Result<(), RecordError> {
+        // The thread adds what it left out itself.
         stop.unrecorded = self.unrecorded;
-        self.push(Entry::Stop(stop));
-        let chunk = std::mem::take(&mut self.chunk);
-        let sent = self
-            .tx
-            .take()
-            .is_some_and(|tx| tx.send(Msg::Append(chunk)).is_ok());
-        let joined = self.join();
-        if sent {
-            joined
-        } else {
-            joined.and(Err(self.stopped()))
+        self.chunk.push(Entry::Stop(stop));
+        self.close(deadline)?;
+        match !self.failed && self.progress.failed.load(Relaxed) {
+            true => Err(self.failure()),
+            false => Ok(()),
         }
+    }
+
+    /// Hands the queued entries to the writer thread, which then ends, and waits for it
+    /// until `deadline`; a thread still writing then is left to the process's exit.
+    fn close(&mut self, deadline: Instant) -> Result<(), RecordError> {
+        let Some(tx) = self.tx.take() else {
+            return self.join();
+        };
+        let mut msg = Msg::Append(std::mem::take(&mut self.chunk));
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    thread::sleep(CLOSE_POLL);
+                }
+                Err(TrySendError::Full(_)) => return Err(self.stalled()),
+                Err(TrySendError::Disconnected(_)) => return self.join().and(Err(self.stopped())),
+            }
+        }
+        drop(tx);
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return Err(self.stalled());
+            }
+            thread::sleep(CLOSE_POLL);
+        }
+        self.join()
     }
 
     /// Sends without waiting; false when the backlog is full.
@@ -392,13 +469,34 @@ impl Recorder {
         }
     }
 
-    /// The writer thread's result, once it has ended.
+    /// Waits for the writer thread to end; an error if it panicked.
     fn join(&mut self) -> Result<(), RecordError> {
         self.tx = None;
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
             Some(Err(_)) => Err(self.stopped()),
-            None => Ok(()),
+            Some(Ok(())) | None => Ok(()),
+        }
+    }
+
+    /// The writer thread's failure, taken to be said.
+    fn failure(&self) -> RecordError {
+        let error = self
+            .progress
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        RecordError::Write {
+            path: self.path.clone(),
+            error: error.unwrap_or_else(|| io::Error::other("the writer thread failed")),
+        }
+    }
+
+    /// The writer thread is still writing at the deadline: it is let go.
+    fn stalled(&mut self) -> RecordError {
+        self.thread = None;
+        RecordError::Stalled {
+            path: self.path.clone(),
         }
     }
 
@@ -412,15 +510,9 @@ impl Recorder {
 
 impl Drop for Recorder {
     /// A run that ends early (an error, a closed stdout) still gets what it queued onto
-    /// the disk before the process exits.
+    /// the disk before the process exits, unless the disk is stalled.
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let chunk = std::mem::take(&mut self.chunk);
-            if !chunk.is_empty() {
-                let _ = tx.send(Msg::Append(chunk));
-            }
-        }
-        let _ = self.join();
+        let _ = self.close(Instant::now() + DROP_GRACE);
     }
 }
 
@@ -434,21 +526,81 @@ fn segment_start(header: &Header, checkpoint: impl Iterator<Item = Entry>) -> Ve
     bytes
 }
 
-/// The writer thread: encodes and appends entries, syncs, rotates, keeps the budget.
+/// The segment being written, with room kept past its end.
+struct Sink {
+    file: File,
+    /// Where the next entry goes: the bytes written.
+    len: u64,
+    /// Whether the file system keeps room allocated ahead (most do: fallocate).
+    reserve: bool,
+}
+
+impl Sink {
+    /// A segment in `file` (empty) that starts with `first`.
+    fn start(file: File, first: &[u8]) -> io::Result<Sink> {
+        let mut sink = Sink {
+            file,
+            len: 0,
+            reserve: true,
+        };
+        sink.append(first)?;
+        Ok(sink)
+    }
+
+    /// Appends `bytes`, having allocated them and [`RESERVE`] bytes more: on a full disk
+    /// this fails before writing anything, and the room kept before stays for the note of
+    /// the failure and the stop entry.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.reserve {
+            let len = (bytes.len() + RESERVE) as libc::off_t;
+            // SAFETY: fallocate on a descriptor we own; KEEP_SIZE leaves the file's size.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    self.len as libc::off_t,
+                    len,
+                )
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(e);
+                }
+                // Without it a full disk may leave no room for the note of the failure.
+                self.reserve = false;
+            }
+        }
+        self.write(bytes)
+    }
+
+    /// Writes `bytes` after the last entry, into room kept for them.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Cuts what a failed write left after the last entry, and frees the room kept.
+    fn trim(&self) {
+        let _ = self.file.set_len(self.len);
+    }
+}
+
+/// The writer thread: encodes and appends entries, syncs, rotates, keeps the budget. After
+/// a failure, or once the recording has reached its budget, it writes only the note of it
+/// and the end (the stop entry), and counts what it leaves out.
 fn write_loop(
     path: &Path,
-    mut file: File,
+    mut sink: Sink,
     rx: Receiver<Msg>,
     progress: &Progress,
     mut budget: Budget,
-) -> Result<(), RecordError> {
-    let fail = |error| RecordError::Write {
-        path: path.to_owned(),
-        error,
-    };
+) {
     let mut buf = Vec::with_capacity(1 << 20);
     let mut synced = Instant::now();
     let mut dirty = false;
+    let mut failed = false;
     loop {
         let msg = match rx.recv_timeout(SYNC_PERIOD) {
             Ok(m) => Some(m),
@@ -457,72 +609,183 @@ fn write_loop(
         };
         #[cfg(test)]
         let msg_handled = msg.is_some();
-        match msg {
+        let step = match msg {
+            Some(Msg::Append(entries)) if failed || budget.full => {
+                stop_only(&mut sink, entries, &mut buf, progress, &mut budget);
+                progress.chunks.fetch_add(1, Release);
+                Ok(())
+            }
             Some(Msg::Append(entries)) => {
                 buf.clear();
                 for e in &entries {
                     encode(e, &mut buf);
                 }
-                let segment = progress.segment_bytes.load(Relaxed);
-                if budget.admits(path, segment, buf.len() as u64, progress) {
-                    file.write_all(&buf).map_err(fail)?;
-                    progress.chunk_bytes.store(buf.len() as u64, Relaxed);
-                    progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
-                    dirty = true;
-                } else if let Some(end) = budget.leave_out(entries, progress) {
-                    buf.clear();
-                    for e in &end {
-                        encode(e, &mut buf);
+                let step = if budget.admits(path, sink.len, buf.len() as u64, progress) {
+                    match sink.append(&buf) {
+                        Ok(()) => {
+                            progress.chunk_bytes.store(buf.len() as u64, Relaxed);
+                            progress.segment_bytes.fetch_add(buf.len() as u64, Relaxed);
+                            dirty = true;
+                            Ok(())
+                        }
+                        Err(e) => Err((e, entries)),
                     }
-                    file.write_all(&buf).map_err(fail)?;
+                } else {
+                    // The budget is reached: said in the room kept, as a failure is, and
+                    // nothing more is written but the end.
+                    note_stop(&mut sink, &budget.reached(), &mut buf);
+                    stop_only(&mut sink, entries, &mut buf, progress, &mut budget);
                     dirty = true;
-                }
+                    Ok(())
+                };
                 progress.chunks.fetch_add(1, Release);
+                step
             }
+            // Checkpoints restate what is known: nothing is missing for their loss.
+            Some(Msg::Rotate(..)) if failed || budget.full => Ok(()),
             Some(Msg::Rotate(header, checkpoint)) => {
                 let first = segment_start(&header, checkpoint.into_iter());
-                let checkpoint = first.len() as u64;
-                if budget.rotates(path, progress, header.checkpoint, checkpoint) {
-                    file.sync_data().map_err(fail)?;
-                    shift_segments(path).map_err(fail)?;
-                    let closed = progress.segment_bytes.load(Relaxed);
-                    budget.rotated(path, closed, checkpoint);
-                    file = File::create(path).map_err(fail)?;
-                    file.write_all(&first).map_err(fail)?;
-                    progress.segment_bytes.store(checkpoint, Relaxed);
-                    progress.checkpoint_bytes.store(checkpoint, Relaxed);
-                    // Done: the loop may ask again. A refusal is for good, and the loop,
-                    // which waits for this number, never asks again.
-                    progress.segment.store(header.segment, Relaxed);
-                    dirty = true;
+                // A refusal is for good: the loop, which waits for this segment's number,
+                // never asks again.
+                if !budget.rotates(path, progress, header.checkpoint, first.len() as u64) {
+                    Ok(())
+                } else {
+                    match rotate(path, &mut sink, &mut budget, &first) {
+                        Ok(()) => {
+                            progress.segment_bytes.store(sink.len, Relaxed);
+                            progress.checkpoint_bytes.store(sink.len, Relaxed);
+                            // Done: the loop may ask again.
+                            progress.segment.store(header.segment, Relaxed);
+                            dirty = true;
+                            Ok(())
+                        }
+                        Err(e) => Err((e, Vec::new())),
+                    }
                 }
             }
-            None => {}
-        }
+            None => Ok(()),
+        };
         #[cfg(test)]
         progress.handled.fetch_add(u64::from(msg_handled), Relaxed);
-        if dirty && synced.elapsed() >= SYNC_PERIOD {
-            file.sync_data().map_err(fail)?;
+        if let Err((error, entries)) = step {
+            failed = true;
+            fail(&mut sink, error, &mut buf, progress);
+            stop_only(&mut sink, entries, &mut buf, progress, &mut budget);
+        }
+        if dirty && !failed && synced.elapsed() >= SYNC_PERIOD {
+            if let Err(e) = sink.file.sync_data() {
+                failed = true;
+                fail(&mut sink, e, &mut buf, progress);
+            }
             synced = Instant::now();
             dirty = false;
         }
     }
-    file.sync_data().map_err(fail)
+    if !failed {
+        if let Err(e) = sink.file.sync_data() {
+            fail(&mut sink, e, &mut buf, progress);
+        }
+    }
+    sink.trim();
+}
+
+/// Writing failed with `error`: notes it in the room kept, and tells the loop.
+fn fail(sink: &mut Sink, error: io::Error, buf: &mut Vec<u8>, progress: &Progress) {
+    note_stop(sink, &error.to_string(), buf);
+    *progress
+        .failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    progress.failed.store(true, Relaxed);
+}
+
+/// Notes in the room kept that writing stopped now, and `why`.
+fn note_stop(sink: &mut Sink, why: &str, buf: &mut Vec<u8>) {
+    buf.clear();
+    encode(
+        &Entry::Failed(FailedEntry {
+            ts_ns: monotonic_ns(),
+            error: why.chars().take(ERROR_CHARS).collect(),
+        }),
+        buf,
+    );
+    // Only where no room could be kept does this fail too: the report then finds no stop.
+    let _ = sink.write(buf);
+}
+
+/// After a failure, or once the budget is reached: counts `entries` as left out but for
+/// the stop entry, which is written with them counted; after the budget, behind a gap
+/// entry that counts every entry left out since.
+fn stop_only(
+    sink: &mut Sink,
+    entries: Vec<Entry>,
+    buf: &mut Vec<u8>,
+    progress: &Progress,
+    budget: &mut Budget,
+) {
+    for entry in entries {
+        match entry {
+            Entry::Stop(mut stop) => {
+                let dropped = progress.dropped.load(Relaxed);
+                stop.unrecorded += dropped;
+                buf.clear();
+                let left_out = dropped + budget.gaps;
+                if budget.full && left_out > 0 {
+                    encode(&Entry::Gap { entries: left_out }, buf);
+                }
+                encode(&Entry::Stop(stop), buf);
+                let _ = sink.write(buf);
+            }
+            // The loop counted the entries of its gaps.
+            Entry::Gap { entries } => budget.gaps += entries,
+            _ => {
+                progress.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Closes the current segment and starts the next with `first`, its header and
+/// checkpoint; older segments give way to keep the budget. If the next cannot be started,
+/// the current one goes back to `FILE`, where a report looks.
+fn rotate(path: &Path, sink: &mut Sink, budget: &mut Budget, first: &[u8]) -> io::Result<()> {
+    sink.file.sync_data()?;
+    shift_segments(path)?;
+    budget.shifted(path, sink.len, first.len() as u64);
+    match file::create_segment(path).and_then(|f| Sink::start(f, first)) {
+        Ok(next) => {
+            let done = std::mem::replace(sink, next);
+            done.trim();
+            budget.rotated(path, done, sink.len);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            let _ = fs::rename(segment_path(path, 1), path);
+            Err(e)
+        }
+    }
+}
+
+/// A rotated segment on disk.
+struct Closed {
+    bytes: u64,
+    /// Kept open to keep it locked ([`file`]).
+    _file: File,
 }
 
 /// What the writer thread keeps of the budget: the rotated segments on disk, and whether
 /// the recording still rotates or has stopped at its budget.
 struct Budget {
     limit: Option<u64>,
-    /// Sizes of the rotated segments on disk, newest (`FILE.1`) first.
-    closed: VecDeque<u64>,
+    /// The rotated segments, newest (`FILE.1`) first.
+    closed: VecDeque<Closed>,
     /// The next segment could not rotate within the budget: the current one goes on.
     no_rotation: bool,
     /// The recording reached its budget: entries are left out from here.
     full: bool,
-    /// Entries left out since, and the entries of gap notes among them (already counted
-    /// by the loop).
-    dropped: u64,
+    /// Entries of the loop's gap notes among those left out since (already counted by the
+    /// loop).
     gaps: u64,
 }
 
@@ -533,14 +796,14 @@ impl Budget {
             closed: VecDeque::new(),
             no_rotation: false,
             full: false,
-            dropped: 0,
             gaps: 0,
         }
     }
 
-    /// Whether `chunk` bytes may be appended to a segment of `segment` bytes. The rotated
-    /// segments give way, oldest first, once the recording has passed its budget (so by
-    /// one chunk at most); when the current segment alone would, the recording is full.
+    /// Whether `chunk` bytes may be appended to a segment of `segment` bytes, with the room
+    /// kept past them. The rotated segments give way, oldest first, once the recording has
+    /// passed its budget (so by one chunk at most); when the current segment alone would,
+    /// the recording is full.
     fn admits(&mut self, path: &Path, segment: u64, chunk: u64, progress: &Progress) -> bool {
         let Some(limit) = self.limit else {
             return true;
@@ -548,7 +811,8 @@ impl Budget {
         if self.full {
             return false;
         }
-        self.make_room(path, segment, limit);
+        let segment = segment + RESERVE as u64;
+        self.make_room(path, segment, 1);
         if self.closed.is_empty() && segment + chunk > limit {
             self.full = true;
             if !self.no_rotation {
@@ -564,23 +828,12 @@ impl Budget {
         true
     }
 
-    /// Counts `entries`, left out of a full recording; at the end of the run, returns what
-    /// is still written: a gap note for everything left out, and the stop entry.
-    fn leave_out(&mut self, entries: Vec<Entry>, progress: &Progress) -> Option<Vec<Entry>> {
-        let mut stop = None;
-        for e in entries {
-            match e {
-                Entry::Gap { entries } => self.gaps += entries,
-                Entry::Stop(s) => stop = Some(s),
-                _ => self.dropped += 1,
-            }
-        }
-        progress.dropped.store(self.dropped, Relaxed);
-        let mut stop = stop?;
-        stop.unrecorded += self.dropped;
-        let left_out = self.dropped + self.gaps;
-        let gap = (left_out > 0).then_some(Entry::Gap { entries: left_out });
-        Some(gap.into_iter().chain([Entry::Stop(stop)]).collect())
+    /// Why the recording stopped, once full: for its note.
+    fn reached(&self) -> String {
+        format!(
+            "--record-max-size {} reached without room to rotate",
+            mib(self.limit.unwrap_or_default())
+        )
     }
 
     /// Whether to start a segment whose header and checkpoint (of `sockets` sockets) take
@@ -623,36 +876,52 @@ impl Budget {
         ));
     }
 
-    /// The current segment, `closed` bytes, became `FILE.1` (the rename dropped the oldest
-    /// beyond `FILE.3`); the next starts with `checkpoint` bytes, for which older segments
-    /// give way if needed.
-    fn rotated(&mut self, path: &Path, closed: u64, checkpoint: u64) {
-        self.closed.push_front(closed);
-        self.closed.truncate(SEGMENTS as usize - 1);
-        self.make_room(path, checkpoint, self.limit.unwrap_or(u64::MAX));
+    /// The files were shifted: the current segment, `current` bytes, is `FILE.1` now, and
+    /// the rename replaced the oldest beyond `FILE.3`. The older ones give way, if needed,
+    /// before the next segment's first `next` bytes (and the room kept past them) are
+    /// written.
+    fn shifted(&mut self, path: &Path, current: u64, next: u64) {
+        self.closed.truncate(SEGMENTS as usize - 2);
+        self.make_room(path, current + next + RESERVE as u64, 2);
+    }
+
+    /// The segment `done` was closed (it is `FILE.1`) and the next started, `segment`
+    /// bytes: `FILE.1` gives way too if it must.
+    fn rotated(&mut self, path: &Path, done: Sink, segment: u64) {
+        self.closed.push_front(Closed {
+            bytes: done.len,
+            _file: done.file,
+        });
+        self.make_room(path, segment + RESERVE as u64, 1);
     }
 
     /// Deletes the oldest rotated segments while they and a current segment of `segment`
-    /// bytes pass `limit`.
-    fn make_room(&mut self, path: &Path, segment: u64, limit: u64) {
-        while !self.closed.is_empty() && self.closed.iter().sum::<u64>() + segment > limit {
+    /// bytes pass the budget; the newest of them is `FILE.newest`.
+    fn make_room(&mut self, path: &Path, segment: u64, newest: u64) {
+        let Some(limit) = self.limit else {
+            return;
+        };
+        while !self.closed.is_empty()
+            && self.closed.iter().map(|c| c.bytes).sum::<u64>() + segment > limit
+        {
             // A file already gone is gone: the budget is kept either way.
-            let _ = fs::remove_file(segment_path(path, self.closed.len() as u64));
+            let oldest = newest + self.closed.len() as u64 - 1;
+            let _ = fs::remove_file(segment_path(path, oldest));
             self.closed.pop_back();
         }
     }
 }
 
 /// Whether a segment that starts with `checkpoint` bytes can rotate within `limit`: it
-/// must first hold as many bytes of new entries.
+/// must first hold as many bytes of new entries, beside the room kept past its end.
 fn can_rotate(limit: u64, checkpoint: u64) -> bool {
-    2 * checkpoint <= limit
+    2 * checkpoint + RESERVE as u64 <= limit
 }
 
 /// A budget whose quarters hold checkpoints of `checkpoint` bytes as designed: in at most
-/// half of each, in whole MiB.
+/// half of each (beside the room kept), in whole MiB.
 fn suggested_budget(checkpoint: u64) -> u64 {
-    (checkpoint * 2 * SEGMENTS).div_ceil(1 << 20) << 20
+    ((2 * checkpoint + RESERVE as u64) * SEGMENTS).div_ceil(1 << 20) << 20
 }
 
 /// `bytes` in MiB, as the options take them.
@@ -662,6 +931,17 @@ fn mib(bytes: u64) -> String {
     } else {
         format!("{:.1}MiB", bytes as f64 / f64::from(1 << 20))
     }
+}
+
+/// Now on the kernel's monotonic clock, which dates every entry.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; the clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `FILE.2` -> `FILE.3`, `FILE.1` -> `FILE.2`, `FILE` -> `FILE.1`; the oldest goes.
@@ -685,26 +965,4 @@ pub fn segment_path(path: &Path, n: u64) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(format!(".{n}"));
     PathBuf::from(p)
-}
-
-/// Refuses to overwrite a file that exists, is not empty and is not a recording.
-fn refuse_foreign(path: &Path) -> Result<(), RecordError> {
-    let mut magic = [0u8; MAGIC.len()];
-    let n = match OpenOptions::new().read(true).open(path) {
-        Ok(mut f) => f.read(&mut magic).unwrap_or(0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
-            return Err(RecordError::Create {
-                path: path.to_owned(),
-                error,
-            })
-        }
-    };
-    if n == 0 || magic[..n] == MAGIC[..n] {
-        Ok(())
-    } else {
-        Err(RecordError::NotARecording {
-            path: path.to_owned(),
-        })
-    }
 }

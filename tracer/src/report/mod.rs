@@ -27,8 +27,8 @@ use crate::{
     model::{HeldBy, IoOp, Ownership, Socket, Stay, Target, Thresholds},
     output::{
         summary::{self, ServicePort},
-        LiveInfo, Offender, Output, ReportInfo, Rfc3339, SocketReport, StateTime, SummaryReason,
-        TextStyle, TransitionCount, WallClock,
+        LiveInfo, Offender, Output, RecordingStopped, ReportInfo, Rfc3339, SocketReport, StateTime,
+        SummaryReason, TextStyle, TransitionCount, WallClock,
     },
     record::Entry,
 };
@@ -126,6 +126,10 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
             lost: learn.live.lost,
             unrecorded: learn.live.unrecorded,
             stopped: learn.live.stop.is_some(),
+            recording_stopped: learn.live.failed.as_ref().map(|f| RecordingStopped {
+                time: Rfc3339(clock.at(f.ts_ns)),
+                error: f.error.clone(),
+            }),
         },
         warnings: &warnings,
     };
@@ -259,12 +263,19 @@ fn replay_segments(
         if i > 0 && !seg.continues {
             replay.restart(&seg.header);
         }
+        // A segment's first socket entries are its checkpoint; later ones are the live
+        // run's corrections after lost transitions, which every segment applies.
+        let mut checkpoint = seg.header.checkpoint;
         while let Some((entry, offset)) = seg.next_entry()? {
-            if seg.continues && matches!(entry, Entry::Socket(_)) {
-                continue;
+            let in_checkpoint = checkpoint > 0 && matches!(entry, Entry::Socket(_));
+            if in_checkpoint {
+                checkpoint -= 1;
+                if seg.continues {
+                    continue;
+                }
             }
             replay
-                .entry(entry, position(i, offset), i == 0)
+                .entry(entry, position(i, offset), i == 0 && in_checkpoint)
                 .map_err(spill_error)?;
             after(replay)?;
         }
@@ -329,13 +340,33 @@ fn live_warnings(live: &Live, last_ns: u64, clock: &WallClock) -> Vec<String> {
         ));
     }
     if live.unrecorded > 0 {
-        w.push(format!(
-            "the recording left out {} entries: the disk could not keep up, or the recording \
-             reached --record-max-size without room to rotate",
-            live.unrecorded
-        ));
+        w.push(match live.failed {
+            Some(_) => format!(
+                "the recording left out {} entries: those after it stopped, and any the disk \
+                 could not keep up with before",
+                live.unrecorded
+            ),
+            None => format!(
+                "the recording left out {} entries because the disk could not keep up",
+                live.unrecorded
+            ),
+        });
     }
-    if live.stop.is_none() {
+    if let Some(f) = &live.failed {
+        // The live run knew and went on: not killed.
+        let end = match &live.stop {
+            Some(s) => format!(
+                "the live run went on to {} without recording",
+                Rfc3339(clock.at(s.ts_ns))
+            ),
+            None => "the end of the live run was not recorded either".to_owned(),
+        };
+        w.push(format!(
+            "recording stopped at {}: {}; {end}; it is reported up to then",
+            Rfc3339(clock.at(f.ts_ns)),
+            f.error
+        ));
+    } else if live.stop.is_none() {
         w.push(format!(
             "the recording has no stop entry: the live run was killed or is still running; \
              it is reported up to {}",

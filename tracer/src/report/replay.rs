@@ -31,7 +31,7 @@ use crate::{
     decode::Transition,
     model::{Endpoints, Ownership, Socket, SocketKey, State, Stay, Target, Thresholds},
     output::Outcome,
-    record::{reader::entry_at, Entry, Header, SocketEntry, StopEntry},
+    record::{reader::entry_at, Entry, FailedEntry, Header, SocketEntry, StopEntry},
     stuck::{Decision, Engine, Flag},
 };
 
@@ -295,10 +295,12 @@ pub struct Live {
     pub resolved: u64,
     /// The probe's drop counter at its last report.
     pub lost: u64,
-    /// Entries the recorder left out (disk too slow, or the budget full).
+    /// Entries the recorder left out (disk too slow or failing, or the budget full).
     pub unrecorded: u64,
     /// The stop entry, absent when the run was cut.
     pub stop: Option<StopEntry>,
+    /// Writing the recording failed here: what follows is the stop entry alone.
+    pub failed: Option<FailedEntry>,
 }
 
 /// The incident, rebuilt.
@@ -358,17 +360,20 @@ impl Replay {
         self.engine.restart(header.max_sockets as usize);
     }
 
-    /// Applies one entry, found at `at` ([`position`]). `Socket` entries restore the
-    /// checkpoint of a segment that does not follow the previous one; the caller skips them
-    /// otherwise.
-    pub fn entry(&mut self, entry: Entry, at: u64, first_segment: bool) -> io::Result<()> {
-        // The recording lasted at least to its latest entry (its stop, if it has one).
+    /// Applies one entry, found at `at` ([`position`]). `Socket` entries restore a
+    /// checkpoint (`snapshot`: the first segment's, the sockets open at start) or the live
+    /// run's corrections after lost transitions; the caller skips the checkpoint of a
+    /// segment that follows the previous one.
+    pub fn entry(&mut self, entry: Entry, at: u64, snapshot: bool) -> io::Result<()> {
+        // The recording lasted at least to its latest entry (its stop, if it has one; not
+        // past a failure, after which nothing was recorded).
         let seen = match &entry {
             Entry::Owners(o) => o.ts_ns,
             Entry::Stuck(s) => s.ts_ns,
             Entry::Resolved(r) => r.ts_ns,
             Entry::Lost { ts_ns, .. } => *ts_ns,
-            Entry::Stop(s) => s.ts_ns,
+            Entry::Stop(s) if self.live.failed.is_none() => s.ts_ns,
+            Entry::Failed(f) => f.ts_ns,
             Entry::Gone(g) => g.ts_ns,
             _ => 0,
         };
@@ -378,7 +383,7 @@ impl Replay {
         }
         match entry {
             Entry::Transition(e) => self.transition(Transition::from(&e))?,
-            Entry::Socket(s) => self.restore(&s, first_segment)?,
+            Entry::Socket(s) => self.restore(&s, snapshot)?,
             Entry::Owners(o) => {
                 let stay = (o.ends.into(), State(o.state), o.since_ns);
                 self.owners_found(stay, at + 1)?;
@@ -399,16 +404,21 @@ impl Replay {
             }
             Entry::Lost { total, .. } => self.live.lost = self.live.lost.max(total),
             Entry::Gap { entries } => self.live.unrecorded += entries,
-            Entry::Stop(stop) => self.live.stop = Some(stop),
+            Entry::Stop(stop) => {
+                // Its count includes what the gaps of rotated-away segments said.
+                self.live.unrecorded = self.live.unrecorded.max(stop.unrecorded);
+                self.live.stop = Some(stop);
+            }
+            Entry::Failed(f) => self.live.failed = Some(f),
             // A later segment's header: the caller handles segments.
             Entry::Header(_) => {}
         }
         Ok(())
     }
 
-    fn restore(&mut self, s: &SocketEntry, first_segment: bool) -> io::Result<()> {
+    fn restore(&mut self, s: &SocketEntry, snapshot: bool) -> io::Result<()> {
         let (key, socket) = s.socket();
-        if first_segment
+        if snapshot
             && self
                 .options
                 .timeline

@@ -519,6 +519,60 @@ fn a_quiet_stretch_without_a_stop_entry_is_inside_the_recording() {
 }
 
 #[test]
+fn a_recording_that_failed_says_when_and_why_and_ends_there() {
+    // The disk filled at 35s; the live run went on to 60s and left 3 entries out.
+    let mut entries = incident()[..8].to_vec();
+    entries.push(Entry::Failed(FailedEntry {
+        ts_ns: 35 * S,
+        error: "No space left on device (os error 28)".into(),
+    }));
+    entries.push(Entry::Stop(StopEntry {
+        ts_ns: 60 * S,
+        events: 5,
+        lost: 0,
+        unrecorded: 3,
+    }));
+    let r = report_bytes(&bytes_of(&entries), &[]).unwrap();
+    let info = &r[0];
+    assert_eq!(
+        info["live"]["recording_stopped"],
+        serde_json::json!({
+            "time": "2026-11-25T06:00:35.000000000Z",
+            "error": "No space left on device (os error 28)",
+        })
+    );
+    assert_eq!(info["live"]["stopped"], true);
+    assert_eq!(info["live"]["unrecorded"], 3);
+    // Nothing is known of what followed the failure.
+    assert_eq!(info["end"], "2026-11-25T06:00:35.000000000Z");
+    assert_eq!(
+        info["warnings"],
+        serde_json::json!([
+            "the recording left out 3 entries: those after it stopped, and any the disk could \
+             not keep up with before",
+            "recording stopped at 2026-11-25T06:00:35.000000000Z: No space left on device (os \
+             error 28); the live run went on to 2026-11-25T06:01:00.000000000Z without \
+             recording; it is reported up to then",
+        ])
+    );
+    // Stuck by then: A since 33s, B since 34s.
+    assert_eq!(of_type(&r, "stuck").len(), 2);
+
+    // The stop entry may be missing too: still not a killed run.
+    entries.pop();
+    let r = report_bytes(&bytes_of(&entries), &[]).unwrap();
+    let warnings = r[0]["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "recording stopped at 2026-11-25T06:00:35.000000000Z: No space left on device (os \
+             error 28); the end of the live run was not recorded either"
+        ),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("killed"), "{warnings}");
+}
+
+#[test]
 fn a_time_of_day_in_a_recording_of_several_days_is_its_first_occurrence() {
     let mut entries = incident();
     if let Some(Entry::Stop(stop)) = entries.last_mut() {
@@ -731,7 +785,7 @@ fn damaged_recordings_give_what_they_hold() {
     assert!(err.contains("No such file"), "{err}");
 }
 
-/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.2 does not
+/// `entries` in a file of format 1.`minor`, with one entry of a kind format 1.3 does not
 /// define after the header.
 fn newer_minor(entries: &[Entry], minor: u16) -> Vec<u8> {
     let mut b = MAGIC.to_vec();
@@ -781,17 +835,17 @@ fn a_newer_minor_version_is_read_and_warned_about_once() {
     );
 
     // Without entries of new kinds, the warning says only that some may be missing.
-    let r = report_bytes(&newer_minor(&all, 3)[..], &[]).unwrap();
+    let r = report_bytes(&newer_minor(&all, 4)[..], &[]).unwrap();
     let w = r[0]["warnings"][0].as_str().unwrap();
     assert!(
-        w.contains("(format 1.3): entries it added are skipped (1 skipped)"),
+        w.contains("(format 1.4): entries it added are skipped (1 skipped)"),
         "{w}"
     );
     let mut b = bytes_of(&all);
-    b[10] = 3;
+    b[10] = 4;
     let r = report_bytes(&b, &[]).unwrap();
     assert!(r[0]["warnings"][0].as_str().unwrap().ends_with(
-        "(format 1.3): entries it added are skipped; report it with a newer tracer to see them"
+        "(format 1.4): entries it added are skipped; report it with a newer tracer to see them"
     ));
 
     // An unknown kind in a file of this tracer's own version is not blamed on a newer one.
@@ -805,7 +859,7 @@ fn a_newer_minor_version_is_read_and_warned_about_once() {
     assert!(r[0]["warnings"][0]
         .as_str()
         .unwrap()
-        .ends_with(": skipped entries of kinds format 1.2 does not define: 1"));
+        .ends_with(": skipped entries of kinds format 1.3 does not define: 1"));
 }
 
 #[test]
@@ -1245,4 +1299,63 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_live_runs_corrections_after_lost_transitions_are_replayed() {
+    // Before the end, the live run lost transitions and set its table right: the snapshot
+    // socket 41000 had closed unseen (gone), and a leak at 40003 it never saw born was
+    // found in CLOSE_WAIT since 10s.
+    let mut entries = incident();
+    let stop = entries.pop().unwrap();
+    entries.push(Entry::Lost {
+        ts_ns: 9 * S,
+        total: 12,
+    });
+    entries.push(Entry::Gone(GoneEntry {
+        ts_ns: 11 * S,
+        key: KeyEntry::Snapshot(7),
+        ends: ends(41000),
+        state: Established as u8,
+        since_ns: S / 2,
+    }));
+    entries.push(Entry::Socket(SocketEntry {
+        key: KeyEntry::Snapshot(9),
+        ends: ends(40003),
+        state: CloseWait as u8,
+        since_ns: 10 * S,
+        since_is_lower_bound: true,
+        origin: OriginEntry::Accepted,
+        hint: None,
+    }));
+    entries.push(stop);
+    let r = report_bytes(&bytes_of(&entries), &[]).unwrap();
+    let stuck = sockets(&r, "stuck", "age_ms");
+    assert!(
+        stuck.contains(&(40003, 30_000)),
+        "the leak found by the correction is flagged at its threshold: {stuck:?}"
+    );
+    let end = of_type(&r, "summary");
+    let end = end.last().unwrap();
+    assert_eq!(end["tracked"], 2, "A and 40003; 41000 is gone: {end}");
+    // The same entries in a segment that continues the previous one are applied too.
+    let mut seg = vec![Entry::Header(Box::new(match &entries[0] {
+        Entry::Header(h) => Header {
+            segment: 1,
+            checkpoint: 0,
+            ..(**h).clone()
+        },
+        _ => unreachable!(),
+    }))];
+    seg.extend_from_slice(&entries[entries.len() - 4..]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incident.rec");
+    std::fs::write(
+        writer::segment_path(&path, 1),
+        bytes_of(&entries[..entries.len() - 4]),
+    )
+    .unwrap();
+    std::fs::write(&path, bytes_of(&seg)).unwrap();
+    let r = report_file(&path, &[]).unwrap();
+    assert!(sockets(&r, "stuck", "age_ms").contains(&(40003, 30_000)));
 }

@@ -169,7 +169,8 @@ fn a_full_table_says_what_it_dropped() {
         out,
         vec![Decision::Evicted {
             sockets: 1,
-            stuck: 0
+            stuck: 0,
+            watched: 0
         }]
     );
 }
@@ -247,4 +248,98 @@ proptest! {
 fn endpoints_of_a_transition() {
     let e: Endpoints = t(1, 0xa, Established, CloseWait).ends();
     assert_eq!((e.sport, e.dport), (61616, 40010));
+}
+
+/// The kernel's listing of a socket with `t`'s endpoints for `sk`, in `state` since `since`.
+fn listed(sk: u64, state: TcpState, since: u64, cookie: u64) -> SnapshotSocket {
+    SnapshotSocket {
+        cookie,
+        inode: 0,
+        ends: t(0, sk, Established, CloseWait).ends(),
+        state: state.into(),
+        since_ns: since,
+        origin: Origin::Accepted,
+    }
+}
+
+#[test]
+fn reconciling_removes_phantoms_corrects_states_and_adds_what_was_missed() {
+    let mut e = Engine::new(close_wait_after(3), 100, 0);
+    let mut out = Vec::new();
+    // 0xa: a phantom (its close was lost); 0xb: its FIN was lost, the kernel has it in
+    // CLOSE_WAIT; 0xc: agrees; 0xd: born while transitions were lost; 0xe: touched after
+    // the listing began, newer than it.
+    for sk in [0xa, 0xb, 0xc, 0xe] {
+        e.transition(&t(SEC, sk, SynRecv, Established), &mut out);
+    }
+    let touched: HashSet<Endpoints> = [t(0, 0xe, Established, CloseWait).ends()].into();
+    let done = e.reconcile(
+        vec![
+            listed(0xb, CloseWait, 10 * SEC, 2),
+            listed(0xc, Established, 10 * SEC, 3),
+            listed(0xd, CloseWait, 10 * SEC, 4),
+            listed(0xe, FinWait1, 10 * SEC, 5),
+        ],
+        &touched,
+        &mut out,
+    );
+    assert_eq!(
+        done.removed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [SocketKey::Sk(0xa)]
+    );
+    assert_eq!(done.corrected.len(), 1);
+    let (key, was, b) = done.corrected[0];
+    assert_eq!(was.state, Established.into());
+    assert_eq!(key, SocketKey::Sk(0xb));
+    assert_eq!((b.state, b.since_ns), (CloseWait.into(), 10 * SEC));
+    assert!(b.since_is_lower_bound);
+    assert_eq!(
+        done.added.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [SocketKey::Snapshot(4)]
+    );
+    assert_eq!(e.stats().tracked, 4);
+    assert_eq!(
+        e.table().get(SocketKey::Sk(0xe)).map(|s| s.state),
+        Some(Established.into()),
+        "newer than the listing: kept"
+    );
+    // Both missed leaks are flagged at their threshold from the listing's lower bound.
+    e.tick(13 * SEC, &mut out);
+    let mut flagged: Vec<SocketKey> = stuck(&out).iter().map(|f| f.key).collect();
+    flagged.sort();
+    assert_eq!(flagged, [SocketKey::Sk(0xb), SocketKey::Snapshot(4)]);
+    // Reconciling again against the same kernel changes nothing.
+    let again = e.reconcile(
+        vec![
+            listed(0xb, CloseWait, 10 * SEC, 2),
+            listed(0xc, Established, 10 * SEC, 3),
+            listed(0xd, CloseWait, 10 * SEC, 4),
+            listed(0xe, Established, 10 * SEC, 5),
+        ],
+        &HashSet::new(),
+        &mut out,
+    );
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn a_flagged_socket_found_in_another_state_loses_its_flag_without_a_resolution() {
+    let mut e = Engine::new(close_wait_after(3), 100, 0);
+    let mut out = Vec::new();
+    leak(&mut e, 0xa, SEC, &mut out);
+    e.tick(10 * SEC, &mut out);
+    assert_eq!(stuck(&out).len(), 1);
+    out.clear();
+    // Its close (CLOSE_WAIT -> LAST_ACK) was lost.
+    let done = e.reconcile(
+        vec![listed(0xa, LastAck, 20 * SEC, 1)],
+        &HashSet::new(),
+        &mut out,
+    );
+    assert_eq!(done.corrected.len(), 1);
+    assert!(
+        out.is_empty(),
+        "no resolution: the leaving transition was not seen"
+    );
+    assert_eq!(e.stuck().count(), 0);
 }

@@ -6,10 +6,13 @@
 
 mod focus;
 mod info;
+mod reconcile;
 mod session;
 
 use std::{
+    fs::File,
     io::{self, IsTerminal, Write},
+    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -24,15 +27,17 @@ use crate::{
     attribute::{netns, procfs::ProcFs, Attributor, Host, Namespaces},
     cli::WatchArgs,
     model::{Family, Format, Thresholds},
-    output::{monotonic_ns, Output, StopReason, SummaryReason, TextStyle, WallClock},
-    probe::{Diagnostics, Filters, Probe, RingConfig},
-    record::{
-        writer::{self, Recorder},
-        SocketEntry,
+    output::{
+        monotonic_ns,
+        queue::{CloseError, Queued},
+        Output, StopReason, SummaryReason, TextStyle, WallClock,
     },
+    probe::{Diagnostics, Filters, Probe, RingConfig},
+    record::{file, writer::Recorder, SocketEntry},
     stuck::Engine,
 };
 use focus::Focus;
+use reconcile::Reconciler;
 use session::Session;
 
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
@@ -43,9 +48,19 @@ const LOST_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// Least time between two attributions: a leak crosses its threshold socket by socket,
 /// and one scan of /proc should serve a burst of them.
 const ATTRIBUTION_SPACING: Duration = Duration::from_millis(200);
+/// Output waiting for a slow reader of stdout beyond which the loop stops reading the
+/// probe, until the reader catches up (the kernel counts what it then drops as lost).
+const OUT_BACKLOG: usize = 4 << 20;
+/// How long, from its signal, the end of a run waits for the recording's disk: less than
+/// [`STOP_GRACE`], so that a hung disk leaves the totals time to reach stdout.
+const RECORD_GRACE: Duration = Duration::from_millis(400);
+/// How long, from its signal, the end of a run waits for the reader of stdout: with the
+/// final reads and the detaching, a run ends within a second.
+const STOP_GRACE: Duration = Duration::from_millis(800);
 
-/// Runs `tracer watch` with `args`, writing records to `out` and status lines to stderr.
-pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
+/// Runs `tracer watch` with `args`, writing records to `out` (from a thread of its own)
+/// and status lines to stderr.
+pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::Result<()> {
     let filters = Filters {
         ports: args.ports.clone(),
         // --pid is no kernel filter: the transitions that matter most (into CLOSE_WAIT)
@@ -55,10 +70,13 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         states: args.states.clone(),
     };
     let ring_config = RingConfig::with_bytes(args.buffer_size);
-    // Signal handlers first, so a SIGTERM right after the start record is not fatal.
+    // Signal handlers first, so a SIGTERM right after the start record is not fatal. A
+    // closed terminal or a dropped ssh session sends SIGHUP: the run ends as on SIGTERM,
+    // with its totals and the recording's stop entry.
     let signals = (
         signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
         signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
     );
 
     // Switches that force the paths other kernels take (record layout, send/receive hooks).
@@ -66,12 +84,22 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     // The recording's file comes first: a path that cannot be written fails before the
     // probe is loaded.
     let record_file = match &args.record {
-        Some(path) => Some((path, writer::prepare(path)?)),
+        Some(path) => Some((path, file::prepare(path)?)),
         None => None,
     };
     let (mut probe, ring) = Probe::attach(&filters, ring_config, &diagnostics, io_sockets(args))?;
     if let Some(why) = &probe.io.off {
         eprintln!("tracer: warning: {why}");
+    }
+    if probe.io.mechanism.is_some() {
+        let pinned = u64::from(io_sockets(args)) * IO_NOTE_BYTES;
+        if pinned >= 32 << 20 {
+            eprintln!(
+                "tracer: the kernel holds {} MiB for last send/receive notes ({} sockets, a quarter of --max-sockets)",
+                pinned >> 20,
+                io_sockets(args)
+            );
+        }
     }
     if let Err(e) = &probe.netns {
         eprintln!(
@@ -155,7 +183,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
             own_netns: netns::own(),
         },
         clock,
-        io::BufWriter::with_capacity(1 << 16, out),
+        Queued::spawn(out).context("cannot start the thread that writes stdout")?,
         io::stderr().lock(),
     );
     let mut session = Session::new(
@@ -166,10 +194,12 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         recorder,
         args.events,
         args.pid,
-    );
+    )
+    .context("cannot start the owner lookup thread")?;
     if let Some(focus) = focus {
         session.focus(focus);
     }
+    session.reconcile_with(Reconciler::new(filters.clone(), namespaces));
     session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(
         args,
@@ -190,6 +220,8 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
     let Some(reason) = follow(&mut session, &probe, &mut ring, args, signals).await? else {
         return Ok(());
     };
+    let stopping = Instant::now();
+    let deadline = stopping + STOP_GRACE;
 
     // Detach first: then the ring and the drop counter are final, and the totals account
     // for every transition the probe saw.
@@ -202,7 +234,7 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         .and_then(|()| session.check_losses(&probe))
         .and_then(|()| written(session.summary(SummaryReason::Stop, end_ns)));
     // The recording is finished even when stdout has gone away.
-    let unrecorded = session.finish_recording(end_ns);
+    let unrecorded = session.finish_recording(end_ns, stopping + RECORD_GRACE);
     if quiet_on_broken_pipe(last)? {
         return Ok(());
     }
@@ -210,18 +242,36 @@ pub async fn run(args: &WatchArgs, out: impl Write) -> anyhow::Result<()> {
         .skipped()
         .context("reading the probe's count of skipped transitions failed")?;
     let stop = info::stop_info(&session, reason, started, unrecorded, skipped);
-    quiet_on_broken_pipe(written(session.output.stop(&stop)))?;
+    // Text puts the totals on stderr: after what stdout still has to show. A failure here
+    // comes again from close below.
+    let _ = session.output.out_mut().drain(deadline);
+    if quiet_on_broken_pipe(written(session.output.stop(&stop)))? {
+        return Ok(());
+    }
+    match session.output.out_mut().close(deadline) {
+        Ok(()) => {}
+        Err(CloseError::Failed(e)) => {
+            quiet_on_broken_pipe(written(Err(e)))?;
+        }
+        // The totals still reach stderr; text has written them there already.
+        Err(e @ CloseError::Stalled { .. }) => {
+            if args.format == Format::Json {
+                written(session.output.stop_status(&stop))?;
+            }
+            eprintln!("tracer: warning: stdout was not being read: {e}");
+        }
+    }
     Ok(())
 }
 
 /// Follows the probe until a signal, the `--duration` deadline, or a closed stdout (then
 /// `None`: the run ends quietly).
-async fn follow<W: Write, E: Write>(
-    session: &mut Session<W, E>,
+async fn follow<E: Write>(
+    session: &mut Session<Queued, E>,
     probe: &Probe,
     ring: &mut AsyncFd<RingBuf<MapData>>,
     args: &WatchArgs,
-    (mut sigint, mut sigterm): (Signal, Signal),
+    (mut sigint, mut sigterm, mut sighup): (Signal, Signal, Signal),
 ) -> anyhow::Result<Option<StopReason>> {
     let deadline = async {
         match args.duration {
@@ -239,6 +289,7 @@ async fn follow<W: Write, E: Write>(
         args.summary_interval,
     );
     summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let owners_ready = session.owners_ready();
 
     let reason = loop {
         // The stuck timer: the next threshold crossing, on the kernel's monotonic clock.
@@ -251,28 +302,34 @@ async fn follow<W: Write, E: Write>(
                 None => std::future::pending().await,
             }
         };
+        // A reader of stdout that has fallen far behind: wait for it (or a signal) before
+        // reading more from the probe.
+        let behind = session.output.out().backlog() >= OUT_BACKLOG;
         let step = tokio::select! {
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
+            _ = sighup.recv() => break StopReason::Signal,
             _ = &mut deadline => break StopReason::Duration,
-            guard = ring.readable_mut() => {
+            _ = session.output.out().room(), if behind => Ok(()),
+            guard = ring.readable_mut(), if !behind => {
                 let mut guard = guard.context("polling the ring buffer failed")?;
                 let r = session.drain(guard.get_inner_mut(), probe);
                 guard.clear_ready();
                 written(r)
             }
-            _ = poll.tick() => written(session.drain(ring.get_mut(), probe)),
+            _ = poll.tick(), if !behind => written(session.drain(ring.get_mut(), probe)),
             _ = lost_check.tick() => session.check_losses(probe),
             // Drain first: a transition already in the ring may show the socket left in time.
-            _ = flag_timer => written(
+            _ = flag_timer, if !behind => written(
                 session
                     .drain(ring.get_mut(), probe)
                     .and_then(|()| session.flag_due(probe, monotonic_ns())),
             ),
             _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
+            _ = owners_ready.notified() => written(session.owners_found(probe)),
         };
         if quiet_on_broken_pipe(step)? {
-            session.finish_recording(monotonic_ns());
+            session.finish_recording(monotonic_ns(), Instant::now() + RECORD_GRACE);
             return Ok(None);
         }
     };
@@ -283,6 +340,10 @@ async fn follow<W: Write, E: Write>(
 /// cap, because each costs the kernel 104 bytes allocated up front (6.5 MiB by default).
 /// The map is LRU: on a machine where more sockets than that have been used since they
 /// were born, the notes of the idlest go first, and a stuck socket may then lack one.
+/// Kernel memory per last send/receive note: the LRU hash map's key, value and overhead,
+/// measured with `bpftool map show` (memlock / entries).
+const IO_NOTE_BYTES: u64 = 104;
+
 fn io_sockets(args: &WatchArgs) -> u32 {
     (args.max_sockets / 4).max(1024)
 }
@@ -292,17 +353,43 @@ fn written(r: io::Result<()>) -> anyhow::Result<()> {
     r.context("writing output failed")
 }
 
-/// A reader that went away (`tracer ... | head`) ends the run quietly and successfully,
-/// as it does for other Unix filters: `Ok(true)` means stop now.
+/// A reader that went away (`tracer ... | head`, a terminal closed) ends the run quietly
+/// and successfully, as it does for other Unix filters: `Ok(true)` means stop now.
 fn quiet_on_broken_pipe(r: anyhow::Result<()>) -> anyhow::Result<bool> {
     match r {
         Ok(()) => Ok(false),
         Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+            if e.downcast_ref::<io::Error>().is_some_and(|e| {
+                e.kind() == io::ErrorKind::BrokenPipe
+                    || (e.raw_os_error() == Some(libc::EIO) && terminal_hung_up())
+            }) =>
         {
             Ok(true)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether stdout or stderr is a terminal that has hung up (closed, its ssh session gone),
+/// where every write fails with EIO. Such a stream is pointed at /dev/null, so that what
+/// the run still says on its way out cannot fail there.
+fn terminal_hung_up() -> bool {
+    let mut hung_up = false;
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: termios is plain data, for which zeroes are valid.
+        let mut termios = unsafe { std::mem::zeroed::<libc::termios>() };
+        // A hung-up terminal refuses even this with EIO; other files say ENOTTY.
+        // SAFETY: tcgetattr writes one termios we own.
+        if unsafe { libc::tcgetattr(fd, &mut termios) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::EIO)
+        {
+            continue;
+        }
+        hung_up = true;
+        if let Ok(null) = File::options().write(true).open("/dev/null") {
+            // SAFETY: both descriptors are open; fd now names /dev/null.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    hung_up
 }

@@ -1,20 +1,42 @@
 //! The live driver around the [`Engine`]: feeds it what the probe reports, resolves the
 //! owners of what it flags, and hands every decision to the output and the recorder.
+//!
+//! Owners are looked up on a thread of their own ([`Worker`]): the loop sends it the flags
+//! due and goes on reading the ring, and reports each batch when its answer comes. What
+//! the engine decides meanwhile about flagged sockets (their resolutions) waits behind the
+//! flags still being looked up, so records still come out in time order and a socket's
+//! resolution never before its flag.
 
-use std::io::{self, Write};
+use std::{
+    collections::VecDeque,
+    io::{self, Write},
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use tokio::sync::Notify;
 
-use super::{focus::Focus, written, ATTRIBUTION_SPACING};
+use super::{
+    focus::Focus,
+    reconcile::{Listing, Reason, Reconciler},
+    written, ATTRIBUTION_SPACING,
+};
 use crate::{
     aggregate::Resolved,
-    attribute::{Attributor, Host, Selection},
+    attribute::{
+        procfs::ProcFs,
+        worker::{Stopped, Worker},
+        Attribution, Attributor, Host, Selection,
+    },
     decode,
-    model::{HeldBy, LastIo, Ownership, Socket},
-    output::{monotonic_ns, summary, Output, SocketReport, SummaryReason},
+    model::{HeldBy, LastIo, Ownership, Socket, SocketKey},
+    output::{monotonic_ns, summary, Output, Reconciled, Rfc3339, SocketReport, SummaryReason},
     probe::Probe,
-    record::{writer::Recorder, Entry, GoneEntry, ResolvedEntry, StopEntry, StuckEntry},
+    record::{
+        writer::Recorder, Entry, GoneEntry, ResolvedEntry, SocketEntry, StopEntry, StuckEntry,
+    },
     stuck::{Decision, Engine, Flag},
 };
 
@@ -28,6 +50,14 @@ pub(super) struct Counts {
     pub resolved: u64,
 }
 
+/// What waits to be reported, in time order, behind flags whose owners are being looked up.
+enum Waiting {
+    /// Flags sent to the lookup thread, answered in the order sent.
+    Flags(Vec<Flag>),
+    /// A flagged socket left its state.
+    Resolved(Resolved),
+}
+
 /// The live side of the data path around the [`Engine`]: feeds it from the ring buffer and
 /// the clock, resolves the owners of what it flags (the only side effects: /proc, sock_diag
 /// and the probe's last send/receive), and hands every decision to the output and the
@@ -35,10 +65,17 @@ pub(super) struct Counts {
 pub(super) struct Session<W: Write, E: Write> {
     pub(super) output: Output<W, E>,
     pub(super) engine: Engine,
-    attributor: Attributor<Host>,
-    /// Flags waiting for their owners: flags that fall due close together share one look
-    /// at /proc.
+    /// The owner lookups, on their own thread.
+    owners: Worker,
+    /// Open descriptor counts of owners, for summaries.
+    proc: ProcFs,
+    /// Flags not yet sent for their owners: flags that fall due close together share one
+    /// lookup.
     pending: Vec<Flag>,
+    /// Flags sent for their owners and what came after them, oldest first.
+    waiting: VecDeque<Waiting>,
+    /// How many batches of `waiting` are flags still being looked up.
+    asked: usize,
     /// Print every transition (`--events`).
     events: bool,
     /// `--pid` with `--events`: print only the transitions of that process's sockets.
@@ -48,22 +85,26 @@ pub(super) struct Session<W: Write, E: Write> {
     selection: Selection,
     /// Earliest time (monotonic ns) of the next attribution.
     next_attribution_ns: u64,
+    /// Some lookup failed (warned about once).
     attribution_failed: bool,
     /// Reading the probe's last send/receive failed once (warned about).
     io_failed: bool,
-    /// `--record`: dropped (with a warning) if writing fails.
+    /// `--record`: after a failed write (said once), it counts what it leaves out.
     recorder: Option<Recorder>,
     pub(super) counts: Counts,
     /// Reused between batches.
     decisions: Vec<Decision>,
     /// Sockets (and of them, flagged ones) evicted since the last warning.
     evicted_unsaid: (u64, u64),
+    /// Sets the table right against the kernel's list after losses and evictions.
+    reconciler: Option<Reconciler>,
 }
 
 impl<W: Write, E: Write> Session<W, E> {
     /// A session writing to `output`, around `engine` (with what seeding it `decided`),
     /// naming owners with `attributor`, printing every transition when `events`, and
-    /// showing only sockets `owner_pid` is involved in when given.
+    /// showing only sockets `owner_pid` is involved in when given. The attributor moves to
+    /// a thread of its own, which fails to start only when the system is out of threads.
     pub(super) fn new(
         output: Output<W, E>,
         engine: Engine,
@@ -72,12 +113,15 @@ impl<W: Write, E: Write> Session<W, E> {
         recorder: Option<Recorder>,
         events: bool,
         owner_pid: Option<u32>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             output,
             engine,
-            attributor,
+            owners: Worker::spawn(attributor)?,
+            proc: ProcFs::default(),
             pending: Vec::new(),
+            waiting: VecDeque::new(),
+            asked: 0,
             events,
             focus: None,
             selection: Selection {
@@ -91,7 +135,14 @@ impl<W: Write, E: Write> Session<W, E> {
             counts: Counts::default(),
             decisions: decided,
             evicted_unsaid: (0, 0),
-        }
+            reconciler: None,
+        })
+    }
+
+    /// Checks the table against the kernel's list with `reconciler` after transitions
+    /// are lost or watched sockets evicted.
+    pub(super) fn reconcile_with(&mut self, reconciler: Reconciler) {
+        self.reconciler = Some(reconciler);
     }
 
     /// Prints only the transitions of the sockets `focus` follows (`--events --pid`).
@@ -115,6 +166,9 @@ impl<W: Write, E: Write> Session<W, E> {
             match decode::decode(&item) {
                 Ok(t) => {
                     self.counts.events += 1;
+                    if let Some(r) = &mut self.reconciler {
+                        r.touched(t.ends());
+                    }
                     if let Some(r) = &mut self.recorder {
                         r.transition(&t);
                     }
@@ -142,22 +196,36 @@ impl<W: Write, E: Write> Session<W, E> {
         Ok(())
     }
 
-    /// Handles the engine's decisions. A resolution first reports the flags still waiting
-    /// for their owners, which are older: records come out in time order.
+    /// Handles the engine's decisions. A resolution waits behind the flags still waiting
+    /// for their owners, which are older (its own among them, maybe): records come out in
+    /// time order.
     pub(super) fn decide(&mut self, probe: &Probe) -> io::Result<()> {
         let mut decisions = std::mem::take(&mut self.decisions);
         for d in decisions.drain(..) {
             match d {
                 Decision::Stuck(flag) => self.pending.push(flag),
                 Decision::Resolved(r) => {
-                    self.attribute(probe)?;
-                    self.resolve(&r)?;
+                    // Flags older than it are looked up now rather than after the spacing.
+                    self.ask(probe)?;
+                    match self.waiting.is_empty() {
+                        true => self.resolve(&r)?,
+                        false => self.waiting.push_back(Waiting::Resolved(r)),
+                    }
                 }
                 // Said once a second at most (check_losses): a full table under churn
                 // evicts often.
-                Decision::Evicted { sockets, stuck } => {
+                Decision::Evicted {
+                    sockets,
+                    stuck,
+                    watched,
+                } => {
                     self.evicted_unsaid.0 += sockets;
                     self.evicted_unsaid.1 += stuck;
+                    if watched > 0 {
+                        if let Some(r) = &mut self.reconciler {
+                            r.ask(Reason::Evicted);
+                        }
+                    }
                 }
             }
         }
@@ -174,28 +242,28 @@ impl<W: Write, E: Write> Session<W, E> {
             });
             if let Err(e) = flushed {
                 eprintln!("tracer: warning: {e}; the live trace goes on");
-                self.recorder = None;
             }
         }
         self.output.flush()
     }
 
-    /// Writes the stop entry and closes the recording; returns the entries it left out.
-    pub(super) fn finish_recording(&mut self, end_ns: u64) -> u64 {
-        let Some(r) = self.recorder.take() else {
+    /// Writes the stop entry and closes the recording, waiting for its disk until
+    /// `deadline` at most; returns the entries it left out.
+    pub(super) fn finish_recording(&mut self, end_ns: u64, deadline: Instant) -> u64 {
+        let Some(mut r) = self.recorder.take() else {
             return 0;
         };
-        let unrecorded = r.unrecorded();
         let stop = StopEntry {
             ts_ns: end_ns,
             events: self.counts.events,
             lost: self.counts.lost,
-            unrecorded,
+            // The recorder counts.
+            unrecorded: 0,
         };
-        if let Err(e) = r.finish(stop) {
+        if let Err(e) = r.finish(stop, deadline) {
             eprintln!("tracer: warning: {e}");
         }
-        unrecorded
+        r.unrecorded()
     }
 
     fn resolve(&mut self, r: &Resolved) -> io::Result<()> {
@@ -225,32 +293,70 @@ impl<W: Write, E: Write> Session<W, E> {
         self.output.resolved(&report, r.left_ns, r.new)
     }
 
-    /// When the stuck timer should fire next (monotonic ns).
+    /// When the stuck timer should fire next (monotonic ns): at the next threshold, or
+    /// when pending flags may be sent (a lookup under way sends them when it ends).
     pub(super) fn next_flag_ns(&self) -> Option<u64> {
-        let next = match self.pending.is_empty() {
+        let next = match self.pending.is_empty() || self.asked > 0 {
             true => self.engine.next_deadline(),
             false => Some(0),
         };
         next.map(|d| d.max(self.next_attribution_ns))
     }
 
-    /// Flags the sockets past their threshold at `now_ns` and, unless an attribution ran
-    /// too recently, reports them. The caller drains the ring first, so a socket that left
-    /// in time is not flagged.
+    /// Flags the sockets past their threshold at `now_ns` and, unless a lookup is under way
+    /// or one began too recently, sends them for their owners. The caller drains the ring
+    /// first, so a socket that left in time is not flagged.
     pub(super) fn flag_due(&mut self, probe: &Probe, now_ns: u64) -> io::Result<()> {
         self.engine.tick(now_ns, &mut self.decisions);
         self.decide(probe)?;
-        if monotonic_ns() >= self.next_attribution_ns {
-            self.attribute(probe)?;
-        }
+        self.ask_when_due(probe)?;
         self.flush()
     }
 
-    /// Names the owners of the pending flags (and the last process to send or receive on
-    /// them) and reports them. A socket the kernel no longer has in its flagged state,
-    /// although the engine still holds it there, lost its transition: it is dropped, and
-    /// the recording says so.
+    /// Notified when owners found may be taken with [`Session::owners_found`].
+    pub(super) fn owners_ready(&self) -> Arc<Notify> {
+        self.owners.ready()
+    }
+
+    /// Reports the batches whose owners were found (and what waited behind them), then
+    /// sends the flags that fell due meanwhile, if it is time.
+    pub(super) fn owners_found(&mut self, probe: &Probe) -> io::Result<()> {
+        while self.asked > 0 {
+            let found = match self.owners.try_answer() {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(stopped) => self.without_owners(stopped),
+            };
+            self.answered(found, probe)?;
+        }
+        self.ask_when_due(probe)?;
+        self.flush()
+    }
+
+    /// Reports every flag raised so far, waiting for their owners: for the end of the run.
     pub(super) fn attribute(&mut self, probe: &Probe) -> io::Result<()> {
+        self.ask(probe)?;
+        while self.asked > 0 {
+            let found = self
+                .owners
+                .answer()
+                .unwrap_or_else(|stopped| self.without_owners(stopped));
+            self.answered(found, probe)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending flags for their owners, unless a lookup is under way (its end
+    /// sends them) or the last one began less than [`ATTRIBUTION_SPACING`] ago.
+    fn ask_when_due(&mut self, probe: &Probe) -> io::Result<()> {
+        if self.asked == 0 && monotonic_ns() >= self.next_attribution_ns {
+            self.ask(probe)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending flags for their owners now.
+    fn ask(&mut self, probe: &Probe) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -259,14 +365,69 @@ impl<W: Write, E: Write> Session<W, E> {
             .iter()
             .map(|f| (f.socket.ends, f.socket.state))
             .collect();
-        let found = self.attributor.owners(&query);
+        self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
+        self.waiting.push_back(Waiting::Flags(flags));
+        self.asked += 1;
+        if let Err(stopped) = self.owners.ask(query) {
+            let found = self.without_owners(stopped);
+            return self.answered(found, probe);
+        }
+        Ok(())
+    }
+
+    /// What stands for the owners of the oldest batch asked about when the lookup thread
+    /// has stopped: none known (warned about once).
+    fn without_owners(&mut self, stopped: Stopped) -> Attribution {
+        if !self.attribution_failed {
+            eprintln!("tracer: warning: {stopped}; stuck sockets are reported without owners");
+            self.attribution_failed = true;
+        }
+        let flags = match self.waiting.front() {
+            Some(Waiting::Flags(f)) => f.len(),
+            _ => 0,
+        };
+        let unknown = Ownership {
+            held_by: HeldBy::Unknown,
+            owners: Vec::new(),
+            last_io: None,
+        };
+        Attribution {
+            owners: vec![unknown; flags],
+            failed: Vec::new(),
+        }
+    }
+
+    /// Reports the oldest batch asked about with the owners `found` for it, then what
+    /// waited behind it up to the next batch.
+    fn answered(&mut self, found: Attribution, probe: &Probe) -> io::Result<()> {
+        // The oldest entry is always a batch: what waits behind one goes out with it.
+        if let Some(Waiting::Flags(flags)) = self.waiting.pop_front() {
+            self.asked -= 1;
+            self.report(flags, found, probe)?;
+        }
+        while let Some(w) = self.waiting.pop_front() {
+            match w {
+                Waiting::Resolved(r) => self.resolve(&r)?,
+                batch => {
+                    self.waiting.push_front(batch);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports `flags` with their owners `found` (and the last process to send or receive
+    /// on them). A socket the kernel no longer has in its flagged state, although the
+    /// engine still holds it there, lost its transition: it is dropped, and the recording
+    /// says so.
+    fn report(&mut self, flags: Vec<Flag>, found: Attribution, probe: &Probe) -> io::Result<()> {
         if let Some(e) = found.failed.first() {
             if !self.attribution_failed {
                 eprintln!("tracer: warning: {e}; stuck sockets there are reported without owners");
                 self.attribution_failed = true;
             }
         }
-        self.next_attribution_ns = monotonic_ns() + ATTRIBUTION_SPACING.as_nanos() as u64;
         for (flag, mut ownership) in flags.into_iter().zip(found.owners) {
             let stay = flag.socket.stay();
             if ownership.held_by == HeldBy::Gone && self.engine.current(&flag) {
@@ -340,8 +501,8 @@ impl<W: Write, E: Write> Session<W, E> {
                 selection.admits(o, s).then_some((s, Some(o)))
             })
             .collect();
-        let attributor = &mut self.attributor;
-        let groups = summary::group(stuck.into_iter(), |pid| attributor.fd_count(pid));
+        let proc = &self.proc;
+        let groups = summary::group(stuck.into_iter(), |pid| proc.fd_count(pid));
         let states = self
             .engine
             .per_state()
@@ -377,10 +538,58 @@ impl<W: Write, E: Write> Session<W, E> {
             }
             self.counts.lost = total;
             written(self.output.lost(lost, total))?;
+            if let Some(r) = &mut self.reconciler {
+                r.ask(Reason::Lost);
+            }
         }
         if sockets > 0 || lost > 0 {
             written(self.flush())?;
         }
+        if let Some(listing) = self.reconciler.as_mut().and_then(Reconciler::poll) {
+            written(self.reconciled(listing, probe))?;
+        }
         Ok(())
+    }
+
+    /// Applies a finished listing of the kernel's sockets to the table; records what
+    /// changed so that a report makes the same changes, and says so.
+    fn reconciled(&mut self, listing: Listing, probe: &Probe) -> io::Result<()> {
+        let done = self
+            .engine
+            .reconcile(listing.sockets, &listing.touched, &mut self.decisions);
+        if let Some(rec) = &mut self.recorder {
+            let now = monotonic_ns();
+            let gone = |key: SocketKey, s: &Socket| {
+                Entry::Gone(GoneEntry {
+                    ts_ns: now,
+                    key: key.into(),
+                    ends: s.ends.into(),
+                    state: s.state.0,
+                    since_ns: s.since_ns,
+                })
+            };
+            for (key, s) in &done.removed {
+                rec.push(gone(*key, s));
+            }
+            for (key, was, now) in &done.corrected {
+                rec.push(gone(*key, was));
+                rec.push(Entry::Socket(SocketEntry::new(*key, now)));
+            }
+            for (key, s) in &done.added {
+                rec.push(Entry::Socket(SocketEntry::new(*key, s)));
+            }
+        }
+        self.decide(probe)?;
+        let info = Reconciled {
+            time: Rfc3339(SystemTime::now()),
+            reason: listing.reason.name(),
+            removed: done.removed.len(),
+            corrected: done.corrected.len(),
+            added: done.added.len(),
+            tracked: self.engine.stats().tracked,
+            listing_ms: listing.took.as_millis() as u64,
+        };
+        self.output.reconciled(&info)?;
+        self.flush()
     }
 }
