@@ -35,6 +35,30 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Lets this process (and what it starts) open `n` descriptors: root raises the hard limit
+/// too where it may (a kernel's default is 4,096); where it may not, the hard limit is
+/// what there is.
+pub fn allow_fds(n: u64) {
+    let wanted = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed; setrlimit reads it.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.min(n);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
 /// The running kernel's version as (major, minor), e.g. (6, 12), for the tests whose
 /// expectations differ by kernel.
 pub fn kernel_version() -> (u32, u32) {

@@ -7,23 +7,13 @@ use std::{
     process::Command,
 };
 
-use integration_tests::{bound_socket, leak, listen, privileged, Tracer};
+use integration_tests::{allow_fds, bound_socket, leak, listen, privileged, Tracer};
 use serde_json::Value;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == kind).collect()
-}
-
-/// Raises this process's soft descriptor limit to `n` (within the hard one).
-fn allow_fds(n: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: setrlimit reads one rlimit we own.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
 }
 
 /// How many sockets the kernel has with `port` at either end, in the states the tracer's

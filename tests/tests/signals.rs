@@ -191,7 +191,7 @@ fn sigterm_ends_a_run_whose_stdout_nobody_reads() {
     }
     let dir = scratch_dir();
     let rec = dir.path().join("stalled.rec");
-    let (_, took) = stalled_stdout_run(
+    let (stderr, took) = stalled_stdout_run(
         &["--format", "json", "--record", rec.to_str().unwrap()],
         |child| {
             // SAFETY: signalling our own child.
@@ -202,7 +202,14 @@ fn sigterm_ends_a_run_whose_stdout_nobody_reads() {
     // The goal is one second; a loaded machine gets some slack.
     assert!(took < Duration::from_secs(3), "{took:?}");
     let info = report_info(&rec);
-    assert_eq!(info["live"]["stopped"], true, "{info}");
+    // An emulated CPU (the QEMU kernels) may not write the recording's backlog within the
+    // grace; then the run says so rather than wait.
+    if info["live"]["stopped"] != true {
+        assert!(
+            stderr.contains("was still being written when the run had to end"),
+            "no stop entry and no warning: {info}\n{stderr}"
+        );
+    }
 }
 
 #[test]
