@@ -261,17 +261,7 @@ impl Engine {
         let mut missing: Vec<SnapshotSocket> = listed.into_values().collect();
         missing.sort_by_key(|s| (s.since_ns, s.cookie));
         for k in missing {
-            let key = SocketKey::Snapshot(k.cookie);
-            let socket = Socket {
-                id: 0,
-                ends: k.ends,
-                state: k.state,
-                since_ns: k.since_ns,
-                since_is_lower_bound: true,
-                origin: k.origin,
-                hint: None,
-                flagged: false,
-            };
+            let (key, socket) = k.key_and_socket();
             self.table.restore(key, socket);
             done.added.push((key, socket));
         }

@@ -102,17 +102,7 @@ impl Table {
             if s.state == TcpState::Close.into() {
                 continue;
             }
-            let key = SocketKey::Snapshot(s.cookie);
-            let socket = Socket {
-                id: 0,
-                ends: s.ends,
-                state: s.state,
-                since_ns: s.since_ns,
-                since_is_lower_bound: true,
-                origin: s.origin,
-                hint: None,
-                flagged: false,
-            };
+            let (key, socket) = s.key_and_socket();
             self.insert(key, socket);
             self.unnamed.insert(s.ends, s.cookie);
         }

@@ -75,6 +75,23 @@ impl Socket {
     }
 }
 
+impl SnapshotSocket {
+    /// How the table holds it until a transition names it: its entry time a lower bound.
+    pub fn key_and_socket(&self) -> (SocketKey, Socket) {
+        let socket = Socket {
+            id: 0,
+            ends: self.ends,
+            state: self.state,
+            since_ns: self.since_ns,
+            since_is_lower_bound: true,
+            origin: self.origin,
+            hint: None,
+            flagged: false,
+        };
+        (SocketKey::Snapshot(self.cookie), socket)
+    }
+}
+
 /// A socket from the start-up snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotSocket {
