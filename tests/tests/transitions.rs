@@ -368,7 +368,10 @@ fn a_full_ring_buffer_loses_events_but_counts_every_one() {
     }
     drop(listener);
     tracer.signal(libc::SIGCONT);
-    // Delivered plus reported lost must account for every transition.
+    // Delivered plus reported lost must account for every transition; but for those the
+    // kernel never ran the probe for (a BPF program was already running on that CPU when
+    // an interrupt changed a socket's state), which it counts, port unknown, as missed:
+    // then the stop record's totals, final once the probe is detached, tell.
     tracer.wait_for("every transition delivered or reported lost", |r| {
         let delivered = r.iter().filter(|r| r["type"] == "transition").count() as u64;
         let lost = r
@@ -377,16 +380,20 @@ fn a_full_ring_buffer_loses_events_but_counts_every_one() {
             .filter_map(|r| r["total"].as_u64())
             .max()
             .unwrap_or(0);
-        delivered + lost == expected
+        delivered + lost == expected || r.iter().any(|r| r["type"] == "missed")
     });
     let (status, stderr) = tracer.stop_with(libc::SIGINT);
     assert!(status.success(), "{status}: {stderr}");
     let stop = tracer.records.last().unwrap();
-    let (events, lost) = (
+    let (events, lost, missed) = (
         stop["events"].as_u64().unwrap(),
         stop["lost"].as_u64().unwrap(),
+        stop["skipped"]["missed"].as_u64().unwrap(),
     );
-    assert_eq!(events + lost, expected, "{stop}");
+    assert!(
+        events + lost <= expected && expected <= events + lost + missed,
+        "{events} delivered + {lost} lost (+ {missed} missed) against {expected}: {stop}"
+    );
     assert!(
         lost >= expected - 100,
         "a 4 KiB ring cannot have held more than ~46 of {expected}: {stop}"

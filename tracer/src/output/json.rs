@@ -305,6 +305,12 @@ pub enum Record<'a> {
         lost: u64,
         total: u64,
     },
+    /// The kernel skipped the probe: transitions it never saw, maybe filtered ones.
+    Missed {
+        time: Rfc3339,
+        missed: u64,
+        total: u64,
+    },
     /// The socket table was full and dropped `sockets` sockets, `stuck` of them flagged.
     Evicted {
         time: Rfc3339,
@@ -639,6 +645,19 @@ impl Render for Json {
         text::warn_lost(page, lost, total)?;
         let time = Rfc3339(SystemTime::now());
         Json::line(page, &Record::Lost { time, lost, total })
+    }
+
+    fn missed(&mut self, page: &mut Page, missed: u64, total: u64) -> io::Result<()> {
+        text::warn_missed(page, missed, total)?;
+        let time = Rfc3339(SystemTime::now());
+        Json::line(
+            page,
+            &Record::Missed {
+                time,
+                missed,
+                total,
+            },
+        )
     }
 
     fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()> {

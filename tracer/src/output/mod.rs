@@ -61,6 +61,8 @@ pub trait Render {
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()>;
     /// The probe dropped `lost` more transitions (`total` so far).
     fn lost(&mut self, page: &mut Page, lost: u64, total: u64) -> io::Result<()>;
+    /// The kernel skipped the probe `missed` more times (`total` so far).
+    fn missed(&mut self, page: &mut Page, missed: u64, total: u64) -> io::Result<()>;
     /// A full table dropped `sockets` sockets, `stuck` of them flagged.
     fn evicted(&mut self, page: &mut Page, sockets: u64, stuck: u64) -> io::Result<()>;
     /// The table was set right against the kernel's list after losses or evictions.
@@ -240,6 +242,11 @@ impl<W: Write, E: Write> Output<W, E> {
     /// Reports that the probe dropped `lost` more transitions (`total` so far).
     pub fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
         self.write(|r, p| r.lost(p, lost, total))
+    }
+
+    /// Reports that the kernel skipped the probe `missed` more times (`total` so far).
+    pub fn missed(&mut self, missed: u64, total: u64) -> io::Result<()> {
+        self.write(|r, p| r.missed(p, missed, total))
     }
 
     /// Reports that a full table dropped `sockets` sockets (`stuck` of them flagged).

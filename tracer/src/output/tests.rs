@@ -597,6 +597,7 @@ fn stop_and_lost_records() {
     };
     let (out, status) = render(Format::Json, |o| {
         o.lost(3, 3).unwrap();
+        o.missed(1, 2).unwrap();
         o.stop(&stop).unwrap();
     });
     let lines: Vec<serde_json::Value> = out
@@ -608,14 +609,23 @@ fn stop_and_lost_records() {
         (lines[0]["lost"].as_u64(), lines[0]["total"].as_u64()),
         (Some(3), Some(3))
     );
+    assert_eq!(lines[1]["type"], "missed");
     assert_eq!(
-        lines[1],
+        (lines[1]["missed"].as_u64(), lines[1]["total"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        lines[2],
         serde_json::json!({"type":"stop","time":"2026-11-25T06:00:00.000000000Z","reason":"signal","events":12,"lost":3,
-            "skipped":{"unreadable":0,"not_tcp":0,"filtered":0},"undecodable":0,"duration_ms":1500,
+            "skipped":{"unreadable":0,"not_tcp":0,"filtered":0,"missed":0},"undecodable":0,"duration_ms":1500,
             "flagged":2,"resolved":1,"stuck":1,"tracked":10,"peak_tracked":12,"evicted":0,"evicted_stuck":0,"unrecorded":0})
     );
     assert!(
         status.starts_with("tracer: warning: 3 transitions lost (3 in all)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("\ntracer: warning: the kernel skipped the probe 1 time (2 in all): a BPF program was already running on that CPU when a socket changed state; up to 1 transition not seen\n"),
         "{status}"
     );
 
@@ -630,13 +640,14 @@ fn stop_and_lost_records() {
             unreadable: 0,
             not_tcp: 2,
             filtered: 40,
+            missed: 1,
         },
         ..stop
     };
     let (_, status) = render(Format::Text, |o| o.stop(&skipped).unwrap());
     assert_eq!(
         status,
-        "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP\n"
+        "tracer: stopped after 1.5s: 12 transitions, 3 lost; skipped 40 filtered out, 2 not TCP, 1 missed by the kernel\n"
     );
     let unrecorded = StopInfo {
         unrecorded: 26_348,

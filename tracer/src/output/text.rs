@@ -354,6 +354,10 @@ impl Render for Text {
         warn_lost(page, lost, total)
     }
 
+    fn missed(&mut self, page: &mut Page, missed: u64, total: u64) -> io::Result<()> {
+        warn_missed(page, missed, total)
+    }
+
     fn reconciled(&mut self, page: &mut Page, r: &Reconciled) -> io::Result<()> {
         say_reconciled(page, r)
     }
@@ -517,6 +521,18 @@ pub(super) fn warn_lost(page: &mut Page, lost: u64, total: u64) -> io::Result<()
         page.status,
         "tracer: warning: {lost} transitions lost ({total} in all): the ring buffer was full; \
          narrow the filters (--port, --state) so fewer events cross to userspace"
+    )
+}
+
+/// The warning that the kernel skipped the probe `missed` more times (`total` so far); a
+/// status line in every format.
+pub(super) fn warn_missed(page: &mut Page, missed: u64, total: u64) -> io::Result<()> {
+    writeln!(
+        page.status,
+        "tracer: warning: the kernel skipped the probe {} ({total} in all): a BPF program \
+         was already running on that CPU when a socket changed state; up to {} not seen",
+        plural(missed as usize, "time"),
+        plural(missed as usize, "transition"),
     )
 }
 

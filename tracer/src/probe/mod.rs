@@ -9,7 +9,10 @@ pub mod io;
 pub mod privileges;
 pub mod tracefs;
 
-use std::path::PathBuf;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -81,6 +84,11 @@ pub enum ProbeError {
     Detach {
         program: &'static str,
         source: ProgramError,
+    },
+    #[error("reading the kernel's statistics of the BPF program {program} failed: {source}")]
+    ProgramStats {
+        program: &'static str,
+        source: std::io::Error,
     },
     #[error("reading the probe's map {name} failed: {source}")]
     Read {
@@ -239,6 +247,8 @@ pub struct Probe {
     /// Whether the probe reads each socket's network namespace (at offsets from kernel
     /// BTF), or why not: then every namespace is reported as 0.
     pub netns: Result<NetnsOffsets, btf::BtfError>,
+    /// What [`Probe::missed`] read last before the transition program was detached.
+    missed_at_detach: Option<u64>,
 }
 
 impl Probe {
@@ -332,6 +342,7 @@ impl Probe {
                 tracefs,
                 direct_access: config.direct_access != 0,
                 netns,
+                missed_at_detach: None,
             },
             ring,
         ))
@@ -340,6 +351,9 @@ impl Probe {
     /// Detaches and unloads the programs, so that nothing more is written: what the ring
     /// buffer and the drop counter hold afterwards is final.
     pub fn detach(&mut self) -> Result<(), ProbeError> {
+        // The kernel's count of missed runs goes with the program: read it last now.
+        let missed = self.missed()?;
+        self.missed_at_detach = Some(missed);
         if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
             io::unload_program(program).map_err(|source| ProbeError::Detach {
                 program: TRACEPOINT.1,
@@ -382,7 +396,33 @@ impl Probe {
             unreadable: self.stat(STAT_UNREADABLE)?,
             not_tcp: self.stat(STAT_NOT_TCP)?,
             filtered: self.stat(STAT_FILTERED)?,
+            missed: self.missed()?,
         })
+    }
+
+    /// Transitions the kernel did not run the probe for: a BPF program was already running
+    /// on that CPU (a transition in an interrupt that came during one), and the kernel
+    /// skips nested runs. Their sockets and ports are unknown, so the count may include
+    /// transitions the filters would have left out. Read from the program's
+    /// `recursion_misses` (Linux 5.12 and later; 0 before).
+    pub fn missed(&self) -> Result<u64, ProbeError> {
+        if let Some(missed) = self.missed_at_detach {
+            return Ok(missed);
+        }
+        let stats_failed = |source| ProbeError::ProgramStats {
+            program: TRACEPOINT.1,
+            source,
+        };
+        let program = self
+            .ebpf
+            .program(TRACEPOINT.1)
+            .ok_or_else(|| stats_failed(std::io::ErrorKind::NotFound.into()))?;
+        let fd = program
+            .fd()
+            .map_err(|e| stats_failed(std::io::Error::other(e)))?;
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        let info = std::fs::read_to_string(path).map_err(stats_failed)?;
+        Ok(fdinfo_field(&info, "recursion_misses").unwrap_or(0))
     }
 
     /// The counter at `index` of `STATS`, summed over CPUs.
@@ -485,8 +525,10 @@ pub struct SkipCounts {
     pub unreadable: u64,
     /// Not TCP over IPv4/IPv6 (the tracepoint also fires for other protocols).
     pub not_tcp: u64,
-    /// Left out by `--port`, `--pid` (with `--events`), `--family` or `--state`.
+    /// Left out by `--port`, `--netns`, `--family` or `--state`.
     pub filtered: u64,
+    /// Never seen: the kernel did not run the probe for them ([`Probe::missed`]).
+    pub missed: u64,
 }
 
 impl std::fmt::Display for SkipCounts {
@@ -496,6 +538,7 @@ impl std::fmt::Display for SkipCounts {
             (self.filtered, "filtered out"),
             (self.not_tcp, "not TCP"),
             (self.unreadable, "unreadable"),
+            (self.missed, "missed by the kernel"),
         ];
         let shown: Vec<String> = parts
             .iter()
@@ -504,6 +547,14 @@ impl std::fmt::Display for SkipCounts {
             .collect();
         f.write_str(&shown.join(", "))
     }
+}
+
+/// The number a BPF object's `/proc/PID/fdinfo` gives for `field`, if it has one.
+fn fdinfo_field(info: &str, field: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == field).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Loads the program named for tracepoint `tp` and attaches it there.
@@ -605,11 +656,27 @@ mod tests {
             unreadable: 1,
             not_tcp: 0,
             filtered: 40,
+            missed: 3,
         };
-        assert_eq!(counts.to_string(), "40 filtered out, 1 unreadable");
+        assert_eq!(
+            counts.to_string(),
+            "40 filtered out, 1 unreadable, 3 missed by the kernel"
+        );
         assert_eq!(
             serde_json::to_value(counts).unwrap(),
-            serde_json::json!({"unreadable":1,"not_tcp":0,"filtered":40})
+            serde_json::json!({"unreadable":1,"not_tcp":0,"filtered":40,"missed":3})
+        );
+    }
+
+    #[test]
+    fn fdinfo_fields_are_found_by_name() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_cnt:\t0\nrecursion_misses:\t38\nverified_insns:\t412\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(38));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(0));
+        assert_eq!(fdinfo_field(info, "recursion"), None);
+        assert_eq!(
+            fdinfo_field("recursion_misses:\tmany\n", "recursion_misses"),
+            None
         );
     }
 

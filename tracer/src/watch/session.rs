@@ -11,7 +11,7 @@ use std::{
     collections::VecDeque,
     io::{self, Write},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -40,12 +40,17 @@ use crate::{
     stuck::{Decision, Engine, Flag},
 };
 
+/// Least time between two reports of runs of the probe the kernel skipped.
+const MISSED_SPACING: Duration = Duration::from_secs(60);
+
 /// What one run counted.
 #[derive(Debug, Default)]
 pub(super) struct Counts {
     pub events: u64,
     pub undecodable: u64,
     pub lost: u64,
+    /// Runs of the probe the kernel skipped (see [`Probe::missed`]), as last said.
+    pub missed: u64,
     pub flagged: u64,
     pub resolved: u64,
 }
@@ -98,6 +103,8 @@ pub(super) struct Session<W: Write, E: Write> {
     evicted_unsaid: (u64, u64),
     /// Sets the table right against the kernel's list after losses and evictions.
     reconciler: Option<Reconciler>,
+    /// When missed runs of the probe were last said.
+    missed_said_at: Option<Instant>,
 }
 
 impl<W: Write, E: Write> Session<W, E> {
@@ -136,6 +143,7 @@ impl<W: Write, E: Write> Session<W, E> {
             decisions: decided,
             evicted_unsaid: (0, 0),
             reconciler: None,
+            missed_said_at: None,
         })
     }
 
@@ -542,7 +550,25 @@ impl<W: Write, E: Write> Session<W, E> {
                 r.ask(Reason::Lost);
             }
         }
-        if sockets > 0 || lost > 0 {
+        let missed_total = probe
+            .missed()
+            .context("reading the kernel's count of missed probe runs failed")?;
+        let missed = missed_total.saturating_sub(self.counts.missed);
+        // A few in a million under heavy churn: said (and checked against the kernel) at
+        // most once a minute, with what accumulated.
+        let said_lately = self
+            .missed_said_at
+            .is_some_and(|at| at.elapsed() < MISSED_SPACING);
+        if missed > 0 && !said_lately {
+            self.counts.missed = missed_total;
+            self.missed_said_at = Some(Instant::now());
+            written(self.output.missed(missed, missed_total))?;
+            // Which sockets is unknown: the kernel's list tells.
+            if let Some(r) = &mut self.reconciler {
+                r.ask(Reason::Lost);
+            }
+        }
+        if sockets > 0 || lost > 0 || missed > 0 {
             written(self.flush())?;
         }
         if let Some(listing) = self.reconciler.as_mut().and_then(Reconciler::poll) {
