@@ -33,8 +33,8 @@ pub enum Command {
     /// Check what this machine offers `watch`, by trying it: exit 0 when it can run
     /// fully, 1 when degraded, 2 when it cannot run (needs root for the full check).
     Doctor(DoctorArgs),
-    /// Print the shell completion script for SHELL, e.g. `tracer completions bash >
-    /// /etc/bash_completion.d/tracer` (the package installs bash, zsh and fish's).
+    /// Print the shell completion script for SHELL (the package installs those of bash,
+    /// zsh and fish).
     Completions(CompletionsArgs),
     /// Print the manual page, tracer(1), in roff (the package build runs this).
     #[command(hide = true)]
