@@ -182,8 +182,13 @@ fn bad_arguments_exit_2_with_one_error_line() {
             .expect("run tracer");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        let first = stderr.lines().next().unwrap_or_default();
-        assert!(first.starts_with("error: "), "{args:?}: {stderr}");
+        // One line, as the README says: no usage lines or hints after it.
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("(see `tracer watch --help`)"),
+            "{args:?}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty());
     }

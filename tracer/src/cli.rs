@@ -33,6 +33,20 @@ pub enum Command {
     /// Check what this machine offers `watch`, by trying it: exit 0 when it can run
     /// fully, 1 when degraded, 2 when it cannot run (needs root for the full check).
     Doctor(DoctorArgs),
+    /// Print the shell completion script for SHELL (the package installs those of bash,
+    /// zsh and fish).
+    Completions(CompletionsArgs),
+    /// Print the manual page, tracer(1), in roff (the package build runs this).
+    #[command(hide = true)]
+    Man,
+}
+
+/// Options of `tracer completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Options of `tracer doctor`.
@@ -296,6 +310,41 @@ pub fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// A usage error on one line, as clap words it, with its tip (a similar argument, the
+/// possible values) and where to read more; clap's usage lines and hints are left out.
+/// `args` are the arguments given, program name first, which tell whose `--help` to point to.
+pub fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    // Rendered without colours; clap separates the message, its tips, the usage and the
+    // hint with blank lines.
+    let rendered = e.render().to_string();
+    let mut line = String::new();
+    for paragraph in rendered.split("\n\n") {
+        let paragraph = paragraph.trim();
+        if paragraph.is_empty()
+            || paragraph.starts_with("Usage:")
+            || paragraph.starts_with("For more information")
+        {
+            continue;
+        }
+        let text = paragraph.strip_prefix("tip: ").unwrap_or(paragraph);
+        if !line.is_empty() {
+            line.push_str("; ");
+        }
+        // Continuation lines (a missing argument's name, possible values) join the line.
+        line.push_str(&text.lines().map(str::trim).collect::<Vec<_>>().join(" "));
+    }
+    let command = Cli::command();
+    let sub = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .filter(|a| command.find_subcommand(a).is_some());
+    let help = match sub {
+        Some(sub) => format!("tracer {sub} --help"),
+        None => "tracer --help".into(),
+    };
+    format!("{line} (see `{help}`)")
+}
+
 /// A network namespace: an inode number, or a path to a namespace file (`/proc/PID/ns/net`,
 /// a bind mount under `/run/netns`), whose inode is the namespace's.
 pub fn parse_netns(s: &str) -> Result<u32, String> {
@@ -554,6 +603,57 @@ mod tests {
             error_line(&e),
             "loading the probe failed: creating map SOCKET_IO failed: Cannot allocate memory (os error 12)"
         );
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_with_its_tip() {
+        let line = |args: &[&str]| {
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            let err = Cli::try_parse_checked(&args).expect_err("refused");
+            assert_eq!(err.exit_code(), 2);
+            usage_error_line(&err, &args)
+        };
+        assert_eq!(
+            line(&["tracer", "watch", "--event"]),
+            "error: unexpected argument '--event' found; a similar argument exists: '--events' \
+             (see `tracer watch --help`)"
+        );
+        assert_eq!(
+            line(&["tracer", "watch", "--format", "xml"]),
+            "error: invalid value 'xml' for '--format <FORMAT>' [possible values: text, json] \
+             (see `tracer watch --help`)"
+        );
+        assert_eq!(
+            line(&["tracer", "report"]),
+            "error: the following required arguments were not provided: <FILE> \
+             (see `tracer report --help`)"
+        );
+        assert_eq!(
+            line(&["tracer", "wach"]),
+            "error: unrecognized subcommand 'wach'; a similar subcommand exists: 'watch' \
+             (see `tracer --help`)"
+        );
+        let ports: Vec<String> = (1..=9).map(|p| format!("--port={p}")).collect();
+        let mut args = vec!["tracer", "watch"];
+        args.extend(ports.iter().map(String::as_str));
+        assert_eq!(
+            line(&args),
+            "error: --port is given 9 times; the probe filters at most 8 ports \
+             (see `tracer watch --help`)"
+        );
+        // Spaces in a value are the user's, kept as given.
+        assert!(line(&["tracer", "watch", "--state", "a  b"]).contains("'a  b'"));
+    }
+
+    #[test]
+    fn completions_take_a_known_shell() {
+        let Command::Completions(c) = parse_cli(&["completions", "zsh"]).unwrap().command else {
+            panic!("not a completions command");
+        };
+        assert_eq!(c.shell, clap_complete::Shell::Zsh);
+        assert!(parse_cli(&["completions"]).is_err());
+        assert!(parse_cli(&["completions", "tcsh"]).is_err());
+        assert!(matches!(parse_cli(&["man"]).unwrap().command, Command::Man));
     }
 
     #[test]

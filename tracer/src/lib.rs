@@ -11,12 +11,15 @@
 //! [`model`] holds the types every stage shares; each module imports only from stages
 //! before it and from `model`.
 //! [`doctor`] tells what the running kernel offers, by trying it.
+//! [`completions`] and [`manpage`] describe the command line to shells and to `man`.
 
 pub mod aggregate;
 pub mod attribute;
 pub mod cli;
+pub mod completions;
 pub mod decode;
 pub mod doctor;
+pub mod manpage;
 pub mod model;
 pub mod output;
 pub mod probe;

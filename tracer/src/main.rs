@@ -1,15 +1,40 @@
-use std::process::ExitCode;
+use std::{
+    io::{ErrorKind, Write},
+    process::ExitCode,
+};
 
 use tracer::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // Usage errors print one line (plus clap's hint) and exit with status 2.
-    let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    if let Command::Doctor(args) = &cli.command {
-        return match tracer::doctor::run(args, std::io::stdout().lock()) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => fail(anyhow::Error::new(e).context("writing the report failed")),
-        };
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_checked(&args) {
+        Ok(cli) => cli,
+        // A usage error is one line and exit status 2; help and version print as clap
+        // has them (with no subcommand, the help goes to stderr with status 2).
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("{}", tracer::cli::usage_error_line(&e, &args));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match &cli.command {
+        Command::Doctor(args) => {
+            return match tracer::doctor::run(args, std::io::stdout().lock()) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => fail(anyhow::Error::new(e).context("writing the report failed")),
+            };
+        }
+        Command::Completions(args) => {
+            return print(
+                &tracer::completions::script(args.shell),
+                "completion script",
+            )
+        }
+        Command::Man => return print(&tracer::manpage::render(), "manual page"),
+        Command::Watch(_) | Command::Report(_) => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -24,12 +49,23 @@ fn main() -> ExitCode {
             Command::Report(args) => {
                 tracer::report::run(args, std::io::stdout().lock(), std::io::stderr())
             }
-            Command::Doctor(_) => unreachable!("run above, without the runtime"),
+            _ => unreachable!("run above, without the runtime"),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// Writes `bytes` (a `what`) to stdout; a reader that went away early (`| head`) is no error.
+fn print(bytes: &[u8], what: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
+            fail(anyhow::Error::new(e).context(format!("writing the {what} to stdout failed")))
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

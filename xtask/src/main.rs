@@ -5,6 +5,7 @@ mod bench;
 #[allow(dead_code)] // build.rs uses the part that builds the probe
 mod bpf_toolchain;
 mod kernel;
+mod package;
 mod scale;
 mod setup;
 mod suite;
@@ -44,6 +45,9 @@ enum Task {
         #[arg(long, value_enum, default_value_t = Kernels::Host)]
         kernel: Kernels,
     },
+    /// Set up, build, and make the Debian package (cargo-deb, installed if missing):
+    /// target/debian/tracer_VERSION_ARCH.deb, whose path it prints.
+    Package,
     /// Set up, build, and measure the tracer's cost on loopback connection churn.
     Bench(bench::BenchArgs),
     /// Hold loopback connections open for `bench --scale` (it runs this binary again).
@@ -114,6 +118,10 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                 .status()
                 .with_context(|| format!("cannot run {}", tracer.display()))?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+        }
+        Task::Package => {
+            let deb = package::build(&build()?, &mut setup::Apt::default())?;
+            println!("{}", deb.display());
         }
         Task::Test { kernel } => return test(kernel),
         Task::Bench(args) => {
@@ -212,6 +220,11 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         run_step(&mut cargo(&["test", "--locked"]))?;
     }
     let tracer = build_release()?;
+    let mut apt = setup::Apt::default();
+    if kernels.host() {
+        let deb = package::build(&tracer, &mut apt)?;
+        package::check(&deb, &tracer, &mut apt)?;
+    }
     if !privileged {
         if in_ci() {
             bail!("CI must run the privileged integration tests, but this is not root");
@@ -224,7 +237,6 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
     if kernels.host() {
         suites.push(suite::run_on_host(&tests, &tracer));
     }
-    let mut apt = setup::Apt::default();
     for series in guests {
         suites.push(kernel::run(series, &mut apt, &tests, &tracer, in_ci()));
     }
