@@ -4,6 +4,7 @@ mod bench;
 #[path = "../../tracer/build/bpf_toolchain.rs"]
 #[allow(dead_code)] // build.rs uses the part that builds the probe
 mod bpf_toolchain;
+mod deploy;
 mod kernel;
 mod scale;
 mod setup;
@@ -33,8 +34,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check: format, lints, unit tests, and the privileged
-    /// integration tests that load the real probe (those need root; CI fails without it),
+    /// Set up, then run every check: format, lints, unit tests, the systemd unit and
+    /// Kubernetes manifests in deploy/, and the privileged integration tests that load the
+    /// real probe (those need root; CI fails without it),
     /// on this host's kernel and/or on Debian's 6.1 and 6.12 kernels under QEMU.
     Test {
         /// Where the privileged tests run: `host` (this kernel, after format, lints and
@@ -212,6 +214,10 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         run_step(&mut cargo(&["test", "--locked"]))?;
     }
     let tracer = build_release()?;
+    let mut apt = setup::Apt::default();
+    if kernels.host() {
+        deploy::check(&tracer, &mut apt)?;
+    }
     if !privileged {
         if in_ci() {
             bail!("CI must run the privileged integration tests, but this is not root");
@@ -224,7 +230,6 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
     if kernels.host() {
         suites.push(suite::run_on_host(&tests, &tracer));
     }
-    let mut apt = setup::Apt::default();
     for series in guests {
         suites.push(kernel::run(series, &mut apt, &tests, &tracer, in_ci()));
     }
