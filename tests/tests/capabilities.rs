@@ -7,6 +7,7 @@
 //! alone), and given file capabilities there (`setcap`) or ambient ones (`setpriv`).
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{IpAddr, Ipv4Addr, TcpListener},
     os::unix::fs::PermissionsExt,
@@ -14,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use integration_tests::{privileged, tracer_bin, Leaky, Tracer};
+use integration_tests::{privileged, tracer_bin, Leaky, NamedNetns, Tracer};
 use serde_json::Value;
 
 /// The unprivileged user the tracer runs as.
@@ -277,12 +278,17 @@ fn has_metrics_flag() -> bool {
     String::from_utf8_lossy(&help.stdout).contains("--metrics")
 }
 
-#[test]
-fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
-    if !privileged("the_systemd_unit_runs_with_its_capabilities_and_names_owners") {
-        return;
-    }
-    let unit = Unit::read();
+/// The unit's ExecStart as its user would run it (through `setpriv`: that user, exactly
+/// the unit's ambient and bounding capabilities, no new privileges when the unit says so),
+/// with the tracer's copy in `binary`, its state directory at `state`, a free port for the
+/// metrics, JSON out, and kept to `leaky`'s sockets. `wrapper` runs it (e.g. strace).
+fn unit_command(
+    unit: &Unit,
+    binary: &Binary,
+    state: &Path,
+    leaky: &Leaky,
+    wrapper: &[&str],
+) -> Command {
     let exec = unit.get("ExecStart");
     assert!(
         !exec.contains(['"', '\'', '$', '%']),
@@ -290,10 +296,6 @@ fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
     );
     let mut words = exec.split_whitespace();
     assert_eq!(words.next(), Some("/usr/bin/tracer"), "{exec}");
-
-    let leaky = root_leak();
-    let copy = Binary::new(None);
-    let state = copy.owned_dir("state");
     // A free port for the metrics, rather than the unit's, which a real tracer may hold.
     let metrics = TcpListener::bind((LOOPBACK, 0))
         .and_then(|l| l.local_addr())
@@ -319,7 +321,11 @@ fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
 
     let ambient = unit.capabilities("AmbientCapabilities");
     let bounding = unit.capabilities("CapabilityBoundingSet");
-    let mut command = Command::new("setpriv");
+    let (program, rest) = wrapper.split_first().unwrap_or((&"setpriv", &[]));
+    let mut command = Command::new(program);
+    if !wrapper.is_empty() {
+        command.args(rest).arg("setpriv");
+    }
     command
         .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
         .args(["--inh-caps", &ambient, "--ambient-caps", &ambient])
@@ -328,11 +334,23 @@ fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
         command.arg("--no-new-privs");
     }
     command
-        .arg(&copy.bin)
+        .arg(&binary.bin)
         .args(&args)
         .args(["--format", "json"])
-        .args(leak_args(&leaky));
-    let mut tracer = Tracer::spawn(command);
+        .args(leak_args(leaky));
+    command
+}
+
+#[test]
+fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
+    if !privileged("the_systemd_unit_runs_with_its_capabilities_and_names_owners") {
+        return;
+    }
+    let unit = Unit::read();
+    let leaky = root_leak();
+    let copy = Binary::new(None);
+    let state = copy.owned_dir("state");
+    let mut tracer = Tracer::spawn(unit_command(&unit, &copy, &state, &leaky, &[]));
     let stuck = stuck_leak(&mut tracer, &leaky);
     assert_owner_named(&stuck, &leaky);
     let (status, stderr) = tracer.stop_with(libc::SIGTERM);
@@ -341,6 +359,126 @@ fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
     assert!(
         fs::metadata(state.join("tracer.rec")).is_ok_and(|m| m.len() > 0),
         "the recording is in the state directory"
+    );
+}
+
+/// The system calls `filter` (a `SystemCallFilter=` value: calls and @groups) allows, as
+/// this machine's systemd expands its groups.
+fn allowed_calls(filter: &str) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    let mut todo: Vec<String> = filter.split_whitespace().map(str::to_owned).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(item) = todo.pop() {
+        if !item.starts_with('@') {
+            allowed.insert(item);
+            continue;
+        }
+        if !seen.insert(item.clone()) {
+            continue;
+        }
+        let out = Command::new("systemd-analyze")
+            .args(["syscall-filter", &item])
+            .output()
+            .expect("systemd-analyze (systemd)");
+        assert!(
+            out.status.success(),
+            "systemd-analyze syscall-filter {item}"
+        );
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        // The group's name, then its members (calls and groups) indented; `#` comments.
+        for line in text.lines().skip(1).map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') {
+                todo.push(line.to_owned());
+            }
+        }
+    }
+    allowed
+}
+
+#[test]
+fn the_systemd_units_filters_allow_all_tracer_does() {
+    if !privileged("the_systemd_units_filters_allow_all_tracer_does") {
+        return;
+    }
+    let unit = Unit::read();
+    let leaky = root_leak();
+    // A namespace of its own, which the start-up snapshot enters (setns).
+    let _ns = NamedNetns::new("unitfilter");
+    let copy = Binary::new(None);
+    let state = copy.owned_dir("state");
+    let trace = copy.dir.path().join("strace.out");
+    let trace_arg = trace.to_string_lossy().into_owned();
+    let strace = ["strace", "-f", "-qq", "-o", &trace_arg];
+    let mut tracer = Tracer::spawn(unit_command(&unit, &copy, &state, &leaky, &strace));
+    let stuck = stuck_leak(&mut tracer, &leaky);
+    assert_owner_named(&stuck, &leaky);
+    // strace's child is setpriv, which became the tracer: signal it, not strace.
+    let children = format!("/proc/{0}/task/{0}/children", tracer.pid());
+    let pid: i32 = fs::read_to_string(&children)
+        .expect("strace's children")
+        .split_whitespace()
+        .next()
+        .expect("the traced tracer")
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the tracer this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, stderr) = tracer.stop_with(0);
+    assert!(status.success(), "{status}: {stderr}");
+
+    // `PID call(args...) = result`; setpriv's calls come first, before its exec.
+    let text = fs::read_to_string(&trace).expect("strace's output");
+    let calls: Vec<(&str, &str)> = text
+        .lines()
+        .skip_while(|l| !l.contains("execve(\""))
+        .skip(1)
+        .skip_while(|l| !l.contains("execve(\""))
+        .filter_map(|l| {
+            let call = l.split_once(' ')?.1.trim_start();
+            let (name, args) = call.split_once('(')?;
+            Some((name, args))
+        })
+        .filter(|(name, _)| {
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(
+        calls.iter().any(|(n, _)| *n == "bpf"),
+        "the tracer's calls are in the trace"
+    );
+    let allowed = allowed_calls(unit.get("SystemCallFilter"));
+    let refused: BTreeSet<&str> = calls
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !allowed.contains(*n))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "SystemCallFilter would refuse {refused:?}"
+    );
+
+    let families = unit.get("RestrictAddressFamilies");
+    for (_, args) in calls.iter().filter(|(n, _)| *n == "socket") {
+        let family = args.split(',').next().unwrap();
+        assert!(
+            families.split_whitespace().any(|f| f == family),
+            "RestrictAddressFamilies={families} would refuse socket({args}"
+        );
+    }
+    assert_eq!(unit.get("RestrictNamespaces"), "net");
+    let setns: Vec<&&str> = calls
+        .iter()
+        .filter(|(n, _)| *n == "setns")
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        !setns.is_empty(),
+        "the snapshot entered the test's namespace"
+    );
+    assert!(
+        setns.iter().all(|a| a.contains("CLONE_NEWNET")),
+        "{setns:?}"
     );
 }
 

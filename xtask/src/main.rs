@@ -225,6 +225,7 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         eprintln!("xtask: SKIPPING the privileged integration tests: they load the BPF probe and need root (run `sudo cargo xtask test`)");
         return Ok(ExitCode::SUCCESS);
     }
+    setup::ensure_test_tools(&mut apt)?;
     let tests = suite::build()?;
     let mut suites = Vec::new();
     if kernels.host() {
