@@ -15,6 +15,7 @@ use super::ProbeError;
 /// A capability tracer uses, and what it costs to go without.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Use {
+    /// The capability.
     pub cap: Capability,
     /// What tracer does with it.
     pub does: &'static str,
