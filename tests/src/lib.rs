@@ -135,9 +135,23 @@ impl Tracer {
 
     /// Like [`Tracer::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
-        let mut args_all = vec!["watch", "--format", "json"];
-        args_all.extend_from_slice(args);
-        let mut child = spawn_tracer_with_env(&args_all, env);
+        let mut command = Command::new(tracer_bin());
+        command
+            .args(["watch", "--format", "json"])
+            .args(args)
+            .envs(env.iter().copied());
+        Tracer::spawn(command)
+    }
+
+    /// Runs `command`, a `tracer watch --format json` however started (another binary,
+    /// another user: it must exec the tracer, keeping its pid), and waits for its start
+    /// record.
+    pub fn spawn(mut command: Command) -> Tracer {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracer");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {

@@ -46,7 +46,17 @@ fn doctor_names_the_mechanism_watch_uses() {
             .clone()
     };
     // Root on a kernel this project supports: the essentials were tried and work.
-    for name in ["privileges", "tracefs", "probe", "sock_diag"] {
+    for name in [
+        "user",
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_ADMIN",
+        "tracefs",
+        "probe",
+        "sock_diag",
+    ] {
         assert_eq!(status_of(name), "ok", "{report}");
     }
     match code {
@@ -87,6 +97,8 @@ fn doctor_without_privileges_says_watch_cannot_run() {
     if !privileged("doctor_without_privileges_says_watch_cannot_run") {
         return;
     }
+    // Root's doctor mounts tracefs where the machine has not, so that it is there.
+    doctor(&[]);
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(tracer_bin())
@@ -96,13 +108,52 @@ fn doctor_without_privileges_says_watch_cannot_run() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["verdict"], "cannot_run");
-    let privileges = &report["checks"][0];
-    assert_eq!(privileges["name"], "privileges");
-    assert_eq!(privileges["status"], "missing");
+    // One check per capability: the probe's two are fatal, the others cost something.
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+            .clone()
+    };
+    for (name, impact) in [
+        ("CAP_BPF", "fatal"),
+        ("CAP_PERFMON", "fatal"),
+        ("CAP_DAC_READ_SEARCH", "degraded"),
+        ("CAP_SYS_PTRACE", "degraded"),
+        ("CAP_SYS_ADMIN", "degraded"),
+    ] {
+        let c = check(name);
+        assert_eq!(
+            (&c["status"], &c["impact"]),
+            (&"missing".into(), &impact.into()),
+            "{c}"
+        );
+    }
     assert!(
-        privileges["loses"]
+        check("CAP_BPF")["loses"]
             .as_str()
             .is_some_and(|l| l.contains("run it as root")),
         "{report}"
+    );
+    // The user line names the full set.
+    assert!(
+        check("user")["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("uid 65534;")
+                && d.contains(
+                    "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN"
+                )),
+        "{report}"
+    );
+    // tracefs is there, but root's: said so, not "not mounted".
+    let tracefs = check("tracefs");
+    assert!(
+        tracefs["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not readable") && !d.contains("not mounted")),
+        "{tracefs}"
     );
 }

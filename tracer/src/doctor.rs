@@ -9,6 +9,7 @@ use std::{
     path::Path,
 };
 
+use caps::CapsHashSet;
 use serde::Serialize;
 
 use crate::{
@@ -188,13 +189,14 @@ pub fn run(args: &DoctorArgs, out: impl Write) -> io::Result<u8> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
-    let mut checks = vec![
-        privileges_check(),
-        memlock_check(&kernel),
-        btf_check(),
-        netns_check(),
-    ];
-    let privileged = checks[0].status == Status::Ok;
+    let held = privileges::effective();
+    let mut checks = vec![user_check(held.as_ref())];
+    if let Some(held) = &held {
+        checks.extend(capability_checks(held));
+    }
+    checks.extend([memlock_check(&kernel), btf_check(), netns_check()]);
+    // Without an answer from capget, let the kernel decide, as watch does.
+    let privileged = held.is_none_or(|h| privileges::missing(&h).is_none());
     let tracefs = tracefs_check(privileged, &mut checks);
     let io = match tracefs {
         Some(tracefs) if privileged => trial_checks(&tracefs, &mut checks),
@@ -222,7 +224,8 @@ pub fn run(args: &DoctorArgs, out: impl Write) -> io::Result<u8> {
     Ok(report.exit_code)
 }
 
-fn privileges_check() -> Check {
+/// Who runs this, and the capabilities that make `watch` do all it can.
+fn user_check(held: Option<&CapsHashSet>) -> Check {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let who = if euid == 0 {
@@ -230,28 +233,42 @@ fn privileges_check() -> Check {
     } else {
         format!("uid {euid}")
     };
-    let Some(effective) = privileges::effective() else {
-        return Check::ok(
-            "privileges",
-            format!("{who}; CapEff unreadable: the kernel decides"),
-        );
+    let heard = match held {
+        Some(_) => "",
+        None => "; capget failed: the kernel decides",
     };
-    let held = privileges::relevant_names(effective);
-    let held = if held.is_empty() {
-        "none of CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON".to_owned()
-    } else {
-        held.join(", ")
-    };
-    match privileges::missing(effective) {
-        None => Check::ok("privileges", format!("{who}; effective {held}")),
-        Some(missing) => Check::not_ok(
-            "privileges",
-            Status::Missing,
-            format!("{who}; effective {held}; missing {missing}"),
-            Impact::Fatal,
-            "watch cannot load its probe: run it as root, or with CAP_BPF and CAP_PERFMON",
+    Check::ok(
+        "user",
+        format!(
+            "{who}{heard}; all of watch needs {} (root has them)",
+            privileges::full_set()
         ),
-    }
+    )
+}
+
+/// A check per capability `watch` uses: what it does with it, and what is lost without.
+fn capability_checks(held: &CapsHashSet) -> Vec<Check> {
+    privileges::USES
+        .iter()
+        .map(|u| {
+            let name = u.cap.to_string();
+            if held.contains(&u.cap) {
+                Check::ok(&name, u.does)
+            } else if privileges::covers(held, u.cap) {
+                Check::ok(&name, format!("{} (CAP_SYS_ADMIN stands in)", u.does))
+            } else if u.fatal {
+                Check::not_ok(
+                    &name,
+                    Status::Missing,
+                    u.does,
+                    Impact::Fatal,
+                    "watch cannot load its probe: run it as root, or with CAP_BPF and CAP_PERFMON",
+                )
+            } else {
+                Check::not_ok(&name, Status::Missing, u.does, Impact::Degraded, u.loses)
+            }
+        })
+        .collect()
 }
 
 /// `1.5 MiB`, `8 MiB`, `unlimited`.
@@ -320,7 +337,8 @@ fn netns_check() -> Check {
             Status::Missing,
             e,
             Impact::Degraded,
-            "sockets in other network namespaces (containers) are not told apart, their owners              are not found, and --netns is refused",
+            "sockets in other network namespaces (containers) are not told apart, their owners \
+             are not found, and --netns is refused",
         ),
     }
 }
@@ -329,45 +347,27 @@ fn netns_check() -> Check {
 /// transition tracepoint's format is readable.
 fn tracefs_check(privileged: bool, checks: &mut Vec<Check>) -> Option<tracefs::Tracefs> {
     let cannot_attach = "watch cannot attach to tracepoints: aya resolves them through tracefs";
+    let failed = |status, detail: String| {
+        Check::not_ok("tracefs", status, detail, Impact::Fatal, cannot_attach)
+    };
     let found = match tracefs::find() {
-        Some(t) => t,
-        None if privileged => match tracefs::ensure() {
+        tracefs::Found::Readable(t) => t,
+        tracefs::Found::NotMounted if !privileged => {
+            let detail = format!(
+                "not mounted; watch mounts it at {} as root",
+                tracefs::TRACEFS
+            );
+            checks.push(failed(Status::Missing, detail));
+            return None;
+        }
+        // Mounts it, or says why it cannot be used (not readable, not mountable).
+        _ => match tracefs::ensure() {
             Ok(t) => t,
             Err(e) => {
-                checks.push(Check::not_ok(
-                    "tracefs",
-                    Status::Failed,
-                    e.to_string(),
-                    Impact::Fatal,
-                    cannot_attach,
-                ));
+                checks.push(failed(Status::Failed, e.to_string()));
                 return None;
             }
         },
-        None => {
-            // Without privileges: tracefs is root's to read.
-            let (status, detail) = match tracefs::mount_points().first() {
-                Some(p) => (
-                    Status::Failed,
-                    format!("mounted at {}, but not readable by this user", p.display()),
-                ),
-                None => (
-                    Status::Missing,
-                    format!(
-                        "not mounted; watch mounts it at {} as root",
-                        tracefs::TRACEFS
-                    ),
-                ),
-            };
-            checks.push(Check::not_ok(
-                "tracefs",
-                status,
-                detail,
-                Impact::None,
-                "nothing when watch runs as root (it mounts and reads tracefs)",
-            ));
-            return None;
-        }
     };
     let mounted = if found.mounted_by_us {
         "was not mounted; mounted it"

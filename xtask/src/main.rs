@@ -4,6 +4,7 @@ mod bench;
 #[path = "../../tracer/build/bpf_toolchain.rs"]
 #[allow(dead_code)] // build.rs uses the part that builds the probe
 mod bpf_toolchain;
+mod deploy;
 mod kernel;
 mod package;
 mod scale;
@@ -34,8 +35,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check: format, lints, unit tests, and the privileged
-    /// integration tests that load the real probe (those need root; CI fails without it),
+    /// Set up, then run every check: format, lints, unit tests, the systemd unit and
+    /// Kubernetes manifests in deploy/, and the privileged integration tests that load the
+    /// real probe (those need root; CI fails without it),
     /// on this host's kernel and/or on Debian's 6.1 and 6.12 kernels under QEMU.
     Test {
         /// Where the privileged tests run: `host` (this kernel, after format, lints and
@@ -224,6 +226,7 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
     if kernels.host() {
         let deb = package::build(&tracer, &mut apt)?;
         package::check(&deb, &tracer, &mut apt)?;
+        deploy::check(&tracer, &mut apt)?;
     }
     if !privileged {
         if in_ci() {
@@ -232,6 +235,7 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         eprintln!("xtask: SKIPPING the privileged integration tests: they load the BPF probe and need root (run `sudo cargo xtask test`)");
         return Ok(ExitCode::SUCCESS);
     }
+    setup::ensure_test_tools(&mut apt)?;
     let tests = suite::build()?;
     let mut suites = Vec::new();
     if kernels.host() {

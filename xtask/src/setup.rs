@@ -132,3 +132,32 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Installs what the privileged tests run beside tracer, when missing: `setcap`
+/// (libcap2-bin) gives the capability tests' copy of tracer its file capabilities;
+/// `strace` and `systemd-analyze` (systemd) check the unit's filters against what it does.
+pub fn ensure_test_tools(apt: &mut Apt) -> anyhow::Result<()> {
+    let tools = [
+        ("setcap", "libcap2-bin"),
+        ("strace", "strace"),
+        ("systemd-analyze", "systemd"),
+    ];
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(tool, _)| bpf_toolchain::find_program(tool).is_none())
+        .map(|(_, package)| (*package).to_owned())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !has_apt() {
+        bail!(
+            "the capability tests need setcap, strace and systemd-analyze: install {}",
+            missing.join(" ")
+        );
+    }
+    apt.install(
+        "what the capability tests run (setcap, strace, systemd-analyze)",
+        &missing,
+    )
+}

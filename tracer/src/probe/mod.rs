@@ -51,9 +51,12 @@ pub enum ProbeError {
     NotBuilt,
     #[error("{0}")]
     Privileges(String),
-    #[error("{0}")]
-    Tracefs(String),
-    #[error("cannot read the tracepoint format {path}: {source}; run as root")]
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(
+        "cannot read the tracepoint format {path}: {source}{}",
+        tracefs::read_hint(source)
+    )]
     FormatRead {
         path: PathBuf,
         source: std::io::Error,

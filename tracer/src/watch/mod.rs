@@ -32,7 +32,7 @@ use crate::{
         queue::{CloseError, Queued},
         Output, StopReason, SummaryReason, TextStyle, WallClock,
     },
-    probe::{Diagnostics, Filters, Probe, RingConfig},
+    probe::{privileges, Diagnostics, Filters, Probe, RingConfig},
     record::{file, writer::Recorder, SocketEntry},
     stuck::Engine,
 };
@@ -105,6 +105,12 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
         eprintln!(
             "tracer: warning: {e}; sockets' network namespaces are unknown, and owners are looked for in the tracer's own namespace only"
         );
+    }
+    // What the capabilities this run lacks cost it, each said once (root says nothing).
+    if let Some(held) = privileges::effective() {
+        for why in privileges::warnings(&held, probe.netns.is_ok()) {
+            eprintln!("tracer: warning: {why}");
+        }
     }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which happens only with the AsyncFd.
