@@ -139,7 +139,7 @@ impl Summary<'_> {
 pub fn renderer(format: Format, style: TextStyle) -> Box<dyn Render> {
     match format {
         Format::Text => Box::new(text::Text::new(style)),
-        Format::Json => Box::new(json::Json),
+        Format::Json => Box::new(json::Json::default()),
     }
 }
 
