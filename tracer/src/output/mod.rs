@@ -238,7 +238,8 @@ impl<W: Write, E: Write> Output<W, E> {
     }
 
     /// Writes a summary of the stuck sockets, `groups` as [`summary::group`] made them.
-    /// In text an interval summary with nothing stuck is not printed.
+    /// In text an interval summary the same as the last one printed takes one line, or none
+    /// with nothing stuck.
     pub fn summary(
         &mut self,
         reason: SummaryReason,

@@ -259,16 +259,17 @@ fn stuck_resolved_and_summary_as_text() {
         "{}",
         lines[5]
     );
-    assert_eq!(
-        lines.len(),
-        6,
-        "an empty interval summary prints nothing: {out}"
-    );
+    // The leak is over: said once.
+    assert_eq!(lines[6], "06:00:00 SUMMARY no sockets stuck, 1523 tracked");
+    assert_eq!(lines.len(), 7, "{out}");
 }
+
+/// A stuck socket and who holds it.
+type Held = (Socket, Ownership);
 
 /// A socket stuck in `state` on local port `port` since 1 s, its peer at `peer`, held by
 /// `java[pid]` (or by nobody found).
-fn held(pid: Option<u32>, state: TcpState, port: u16, peer: u16) -> (Socket, Ownership) {
+fn held(pid: Option<u32>, state: TcpState, port: u16, peer: u16) -> Held {
     let (mut socket, mut ownership) = leaked();
     socket.state = state.into();
     socket.ends.sport = port;
@@ -287,7 +288,7 @@ fn held(pid: Option<u32>, state: TcpState, port: u16, peer: u16) -> (Socket, Own
 }
 
 /// A batch of alerts, each of `(pid, state, port)` repeated `n` times on peers from 40000.
-fn burst(groups: &[(Option<u32>, TcpState, u16, usize)]) -> Vec<(Socket, Ownership)> {
+fn burst(groups: &[(Option<u32>, TcpState, u16, usize)]) -> Vec<Held> {
     let mut peer = 40_000;
     let mut all = Vec::new();
     for &(pid, state, port, n) in groups {
@@ -300,11 +301,7 @@ fn burst(groups: &[(Option<u32>, TcpState, u16, usize)]) -> Vec<(Socket, Ownersh
 }
 
 /// Reports every socket of `sockets` stuck at `at_ns`, as one batch.
-fn flag_all(
-    o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>,
-    sockets: &[(Socket, Ownership)],
-    at_ns: u64,
-) {
+fn flag_all(o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>, sockets: &[Held], at_ns: u64) {
     for (socket, ownership) in sockets {
         let r = SocketReport {
             key: SocketKey::Sk(1),
@@ -505,8 +502,7 @@ fn a_burst_of_resolutions_folds_as_flags_do() {
 #[test]
 fn any_other_record_ends_a_batch_and_a_report_folds_nothing() {
     let sockets = burst(&[(Some(4242), TcpState::CloseWait, 61616, 5)]);
-    let alert = |o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>,
-                 (socket, ownership): &(Socket, Ownership)| {
+    let alert = |o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>, (socket, ownership): &Held| {
         let r = SocketReport {
             key: SocketKey::Sk(1),
             socket,
@@ -576,6 +572,98 @@ fn any_other_record_ends_a_batch_and_a_report_folds_nothing() {
         flag_all(o, &sockets, 31_500_000_000)
     });
     assert_eq!(json.matches("{\"type\":\"stuck\",").count(), 5, "{json}");
+}
+
+/// The groups `sockets` make.
+fn groups_of(sockets: &[Held]) -> Vec<Group> {
+    summary::group(sockets.iter().map(|(s, o)| (s, Some(o))), |_| None)
+}
+
+#[test]
+fn a_summary_is_printed_in_full_when_it_changed_and_advice_once_per_group() {
+    use TcpState::{CloseWait, FinWait2};
+    let java = burst(&[(Some(4242), CloseWait, 61616, 4)]);
+    let peer = burst(&[(Some(4300), FinWait2, 61616, 2)]);
+    let other_java = burst(&[(Some(4300), CloseWait, 8080, 1)]);
+    let both: Vec<_> = java.iter().chain(&peer).cloned().collect();
+    let stats = TableStats {
+        tracked: 10,
+        ..TableStats::default()
+    };
+    let s = 1_000_000_000;
+    let summaries: [(SummaryReason, &[Held], u64); 11] = [
+        (SummaryReason::Interval, &java[..3], 11 * s),
+        // Nothing changed but the ages: one line.
+        (SummaryReason::Interval, &java[..3], 21 * s),
+        // One more in the group: in full, the advice already given.
+        (SummaryReason::Interval, &java, 31 * s),
+        // A new group in another state: its advice.
+        (SummaryReason::Interval, &both, 41 * s),
+        (SummaryReason::Interval, &both, 51 * s),
+        // Gone: said once, then nothing.
+        (SummaryReason::Interval, &[], 61 * s),
+        (SummaryReason::Interval, &[], 71 * s),
+        // Back: its advice again.
+        (SummaryReason::Interval, &java[..1], 81 * s),
+        // A new group in a state already advised about: advice once more, for it.
+        (SummaryReason::Interval, &other_java, 91 * s),
+        (SummaryReason::Interval, &other_java, 101 * s),
+        // The end: in full, no advice given already.
+        (SummaryReason::Stop, &other_java, 111 * s),
+    ];
+    let lines = live_text(|o| {
+        for (reason, sockets, at) in summaries {
+            o.summary(reason, &groups_of(sockets), stats, &BTreeMap::new(), at)
+                .unwrap();
+        }
+    });
+    let short: Vec<String> = lines
+        .iter()
+        .map(|l| match l.split_once(" means ") {
+            Some((advice, _)) => advice.to_owned(),
+            None => l.clone(),
+        })
+        .collect();
+    assert_eq!(
+        short,
+        [
+            "-- 2026-11-25 (UTC) --",
+            "06:00:11 SUMMARY 3 sockets stuck, 10 tracked",
+            "  java[4242] holds 3 sockets in CLOSE_WAIT on :61616 (oldest 10s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:00:21 SUMMARY unchanged: 3 sockets stuck in 1 group (oldest 20s)",
+            "06:00:31 SUMMARY 4 sockets stuck, 10 tracked",
+            "  java[4242] holds 4 sockets in CLOSE_WAIT on :61616 (oldest 30s), fds 1013/1024 (98%)",
+            "06:00:41 SUMMARY 6 sockets stuck, 10 tracked",
+            "  java[4242] holds 4 sockets in CLOSE_WAIT on :61616 (oldest 40s), fds 1013/1024 (98%)",
+            "  java[4300] holds 2 sockets in FIN_WAIT2 on :61616 (oldest 40s), fds 1013/1024 (98%)",
+            "  advice: FIN_WAIT2",
+            "06:00:51 SUMMARY unchanged: 6 sockets stuck in 2 groups (oldest 50s)",
+            "06:01:01 SUMMARY no sockets stuck, 10 tracked",
+            "06:01:21 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest 1m20s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:01:31 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4300] holds 1 socket in CLOSE_WAIT on :8080 (oldest 1m30s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:01:41 SUMMARY unchanged: 1 socket stuck in 1 group (oldest 1m40s)",
+            "06:01:51 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4300] holds 1 socket in CLOSE_WAIT on :8080 (oldest 1m50s), fds 1013/1024 (98%)",
+        ]
+    );
+
+    // JSON: every summary, every time.
+    let style = TextStyle {
+        fold: true,
+        ..TextStyle::default()
+    };
+    let (json, _) = render_styled(Format::Json, style, |o| {
+        for (reason, sockets, at) in summaries {
+            o.summary(reason, &groups_of(sockets), stats, &BTreeMap::new(), at)
+                .unwrap();
+        }
+    });
+    assert_eq!(json.lines().count(), summaries.len(), "{json}");
 }
 
 /// The owners of `leaked()` moved to the cgroups `first` and `second`.

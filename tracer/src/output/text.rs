@@ -57,6 +57,9 @@ pub struct Text {
     batch: Vec<Folded>,
     /// Where each group of the batch is in `batch`.
     batch_index: HashMap<(Alert, GroupKey), usize>,
+    /// The groups of the last summary printed in full, and their counts: what a summary is
+    /// compared with, and whose advice was given.
+    summarized: BTreeMap<GroupKey, usize>,
 }
 
 /// Which alert a batch folds.
@@ -91,6 +94,7 @@ impl Text {
             day: None,
             batch: Vec::new(),
             batch_index: HashMap::new(),
+            summarized: BTreeMap::new(),
         }
     }
 
@@ -439,14 +443,41 @@ impl Render for Text {
         Ok(())
     }
 
+    /// In full when the groups or their counts changed since the last summary printed in
+    /// full (or at the end); else one line while sockets are stuck, none when none are.
+    /// Advice is given for the states of groups the last full summary did not have.
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
         let stuck = s.stuck();
+        let changed = s.groups.len() != self.summarized.len()
+            || s.groups
+                .iter()
+                .any(|g| self.summarized.get(&g.key()) != Some(&g.count));
         match s.reason {
-            SummaryReason::Interval if stuck == 0 => return Ok(()),
+            SummaryReason::Interval if !changed => {
+                return match s.groups.iter().min_by_key(|g| g.oldest_since_ns) {
+                    Some(oldest) => {
+                        let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
+                        writeln!(
+                            page.out,
+                            "{time} {} unchanged: {} stuck in {} (oldest {}{})",
+                            self.paint(BOLD, "SUMMARY"),
+                            plural(stuck, "socket"),
+                            plural(s.groups.len(), "group"),
+                            at_least(oldest.oldest_is_lower_bound),
+                            human_duration(super::since(oldest.oldest_since_ns, s.at_ns))
+                        )
+                    }
+                    None => Ok(()),
+                };
+            }
             // A section of the report: apart from the sockets listed before it.
             SummaryReason::End => writeln!(page.out)?,
             SummaryReason::Interval | SummaryReason::Stop => {}
         }
+        let before = std::mem::replace(
+            &mut self.summarized,
+            s.groups.iter().map(|g| (g.key(), g.count)).collect(),
+        );
         let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
         let head = self.paint(BOLD, "SUMMARY");
         if stuck == 0 {
@@ -467,7 +498,7 @@ impl Render for Text {
         }
         let mut advised = Vec::new();
         for g in s.groups {
-            if !advised.contains(&g.state) {
+            if !before.contains_key(&g.key()) && !advised.contains(&g.state) {
                 advised.push(g.state);
                 writeln!(page.out, "  advice: {}", summary::advice(g.state))?;
             }
