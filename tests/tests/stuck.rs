@@ -435,9 +435,17 @@ fn text_alerts_and_summary_name_the_process() {
         group.ends_with("; read end of stream on 1 and kept them"),
         "{group}"
     );
+    // The next summary finds the same groups: one line. Advice came once, with the group.
     read_until(&mut lines, &|l| {
-        l.last().is_some_and(|l| l.contains("advice:"))
+        l.last()
+            .is_some_and(|l| l.contains(" SUMMARY unchanged: 3 sockets stuck in 1 group (oldest "))
     });
+    let advice: Vec<&String> = lines.iter().filter(|l| l.contains("advice:")).collect();
+    assert_eq!(advice.len(), 1, "{lines:#?}");
+    assert!(
+        advice[0].starts_with("  advice: CLOSE_WAIT means"),
+        "{lines:#?}"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (status, _) = finish(&mut child);

@@ -586,6 +586,11 @@ impl Render for Json {
         Json::line(page, &Record::Resolved(&rec))
     }
 
+    /// One record per socket: nothing is held back.
+    fn end_batch(&mut self, _page: &mut Page) -> io::Result<()> {
+        Ok(())
+    }
+
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
         let groups = s
             .groups

@@ -34,6 +34,9 @@ pub use text::{human_duration, TextStyle};
 
 /// The records the tool writes, each as one format puts it. A renderer appends whole lines
 /// to a [`Page`] and keeps only what it needs between records; [`Output`] writes them out.
+///
+/// Stuck and resolved alerts come in batches: those reported together, up to the next
+/// other record or flush, which [`Output`] ends with [`Render::end_batch`].
 pub trait Render {
     /// The probe is attached: the first record of `watch`.
     fn start(&mut self, page: &mut Page, info: &StartInfo) -> io::Result<()>;
@@ -57,6 +60,8 @@ pub trait Render {
         left_ns: u64,
         new: State,
     ) -> io::Result<()>;
+    /// The batch of alerts so far is complete: what was held back of it goes out.
+    fn end_batch(&mut self, page: &mut Page) -> io::Result<()>;
     /// The stuck sockets, grouped.
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()>;
     /// The probe dropped `lost` more transitions (`total` so far).
@@ -167,8 +172,21 @@ impl<W: Write, E: Write> Output<W, E> {
         }
     }
 
-    /// Renders one record and writes what it made; the page is left empty either way.
+    /// Ends the batch of alerts (see [`Render`]), then renders one record and writes what
+    /// they made.
     fn write(
+        &mut self,
+        render: impl FnOnce(&mut dyn Render, &mut Page) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.write_alert(|r, p| {
+            r.end_batch(p)?;
+            render(r, p)
+        })
+    }
+
+    /// Renders one record, an alert in the batch under way, and writes what it made; the
+    /// page is left empty either way.
+    fn write_alert(
         &mut self,
         render: impl FnOnce(&mut dyn Render, &mut Page) -> io::Result<()>,
     ) -> io::Result<()> {
@@ -200,7 +218,7 @@ impl<W: Write, E: Write> Output<W, E> {
         now_ns: u64,
         threshold: Duration,
     ) -> io::Result<()> {
-        self.write(|render, p| render.stuck(p, r, now_ns, threshold, None))
+        self.write_alert(|render, p| render.stuck(p, r, now_ns, threshold, None))
     }
 
     /// Reports a stuck socket in hindsight (in a report): also how its stay ended.
@@ -211,16 +229,17 @@ impl<W: Write, E: Write> Output<W, E> {
         threshold: Duration,
         outcome: Outcome,
     ) -> io::Result<()> {
-        self.write(|render, p| render.stuck(p, r, at_ns, threshold, Some(outcome)))
+        self.write_alert(|render, p| render.stuck(p, r, at_ns, threshold, Some(outcome)))
     }
 
     /// Reports a stuck socket that left its state for `new` at `left_ns`.
     pub fn resolved(&mut self, r: &SocketReport<'_>, left_ns: u64, new: State) -> io::Result<()> {
-        self.write(|render, p| render.resolved(p, r, left_ns, new))
+        self.write_alert(|render, p| render.resolved(p, r, left_ns, new))
     }
 
     /// Writes a summary of the stuck sockets, `groups` as [`summary::group`] made them.
-    /// In text an interval summary with nothing stuck is not printed.
+    /// In text an interval summary the same as the last one printed takes one line, or none
+    /// with nothing stuck.
     pub fn summary(
         &mut self,
         reason: SummaryReason,
@@ -313,8 +332,9 @@ impl<W: Write, E: Write> Output<W, E> {
         &mut self.out
     }
 
-    /// Pushes buffered output out, so a live reader sees it now.
+    /// Ends the batch of alerts and pushes buffered output out, so a live reader sees it now.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write(|_, _| Ok(()))?;
         self.out.flush()?;
         self.status.flush()
     }

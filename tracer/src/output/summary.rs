@@ -46,6 +46,31 @@ impl fmt::Display for ServicePort {
     }
 }
 
+/// What puts stuck sockets in one group: the owner (the first holder, if one was found), the
+/// state, the network namespace (0 if unknown) and the service port. The same key folds a
+/// burst of alerts in text and tells whether a summary changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub state: State,
+    pub pid: Option<u32>,
+    pub netns: u32,
+    pub port: ServicePort,
+}
+
+impl GroupKey {
+    /// The group of `s`, held as `ownership` says.
+    pub fn of(s: &Socket, ownership: Option<&Ownership>) -> Self {
+        Self {
+            state: s.state,
+            pid: ownership
+                .and_then(|o| o.owners.first())
+                .map(|o| o.process.pid),
+            netns: s.ends.netns,
+            port: ServicePort::of(s),
+        }
+    }
+}
+
 /// Stuck sockets that share an owner, a state and a service port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Group {
@@ -78,26 +103,24 @@ pub fn group<'a>(
     stuck: impl Iterator<Item = (&'a Socket, Option<&'a Ownership>)>,
     mut fd_count: impl FnMut(u32) -> Option<usize>,
 ) -> Vec<Group> {
-    let mut groups: HashMap<(State, Option<u32>, u32, ServicePort), Group> = HashMap::new();
+    let mut groups: HashMap<GroupKey, Group> = HashMap::new();
     for (s, ownership) in stuck {
         let owner = ownership.and_then(|o| o.owners.first());
-        let pid = owner.map(|o| o.process.pid);
-        let g = groups
-            .entry((s.state, pid, s.ends.netns, ServicePort::of(s)))
-            .or_insert_with(|| Group {
-                state: s.state,
-                pid,
-                comm: owner.map(|o| o.process.comm.clone()),
-                netns: (s.ends.netns != 0).then_some(s.ends.netns),
-                container: owner.and_then(|o| o.process.container()),
-                port: ServicePort::of(s),
-                count: 0,
-                oldest_since_ns: s.since_ns,
-                oldest_is_lower_bound: s.since_is_lower_bound,
-                fd_count: owner.map(|o| o.fd_count),
-                fd_limit: owner.and_then(|o| o.process.fd_limit),
-                eof_read: 0,
-            });
+        let key = GroupKey::of(s, ownership);
+        let g = groups.entry(key).or_insert_with(|| Group {
+            state: s.state,
+            pid: key.pid,
+            comm: owner.map(|o| o.process.comm.clone()),
+            netns: (s.ends.netns != 0).then_some(s.ends.netns),
+            container: owner.and_then(|o| o.process.container()),
+            port: ServicePort::of(s),
+            count: 0,
+            oldest_since_ns: s.since_ns,
+            oldest_is_lower_bound: s.since_is_lower_bound,
+            fd_count: owner.map(|o| o.fd_count),
+            fd_limit: owner.and_then(|o| o.process.fd_limit),
+            eof_read: 0,
+        });
         g.count += 1;
         if ownership.is_some_and(|o| o.last_io.is_some_and(|io| io.op == IoOp::Eof)) {
             g.eof_read += 1;
@@ -122,6 +145,18 @@ pub fn group<'a>(
             .then(a.port.cmp(&b.port))
     });
     groups
+}
+
+impl Group {
+    /// What makes it a group.
+    pub fn key(&self) -> GroupKey {
+        GroupKey {
+            state: self.state,
+            pid: self.pid,
+            netns: self.netns.unwrap_or(0),
+            port: self.port,
+        }
+    }
 }
 
 /// One line of plain advice about sockets stuck in `state`.

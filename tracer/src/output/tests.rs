@@ -259,11 +259,411 @@ fn stuck_resolved_and_summary_as_text() {
         "{}",
         lines[5]
     );
+    // The leak is over: said once.
+    assert_eq!(lines[6], "06:00:00 SUMMARY no sockets stuck, 1523 tracked");
+    assert_eq!(lines.len(), 7, "{out}");
+}
+
+/// A stuck socket and who holds it.
+type Held = (Socket, Ownership);
+
+/// A socket stuck in `state` on local port `port` since 1 s, its peer at `peer`, held by
+/// `java[pid]` (or by nobody found).
+fn held(pid: Option<u32>, state: TcpState, port: u16, peer: u16) -> Held {
+    let (mut socket, mut ownership) = leaked();
+    socket.state = state.into();
+    socket.ends.sport = port;
+    socket.ends.dport = peer;
+    match pid {
+        Some(pid) => {
+            ownership.owners.truncate(1);
+            ownership.owners[0].process.pid = pid;
+        }
+        None => {
+            ownership.owners.clear();
+            ownership.held_by = HeldBy::Unknown;
+        }
+    }
+    (socket, ownership)
+}
+
+/// A batch of alerts, each of `(pid, state, port)` repeated `n` times on peers from 40000.
+fn burst(groups: &[(Option<u32>, TcpState, u16, usize)]) -> Vec<Held> {
+    let mut peer = 40_000;
+    let mut all = Vec::new();
+    for &(pid, state, port, n) in groups {
+        for _ in 0..n {
+            all.push(held(pid, state, port, peer));
+            peer += 1;
+        }
+    }
+    all
+}
+
+/// Reports every socket of `sockets` stuck at `at_ns`, as one batch.
+fn flag_all(o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>, sockets: &[Held], at_ns: u64) {
+    for (socket, ownership) in sockets {
+        let r = SocketReport {
+            key: SocketKey::Sk(1),
+            socket,
+            ownership,
+        };
+        o.stuck(&r, at_ns, Duration::from_secs(30)).unwrap();
+    }
+    o.flush().unwrap();
+}
+
+/// What text a live run prints for `f`: folded alerts, clock times.
+fn live_text(f: impl FnOnce(&mut Output<&mut Vec<u8>, &mut Vec<u8>>)) -> Vec<String> {
+    let style = TextStyle {
+        own_netns: HOST_NETNS,
+        fold: true,
+        ..TextStyle::default()
+    };
+    let (out, _) = render_styled(Format::Text, style, f);
+    out.lines().map(str::to_owned).collect()
+}
+
+/// The alert lines of `lines` cut after the peer's port: enough to tell them apart.
+fn heads(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| match l.find(" <- 10.0.0.9:") {
+            Some(i) => l[..i + " <- 10.0.0.9:40000".len()].to_owned(),
+            None => l.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_shows_the_first_few_of_each_group_then_one_line_for_the_rest() {
+    use TcpState::{CloseWait, FinWait2};
+    let sockets = burst(&[
+        (Some(4242), CloseWait, 61616, 5),
+        // Another process, another port, another state, no owner: other groups.
+        (Some(4300), CloseWait, 61616, 4),
+        (Some(4242), CloseWait, 8080, 3),
+        (Some(4242), FinWait2, 61616, 4),
+        (None, CloseWait, 61616, 6),
+    ]);
+    let lines = live_text(|o| {
+        flag_all(o, &sockets, 31_500_000_000);
+        // The next batch: its own first few.
+        flag_all(o, &sockets[..4], 32_500_000_000);
+    });
+    let stuck = "STUCK CLOSE_WAIT for 30s 127.0.0.1";
     assert_eq!(
-        lines.len(),
-        6,
-        "an empty interval summary prints nothing: {out}"
+        heads(&lines),
+        [
+            "-- 2026-11-25 (UTC) --".to_owned(),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40000"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40001"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40002"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40005"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40006"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40007"),
+            format!("06:00:31 {stuck}:8080 <- 10.0.0.9:40009"),
+            format!("06:00:31 {stuck}:8080 <- 10.0.0.9:40010"),
+            format!("06:00:31 {stuck}:8080 <- 10.0.0.9:40011"),
+            "06:00:31 STUCK FIN_WAIT2 for 30s 127.0.0.1:61616 <- 10.0.0.9:40012".to_owned(),
+            "06:00:31 STUCK FIN_WAIT2 for 30s 127.0.0.1:61616 <- 10.0.0.9:40013".to_owned(),
+            "06:00:31 STUCK FIN_WAIT2 for 30s 127.0.0.1:61616 <- 10.0.0.9:40014".to_owned(),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40016"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40017"),
+            format!("06:00:31 {stuck}:61616 <- 10.0.0.9:40018"),
+            "06:00:31 STUCK java[4242] 2 more sockets stuck in CLOSE_WAIT on :61616 (oldest 30s)"
+                .to_owned(),
+            "06:00:31 STUCK java[4300] 1 more socket stuck in CLOSE_WAIT on :61616 (oldest 30s)"
+                .to_owned(),
+            "06:00:31 STUCK java[4242] 1 more socket stuck in FIN_WAIT2 on :61616 (oldest 30s)"
+                .to_owned(),
+            "06:00:31 STUCK no owner found: 3 more sockets stuck in CLOSE_WAIT on :61616 (oldest 30s)"
+                .to_owned(),
+            "06:00:32 STUCK CLOSE_WAIT for 31s 127.0.0.1:61616 <- 10.0.0.9:40000".to_owned(),
+            "06:00:32 STUCK CLOSE_WAIT for 31s 127.0.0.1:61616 <- 10.0.0.9:40001".to_owned(),
+            "06:00:32 STUCK CLOSE_WAIT for 31s 127.0.0.1:61616 <- 10.0.0.9:40002".to_owned(),
+            "06:00:32 STUCK java[4242] 1 more socket stuck in CLOSE_WAIT on :61616 (oldest 31s)"
+                .to_owned(),
+        ]
     );
+    // The lines shown are whole alerts.
+    assert!(
+        lines[1].ends_with("10.0.0.9:40000 java[4242] fd 17, fds 1013/1024 (98%), uid 1000, cgroup /system.slice/activemq.service"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[13].ends_with("10.0.0.9:40016 owner unknown"),
+        "{}",
+        lines[13]
+    );
+}
+
+#[test]
+fn folded_lines_tell_the_oldest_and_follow_the_time_style_and_colour() {
+    let mut sockets = burst(&[(Some(4242), TcpState::CloseWait, 61616, 6)]);
+    // Held back: one seen entering 2 s before the others, one known only since the start.
+    sockets[4].0.since_ns = 0;
+    sockets[5].0.since_ns = 500_000_000;
+    sockets[5].0.since_is_lower_bound = true;
+    sockets[5].0.ends.netns = 4026532999;
+    let style = TextStyle {
+        color: true,
+        time: TimeStyle::Rfc3339,
+        own_netns: HOST_NETNS,
+        fold: true,
+    };
+    let (out, _) = render_styled(Format::Text, style, |o| {
+        flag_all(o, &sockets[..5], 31_500_000_000);
+        // Another namespace, another group: shown.
+        flag_all(o, &sockets[..4], 31_500_000_000);
+        flag_all(o, &sockets[5..], 31_500_000_000);
+    });
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[3],
+        "2026-11-25T06:00:31.500000000Z \x1b[1;31mSTUCK\x1b[0m java[4242] 2 more sockets stuck \
+         in CLOSE_WAIT on :61616 (oldest 31s)"
+    );
+    assert_eq!(
+        lines[7],
+        "2026-11-25T06:00:31.500000000Z \x1b[1;31mSTUCK\x1b[0m java[4242] 1 more socket stuck \
+         in CLOSE_WAIT on :61616 (oldest 30s)"
+    );
+    assert!(
+        lines[8].contains(" netns 4026532999 java[4242] fd 17"),
+        "{}",
+        lines[8]
+    );
+    assert_eq!(lines.len(), 9, "{out}");
+
+    // Alone in its group past the first few, a lower bound says so.
+    let (out, _) = render_styled(
+        Format::Text,
+        TextStyle {
+            fold: true,
+            ..TextStyle::default()
+        },
+        |o| {
+            let mut all = sockets[..3].to_vec();
+            all.push(sockets[5].clone());
+            for s in &mut all {
+                s.0.ends.netns = 0;
+            }
+            flag_all(o, &all, 31_500_000_000);
+        },
+    );
+    assert!(
+        out.ends_with(
+            " STUCK java[4242] 1 more socket stuck in CLOSE_WAIT on :61616 (oldest at least 31s)\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_burst_of_resolutions_folds_as_flags_do() {
+    let sockets = burst(&[
+        (Some(4242), TcpState::CloseWait, 61616, 5),
+        (None, TcpState::CloseWait, 61616, 4),
+    ]);
+    let lines = live_text(|o| {
+        for (i, (socket, ownership)) in sockets.iter().enumerate() {
+            let r = SocketReport {
+                key: SocketKey::Sk(1),
+                socket,
+                ownership,
+            };
+            // The last one left after 89 s in CLOSE_WAIT.
+            o.resolved(
+                &r,
+                60_000_000_000 + i as u64 * 1_000_000_000,
+                TcpState::LastAck.into(),
+            )
+            .unwrap();
+        }
+        o.flush().unwrap();
+    });
+    assert_eq!(
+        heads(&lines[1..]),
+        [
+            "06:01:00 RESOLVED CLOSE_WAIT -> LAST_ACK after 59s 127.0.0.1:61616 <- 10.0.0.9:40000",
+            "06:01:01 RESOLVED CLOSE_WAIT -> LAST_ACK after 1m0s 127.0.0.1:61616 <- 10.0.0.9:40001",
+            "06:01:02 RESOLVED CLOSE_WAIT -> LAST_ACK after 1m1s 127.0.0.1:61616 <- 10.0.0.9:40002",
+            "06:01:05 RESOLVED CLOSE_WAIT -> LAST_ACK after 1m4s 127.0.0.1:61616 <- 10.0.0.9:40005",
+            "06:01:06 RESOLVED CLOSE_WAIT -> LAST_ACK after 1m5s 127.0.0.1:61616 <- 10.0.0.9:40006",
+            "06:01:07 RESOLVED CLOSE_WAIT -> LAST_ACK after 1m6s 127.0.0.1:61616 <- 10.0.0.9:40007",
+            "06:01:04 RESOLVED java[4242] 2 more sockets left CLOSE_WAIT on :61616 (longest 1m3s)",
+            "06:01:08 RESOLVED no owner found: 1 more socket left CLOSE_WAIT on :61616 (longest 1m7s)",
+        ]
+    );
+}
+
+#[test]
+fn any_other_record_ends_a_batch_and_a_report_folds_nothing() {
+    let sockets = burst(&[(Some(4242), TcpState::CloseWait, 61616, 5)]);
+    let alert = |o: &mut Output<&mut Vec<u8>, &mut Vec<u8>>, (socket, ownership): &Held| {
+        let r = SocketReport {
+            key: SocketKey::Sk(1),
+            socket,
+            ownership,
+        };
+        o.stuck(&r, 31_500_000_000, Duration::from_secs(30))
+            .unwrap();
+    };
+    let lines = live_text(|o| {
+        for s in &sockets {
+            alert(o, s);
+        }
+        // What was held back comes before the next record.
+        o.transition(&transition(Family::Ipv4)).unwrap();
+        for s in &sockets[..4] {
+            alert(o, s);
+        }
+        o.lost(1, 1).unwrap();
+    });
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| match l {
+            l if l.starts_with("-- ") => "date",
+            l if l.contains(" more socket") => "folded",
+            l if l.contains(" STUCK ") => "stuck",
+            _ => "transition",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "date",
+            "stuck",
+            "stuck",
+            "stuck",
+            "folded",
+            "transition",
+            "stuck",
+            "stuck",
+            "stuck",
+            "folded"
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines[9].contains(" java[4242] 1 more socket "),
+        "{}",
+        lines[9]
+    );
+    // A report lists every socket (`fold` off), as JSON always does.
+    let (text, _) = render(Format::Text, |o| {
+        for s in &sockets {
+            alert(o, s);
+        }
+        o.flush().unwrap();
+    });
+    assert_eq!(
+        text.matches(" STUCK CLOSE_WAIT for 30s ").count(),
+        5,
+        "{text}"
+    );
+    let style = TextStyle {
+        fold: true,
+        ..TextStyle::default()
+    };
+    let (json, _) = render_styled(Format::Json, style, |o| {
+        flag_all(o, &sockets, 31_500_000_000)
+    });
+    assert_eq!(json.matches("{\"type\":\"stuck\",").count(), 5, "{json}");
+}
+
+/// The groups `sockets` make.
+fn groups_of(sockets: &[Held]) -> Vec<Group> {
+    summary::group(sockets.iter().map(|(s, o)| (s, Some(o))), |_| None)
+}
+
+#[test]
+fn a_summary_is_printed_in_full_when_it_changed_and_advice_once_per_group() {
+    use TcpState::{CloseWait, FinWait2};
+    let java = burst(&[(Some(4242), CloseWait, 61616, 4)]);
+    let peer = burst(&[(Some(4300), FinWait2, 61616, 2)]);
+    let other_java = burst(&[(Some(4300), CloseWait, 8080, 1)]);
+    let both: Vec<_> = java.iter().chain(&peer).cloned().collect();
+    let stats = TableStats {
+        tracked: 10,
+        ..TableStats::default()
+    };
+    let s = 1_000_000_000;
+    let summaries: [(SummaryReason, &[Held], u64); 11] = [
+        (SummaryReason::Interval, &java[..3], 11 * s),
+        // Nothing changed but the ages: one line.
+        (SummaryReason::Interval, &java[..3], 21 * s),
+        // One more in the group: in full, the advice already given.
+        (SummaryReason::Interval, &java, 31 * s),
+        // A new group in another state: its advice.
+        (SummaryReason::Interval, &both, 41 * s),
+        (SummaryReason::Interval, &both, 51 * s),
+        // Gone: said once, then nothing.
+        (SummaryReason::Interval, &[], 61 * s),
+        (SummaryReason::Interval, &[], 71 * s),
+        // Back: its advice again.
+        (SummaryReason::Interval, &java[..1], 81 * s),
+        // A new group in a state already advised about: advice once more, for it.
+        (SummaryReason::Interval, &other_java, 91 * s),
+        (SummaryReason::Interval, &other_java, 101 * s),
+        // The end: in full, no advice given already.
+        (SummaryReason::Stop, &other_java, 111 * s),
+    ];
+    let lines = live_text(|o| {
+        for (reason, sockets, at) in summaries {
+            o.summary(reason, &groups_of(sockets), stats, &BTreeMap::new(), at)
+                .unwrap();
+        }
+    });
+    let short: Vec<String> = lines
+        .iter()
+        .map(|l| match l.split_once(" means ") {
+            Some((advice, _)) => advice.to_owned(),
+            None => l.clone(),
+        })
+        .collect();
+    assert_eq!(
+        short,
+        [
+            "-- 2026-11-25 (UTC) --",
+            "06:00:11 SUMMARY 3 sockets stuck, 10 tracked",
+            "  java[4242] holds 3 sockets in CLOSE_WAIT on :61616 (oldest 10s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:00:21 SUMMARY unchanged: 3 sockets stuck in 1 group (oldest 20s)",
+            "06:00:31 SUMMARY 4 sockets stuck, 10 tracked",
+            "  java[4242] holds 4 sockets in CLOSE_WAIT on :61616 (oldest 30s), fds 1013/1024 (98%)",
+            "06:00:41 SUMMARY 6 sockets stuck, 10 tracked",
+            "  java[4242] holds 4 sockets in CLOSE_WAIT on :61616 (oldest 40s), fds 1013/1024 (98%)",
+            "  java[4300] holds 2 sockets in FIN_WAIT2 on :61616 (oldest 40s), fds 1013/1024 (98%)",
+            "  advice: FIN_WAIT2",
+            "06:00:51 SUMMARY unchanged: 6 sockets stuck in 2 groups (oldest 50s)",
+            "06:01:01 SUMMARY no sockets stuck, 10 tracked",
+            "06:01:21 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4242] holds 1 socket in CLOSE_WAIT on :61616 (oldest 1m20s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:01:31 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4300] holds 1 socket in CLOSE_WAIT on :8080 (oldest 1m30s), fds 1013/1024 (98%)",
+            "  advice: CLOSE_WAIT",
+            "06:01:41 SUMMARY unchanged: 1 socket stuck in 1 group (oldest 1m40s)",
+            "06:01:51 SUMMARY 1 socket stuck, 10 tracked",
+            "  java[4300] holds 1 socket in CLOSE_WAIT on :8080 (oldest 1m50s), fds 1013/1024 (98%)",
+        ]
+    );
+
+    // JSON: every summary, every time.
+    let style = TextStyle {
+        fold: true,
+        ..TextStyle::default()
+    };
+    let (json, _) = render_styled(Format::Json, style, |o| {
+        for (reason, sockets, at) in summaries {
+            o.summary(reason, &groups_of(sockets), stats, &BTreeMap::new(), at)
+                .unwrap();
+        }
+    });
+    assert_eq!(json.lines().count(), summaries.len(), "{json}");
 }
 
 /// The owners of `leaked()` moved to the cgroups `first` and `second`.
@@ -547,6 +947,7 @@ fn rfc3339_times_on_every_line() {
         color: false,
         time: TimeStyle::Rfc3339,
         own_netns: HOST_NETNS,
+        fold: false,
     };
     let (out, status) = render_styled(Format::Text, style, |o| {
         o.start(&start_info(clock.at(0))).unwrap();

@@ -2,7 +2,7 @@
 //! lines on stderr.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     io::{self, Write},
     net::SocketAddr,
@@ -14,7 +14,7 @@ use tracer_common::TcpState;
 use super::{
     clock::{self, Date, Rfc3339, TimeOfDay},
     json::{Offender, Reconciled, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
-    summary::{self, Group, ServicePort},
+    summary::{self, Group, GroupKey, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
 use crate::{
@@ -29,6 +29,9 @@ const GREEN: &str = "\x1b[32m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
+/// Alerts of one group shown one per line in a batch; the rest fold into one line.
+pub const SHOWN_PER_BATCH: usize = 3;
+
 /// How text looks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TextStyle {
@@ -38,6 +41,9 @@ pub struct TextStyle {
     pub time: TimeStyle,
     /// The tracer's own network namespace: sockets elsewhere are marked with theirs.
     pub own_netns: u32,
+    /// Fold the alerts of a group past the first [`SHOWN_PER_BATCH`] of a batch into one
+    /// line (a live run; a report lists every socket).
+    pub fold: bool,
 }
 
 /// Writes text.
@@ -47,12 +53,120 @@ pub struct Text {
     /// The day (UTC) the output last named: in clock style a line on another day is
     /// preceded by a date line. `None` until the first date is written.
     day: Option<u64>,
+    /// The alerts of the batch under way, by group, in the order first seen.
+    batch: Vec<Folded>,
+    /// Where each group of the batch is in `batch`.
+    batch_index: HashMap<(Alert, GroupKey), usize>,
+    /// The groups of the last summary printed in full, and their counts: what a summary is
+    /// compared with, and whose advice was given.
+    summarized: BTreeMap<GroupKey, usize>,
+}
+
+/// Which alert a batch folds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Alert {
+    Stuck,
+    Resolved,
+}
+
+/// The alerts of one group in a batch: how many were shown, and what the line that stands
+/// for the rest says.
+#[derive(Clone, Debug)]
+struct Folded {
+    alert: Alert,
+    key: GroupKey,
+    /// `java[4242]`, when an owner was found.
+    owner: Option<String>,
+    shown: usize,
+    held: usize,
+    /// The latest time among those held back (monotonic ns): the line's time.
+    at_ns: u64,
+    /// Their longest stay in the state, and whether it is a lower bound.
+    longest: Duration,
+    longest_is_lower_bound: bool,
 }
 
 impl Text {
     /// A renderer writing text in `style`.
     pub fn new(style: TextStyle) -> Self {
-        Self { style, day: None }
+        Self {
+            style,
+            day: None,
+            batch: Vec::new(),
+            batch_index: HashMap::new(),
+            summarized: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `r`'s alert, as of `at_ns`, in the batch; false when it is to be shown, true
+    /// when its group has shown enough in this batch and it is held back.
+    fn fold(&mut self, alert: Alert, r: &SocketReport<'_>, at_ns: u64) -> bool {
+        if !self.style.fold {
+            return false;
+        }
+        let key = GroupKey::of(r.socket, Some(r.ownership));
+        let i = *self.batch_index.entry((alert, key)).or_insert_with(|| {
+            self.batch.push(Folded {
+                alert,
+                key,
+                owner: r
+                    .ownership
+                    .owners
+                    .first()
+                    .map(|o| format!("{}[{}]", o.process.comm, o.process.pid)),
+                shown: 0,
+                held: 0,
+                at_ns,
+                longest: Duration::ZERO,
+                longest_is_lower_bound: false,
+            });
+            self.batch.len() - 1
+        });
+        let f = &mut self.batch[i];
+        if f.shown < SHOWN_PER_BATCH {
+            f.shown += 1;
+            return false;
+        }
+        f.held += 1;
+        f.at_ns = f.at_ns.max(at_ns);
+        let stay = super::since(r.socket.since_ns, at_ns);
+        if stay > f.longest {
+            f.longest = stay;
+            f.longest_is_lower_bound = r.socket.since_is_lower_bound;
+        }
+        true
+    }
+
+    /// `java[4242] 290 more sockets stuck in CLOSE_WAIT on :61616 (oldest 12s)`: the
+    /// alerts of a group a batch held back.
+    fn folded_line(&mut self, page: &mut Page, f: &Folded) -> io::Result<()> {
+        let time = self.stamp(page, page.clock.at(f.at_ns), false)?;
+        let owner = match &f.owner {
+            Some(o) => format!("{o} "),
+            None => "no owner found: ".to_owned(),
+        };
+        let (head, what, age) = match f.alert {
+            Alert::Stuck => (self.paint(RED, "STUCK"), "stuck in", "oldest"),
+            Alert::Resolved => (self.paint(GREEN, "RESOLVED"), "left", "longest"),
+        };
+        writeln!(
+            page.out,
+            "{time} {head} {owner}{} {what} {} {}{} ({age} {}{})",
+            plural(f.held, "more socket"),
+            f.key.state,
+            self.place(f.key.port),
+            self.netns(f.key.netns),
+            at_least(f.longest_is_lower_bound),
+            human_duration(f.longest)
+        )
+    }
+
+    /// `on :61616` for a local service port, `to 10.0.0.5:5432` for a remote one.
+    fn place(&self, port: ServicePort) -> String {
+        match port {
+            ServicePort::Local(_) => format!("on {port}"),
+            ServicePort::Remote(..) => format!("to {port}"),
+        }
     }
 
     /// The time that heads a data line at `t`: the time of day (to the microsecond with
@@ -104,16 +218,12 @@ impl Text {
             }
             _ => "an unknown process".to_owned(),
         };
-        let place = match g.port {
-            ServicePort::Local(_) => "on",
-            ServicePort::Remote(..) => "to",
-        };
         write!(
             page.out,
-            "  {who} holds {} in {} {place} {}{} (oldest {}{})",
+            "  {who} holds {} in {} {}{} (oldest {}{})",
             plural(g.count, "socket"),
             g.state,
-            g.port,
+            self.place(g.port),
             self.netns(g.netns.unwrap_or(0)),
             at_least(g.oldest_is_lower_bound),
             human_duration(super::since(g.oldest_since_ns, at_ns))
@@ -263,6 +373,9 @@ impl Render for Text {
         _threshold: Duration,
         outcome: Option<Outcome>,
     ) -> io::Result<()> {
+        if self.fold(Alert::Stuck, r, at_ns) {
+            return Ok(());
+        }
         let at_least = at_least(r.socket.since_is_lower_bound);
         let outcome = match outcome {
             Some(Outcome {
@@ -298,6 +411,9 @@ impl Render for Text {
         left_ns: u64,
         new: State,
     ) -> io::Result<()> {
+        if self.fold(Alert::Resolved, r, left_ns) {
+            return Ok(());
+        }
         let owner = match r.ownership.owners.first() {
             Some(o) => format!("{}[{}]", o.process.comm, o.process.pid),
             None => "owner unknown".to_owned(),
@@ -314,14 +430,54 @@ impl Render for Text {
         )
     }
 
+    fn end_batch(&mut self, page: &mut Page) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_index.clear();
+        for f in std::mem::take(&mut self.batch) {
+            if f.held > 0 {
+                self.folded_line(page, &f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// In full when the groups or their counts changed since the last summary printed in
+    /// full (or at the end); else one line while sockets are stuck, none when none are.
+    /// Advice is given for the states of groups the last full summary did not have.
     fn summary(&mut self, page: &mut Page, s: &Summary<'_>) -> io::Result<()> {
         let stuck = s.stuck();
+        let changed = s.groups.len() != self.summarized.len()
+            || s.groups
+                .iter()
+                .any(|g| self.summarized.get(&g.key()) != Some(&g.count));
         match s.reason {
-            SummaryReason::Interval if stuck == 0 => return Ok(()),
+            SummaryReason::Interval if !changed => {
+                return match s.groups.iter().min_by_key(|g| g.oldest_since_ns) {
+                    Some(oldest) => {
+                        let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
+                        writeln!(
+                            page.out,
+                            "{time} {} unchanged: {} stuck in {} (oldest {}{})",
+                            self.paint(BOLD, "SUMMARY"),
+                            plural(stuck, "socket"),
+                            plural(s.groups.len(), "group"),
+                            at_least(oldest.oldest_is_lower_bound),
+                            human_duration(super::since(oldest.oldest_since_ns, s.at_ns))
+                        )
+                    }
+                    None => Ok(()),
+                };
+            }
             // A section of the report: apart from the sockets listed before it.
             SummaryReason::End => writeln!(page.out)?,
             SummaryReason::Interval | SummaryReason::Stop => {}
         }
+        let before = std::mem::replace(
+            &mut self.summarized,
+            s.groups.iter().map(|g| (g.key(), g.count)).collect(),
+        );
         let time = self.stamp(page, page.clock.at(s.at_ns), false)?;
         let head = self.paint(BOLD, "SUMMARY");
         if stuck == 0 {
@@ -342,7 +498,7 @@ impl Render for Text {
         }
         let mut advised = Vec::new();
         for g in s.groups {
-            if !advised.contains(&g.state) {
+            if !before.contains_key(&g.key()) && !advised.contains(&g.state) {
                 advised.push(g.state);
                 writeln!(page.out, "  advice: {}", summary::advice(g.state))?;
             }

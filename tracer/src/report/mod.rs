@@ -90,6 +90,8 @@ pub fn run(args: &ReportArgs, out: impl Write, mut status: impl Write) -> anyhow
             color: false,
             time: args.time,
             own_netns: header.ext.netns,
+            // Hindsight lists every socket, each with how its stay ended.
+            fold: false,
         },
         clock,
         io::BufWriter::with_capacity(1 << 16, out),

@@ -187,6 +187,7 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
             color,
             time: args.time,
             own_netns: netns::own(),
+            fold: true,
         },
         clock,
         Queued::spawn(out).context("cannot start the thread that writes stdout")?,
