@@ -106,6 +106,30 @@ impl TimeOfDay {
     }
 }
 
+impl TimeOfDay {
+    /// Writes what `Display` writes, without `fmt`: once per printed transition.
+    pub fn write_into(&self, out: &mut Vec<u8>) {
+        let s = self.since_epoch.as_secs() % SECS_PER_DAY;
+        let two = |out: &mut Vec<u8>, n: u64| {
+            out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
+        };
+        two(out, s / 3600);
+        out.push(b':');
+        two(out, s % 3600 / 60);
+        out.push(b':');
+        two(out, s % 60);
+        if self.micros {
+            let mut digits = *b".000000";
+            let mut us = self.since_epoch.subsec_micros();
+            for d in digits[1..].iter_mut().rev() {
+                *d = b'0' + (us % 10) as u8;
+                us /= 10;
+            }
+            out.extend_from_slice(&digits);
+        }
+    }
+}
+
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Computed rather than cut out of an RFC 3339 string: this runs once per printed

@@ -780,8 +780,18 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// An address and port as [`std::net::SocketAddr`]'s `Display` writes them.
+pub(super) fn write_socket_addr(out: &mut Vec<u8>, ip: IpAddr, port: u16) {
+    if ip.is_ipv6() {
+        out.push(b'[');
+    }
+    write_ip(out, ip);
+    out.extend_from_slice(if ip.is_ipv6() { b"]:" } else { b":" });
+    out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+}
+
 /// A state's name as its `Display` writes it.
-fn write_state(out: &mut Vec<u8>, state: State) {
+pub(super) fn write_state(out: &mut Vec<u8>, state: State) {
     match state.known() {
         Some(s) => out.extend_from_slice(s.name().as_bytes()),
         None => {

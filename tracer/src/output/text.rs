@@ -13,6 +13,7 @@ use tracer_common::TcpState;
 
 use super::{
     clock::{self, Date, Rfc3339, TimeOfDay},
+    json,
     json::{Offender, Reconciled, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
     summary::{self, Group, GroupKey, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
@@ -60,6 +61,8 @@ pub struct Text {
     /// The groups of the last summary printed in full, and their counts: what a summary is
     /// compared with, and whose advice was given.
     summarized: BTreeMap<GroupKey, usize>,
+    /// Room to write an address in before it is padded, reused.
+    scratch: Vec<u8>,
 }
 
 /// Which alert a batch folds.
@@ -95,6 +98,7 @@ impl Text {
             batch: Vec::new(),
             batch_index: HashMap::new(),
             summarized: BTreeMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -350,19 +354,46 @@ impl Render for Text {
     }
 
     fn transition(&mut self, page: &mut Page, t: &Transition) -> io::Result<()> {
+        // `{time} {pid:>7} {comm:<16} {saddr:sport:>21} {arrow} {daddr:dport:<21} {old} ->
+        // {new}{netns}`, written field by field: `--events` writes one line per transition,
+        // and `fmt`'s padding machinery costs several times more (a test holds the two to
+        // the same bytes).
         let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
-        writeln!(
-            page.out,
-            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}{}",
-            t.pid,
-            t.comm,
-            SocketAddr::new(t.saddr, t.sport),
-            arrow(opened_by(t)),
-            SocketAddr::new(t.daddr, t.dport),
-            t.old,
-            t.new,
-            self.netns(t.netns)
-        )
+        let out = &mut page.out;
+        match time {
+            Stamp::Clock(t) => t.write_into(out),
+            Stamp::Full(t) => write!(out, "{t}")?,
+        }
+        out.push(b' ');
+        pad(
+            out,
+            itoa::Buffer::new().format(t.pid).as_bytes(),
+            7,
+            Align::Right,
+        );
+        out.push(b' ');
+        let comm = t.comm.to_str_lossy();
+        pad(out, comm.as_bytes(), 16, Align::Left);
+        out.push(b' ');
+        self.scratch.clear();
+        json::write_socket_addr(&mut self.scratch, t.saddr, t.sport);
+        pad(out, &self.scratch, 21, Align::Right);
+        out.push(b' ');
+        out.extend_from_slice(arrow(opened_by(t)).as_bytes());
+        out.push(b' ');
+        self.scratch.clear();
+        json::write_socket_addr(&mut self.scratch, t.daddr, t.dport);
+        pad(out, &self.scratch, 21, Align::Left);
+        out.push(b' ');
+        json::write_state(out, t.old);
+        out.extend_from_slice(b" -> ");
+        json::write_state(out, t.new);
+        if t.netns != 0 && t.netns != self.style.own_netns {
+            out.extend_from_slice(b" netns ");
+            out.extend_from_slice(itoa::Buffer::new().format(t.netns).as_bytes());
+        }
+        out.push(b'\n');
+        Ok(())
     }
 
     fn stuck(
@@ -766,6 +797,28 @@ pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
 /// The arrow between the local and the remote end, on every line: it points from the side
 /// that connected. `<-` accepted from the remote end, `->` connected by this host, `--`
 /// not known (or a listener, which has no peer).
+/// Which side [`pad`] fills.
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// `text` (UTF-8) padded with spaces to `width` characters, as `{:<width}` and `{:>width}`
+/// pad what they write.
+fn pad(out: &mut Vec<u8>, text: &[u8], width: usize, align: Align) {
+    // Characters, not bytes: a UTF-8 continuation byte starts none.
+    let chars = text.iter().filter(|&&b| b & 0xc0 != 0x80).count();
+    let fill = width.saturating_sub(chars);
+    if let Align::Right = align {
+        out.resize(out.len() + fill, b' ');
+    }
+    out.extend_from_slice(text);
+    if let Align::Left = align {
+        out.resize(out.len() + fill, b' ');
+    }
+}
+
 fn arrow(origin: Origin) -> &'static str {
     match origin {
         Origin::Accepted => "<-",
@@ -884,5 +937,99 @@ fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
         IoOp::Eof => format!("; {who} read end of stream {when} ago"),
         IoOp::Recv => format!("; last receive by {who} {when} ago"),
         IoOp::Send => format!("; last send by {who} {when} ago"),
+    }
+}
+
+#[cfg(test)]
+mod transition_tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        model::{Comm, Family},
+        output::WallClock,
+    };
+
+    /// The transition line as `fmt` writes it: what [`Text::transition`] must write byte
+    /// for byte.
+    fn reference(text: &mut Text, page: &mut Page, t: &Transition) {
+        let time = text.stamp(page, page.clock.at(t.ts_ns), true).unwrap();
+        writeln!(
+            page.out,
+            "{time} {:>7} {:<16} {:>21} {} {:<21} {} -> {}{}",
+            t.pid,
+            t.comm,
+            SocketAddr::new(t.saddr, t.sport),
+            arrow(opened_by(t)),
+            SocketAddr::new(t.daddr, t.dport),
+            t.old,
+            t.new,
+            text.netns(t.netns)
+        )
+        .unwrap();
+    }
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a & 0xffff_ffff))),
+            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn transitions_are_written_as_fmt_writes_them(
+            ts_ns in any::<u64>(),
+            epoch_s in 0i128..253_402_300_000,
+            pid in any::<u32>(),
+            comm in any::<[u8; 16]>(),
+            netns in prop_oneof![Just(0u32), Just(7u32), any::<u32>()],
+            saddr in ip(),
+            daddr in ip(),
+            sport in any::<u16>(),
+            dport in any::<u16>(),
+            old in 0u8..16,
+            new in 0u8..16,
+            rfc3339 in any::<bool>(),
+        ) {
+            let t = Transition {
+                ts_ns,
+                sk: 0,
+                pid,
+                tid: pid,
+                comm: Comm::new(comm),
+                netns,
+                family: if saddr.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
+                saddr,
+                sport,
+                daddr,
+                dport,
+                old: State(old),
+                new: State(new),
+            };
+            let style = TextStyle {
+                time: if rfc3339 { TimeStyle::Rfc3339 } else { TimeStyle::Clock },
+                own_netns: 7,
+                ..TextStyle::default()
+            };
+            let page = || Page {
+                out: Vec::new(),
+                status: Vec::new(),
+                clock: WallClock::with_offset(epoch_s * 1_000_000_000),
+            };
+            let (mut fast, mut slow) = (page(), page());
+            // Twice: the first line of a day comes after a date line.
+            let mut text = Text::new(style);
+            text.transition(&mut fast, &t).unwrap();
+            text.transition(&mut fast, &t).unwrap();
+            let mut text = Text::new(style);
+            reference(&mut text, &mut slow, &t);
+            reference(&mut text, &mut slow, &t);
+            prop_assert_eq!(String::from_utf8(fast.out).unwrap(), String::from_utf8(slow.out).unwrap());
+        }
     }
 }
