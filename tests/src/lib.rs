@@ -146,7 +146,13 @@ impl Tracer {
     /// Runs `command`, a `tracer watch --format json` however started (another binary,
     /// another user: it must exec the tracer, keeping its pid), and waits for its start
     /// record.
-    pub fn spawn(mut command: Command) -> Tracer {
+    pub fn spawn(command: Command) -> Tracer {
+        Tracer::spawn_within(command, DEADLINE)
+    }
+
+    /// Like [`Tracer::spawn`], waiting up to `start_within` for the start record: for a
+    /// tracer slowed down on purpose (under strace, on an emulated CPU).
+    pub fn spawn_within(mut command: Command, start_within: Duration) -> Tracer {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -173,7 +179,7 @@ impl Tracer {
             stderr,
             records: Vec::new(),
         };
-        let start = tracer.wait_for("the start record", |r| {
+        let start = tracer.wait_for_within("the start record", start_within, |r| {
             r.iter().any(|r| r["type"] == "start")
         });
         assert_eq!(
@@ -186,13 +192,23 @@ impl Tracer {
     /// Reads records until `done(all records so far)` holds; panics at the deadline with
     /// what was seen. Returns all records so far.
     pub fn wait_for(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) -> &[Value] {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_for_within(what, DEADLINE, done)
+    }
+
+    /// Like [`Tracer::wait_for`], with a deadline of `within`.
+    pub fn wait_for_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> &[Value] {
+        let deadline = Instant::now() + within;
         while !done(&self.records) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.records.push(parse(&line)),
                 Err(_) => panic!(
-                    "waited {DEADLINE:?} for {what}; tracer status {:?}; records: {:#?}",
+                    "waited {within:?} for {what}; tracer status {:?}; records: {:#?}",
                     self.child.try_wait(),
                     self.records
                 ),

@@ -13,9 +13,10 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
-use integration_tests::{privileged, tracer_bin, Leaky, NamedNetns, Tracer};
+use integration_tests::{privileged, tracer_bin, Leaky, NamedNetns, Tracer, DEADLINE};
 use serde_json::Value;
 
 /// The unprivileged user the tracer runs as.
@@ -76,11 +77,17 @@ fn root_leak() -> Leaky {
 
 /// Waits for the stuck record of `leaky`'s leaked socket and returns it.
 fn stuck_leak(tracer: &mut Tracer, leaky: &Leaky) -> Value {
+    stuck_leak_within(tracer, leaky, DEADLINE)
+}
+
+/// Like [`stuck_leak`], waiting up to `within`.
+fn stuck_leak_within(tracer: &mut Tracer, leaky: &Leaky, within: Duration) -> Value {
     let port = leaky.leaks[0].client_port;
     let is_leak = |r: &Value| {
         r["type"] == "stuck" && r["sport"] == leaky.port && r["dport"] == u64::from(port)
     };
-    let records = tracer.wait_for("the leak's stuck record", |r| r.iter().any(is_leak));
+    let records =
+        tracer.wait_for_within("the leak's stuck record", within, |r| r.iter().any(is_leak));
     records.iter().find(|r| is_leak(r)).unwrap().clone()
 }
 
@@ -409,8 +416,13 @@ fn the_systemd_units_filters_allow_all_tracer_does() {
     let trace = copy.dir.path().join("strace.out");
     let trace_arg = trace.to_string_lossy().into_owned();
     let strace = ["strace", "-f", "-qq", "-o", &trace_arg];
-    let mut tracer = Tracer::spawn(unit_command(&unit, &copy, &state, &leaky, &strace));
-    let stuck = stuck_leak(&mut tracer, &leaky);
+    // strace stops the tracer at every system call: its start took over 15 s on the
+    // emulated CPU of the QEMU kernels.
+    let mut tracer = Tracer::spawn_within(
+        unit_command(&unit, &copy, &state, &leaky, &strace),
+        4 * DEADLINE,
+    );
+    let stuck = stuck_leak_within(&mut tracer, &leaky, 4 * DEADLINE);
     assert_owner_named(&stuck, &leaky);
     // strace's child is setpriv, which became the tracer: signal it, not strace.
     let children = format!("/proc/{0}/task/{0}/children", tracer.pid());
