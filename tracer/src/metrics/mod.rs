@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -123,8 +123,10 @@ impl Server {
     /// taken) and serves `published` with at most `top` groups and owners.
     pub fn start(addr: SocketAddr, top: usize, published: Published) -> anyhow::Result<Self> {
         // Bound here rather than by tiny_http, to keep the OS error's kind for the message.
-        let listener = TcpListener::bind(addr).with_context(|| {
-            format!("cannot serve metrics on {addr}; choose another address with --metrics")
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot serve metrics on {addr}: {e}; choose another address with --metrics"
+            )
         })?;
         let addr = listener
             .local_addr()
@@ -161,7 +163,7 @@ fn serve(server: &tiny_http::Server, top: usize, published: &Published) {
                 tiny_http::Response::from_string(text).with_header(
                     tiny_http::Header::from_bytes(
                         "Content-Type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        "text/plain; version=0.0.4; charset=utf-8",
                     )
                     .expect("a valid header"),
                 )
@@ -326,19 +328,56 @@ pub fn render(
         limit,
     );
 
-    registry.register(
-        "tracer_build",
-        "The tracer's version",
-        Info::new(vec![
-            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("arch".to_string(), std::env::consts::ARCH.to_string()),
-        ]),
-    );
+    // A gauge at 1 rather than an OpenMetrics info: promtool and the classic text parser
+    // know no info type.
+    let build = Family::<Vec<(String, String)>, Gauge>::default();
+    build
+        .get_or_create(&vec![
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("arch".into(), std::env::consts::ARCH.into()),
+        ])
+        .set(1);
+    registry.register("tracer_build_info", "The tracer's version, always 1", build);
 
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut text, &registry);
-    text
+    classic(&text)
+}
+
+/// The Prometheus text format (0.0.4) of OpenMetrics `text`, which prometheus-client
+/// writes: a counter's HELP and TYPE lines name it with its `_total` suffix, as its
+/// samples do, and there is no `# EOF`. Every Prometheus and promtool reads this format;
+/// promtool reads no other.
+fn classic(text: &str) -> String {
+    let counters: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// An owner of stuck sockets: pid, comm, open descriptors and limit when looked up.

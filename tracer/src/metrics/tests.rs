@@ -175,3 +175,22 @@ fn addresses() {
     assert!(parse_addr("localhost").is_err());
     assert!(parse_addr("1.2.3.4:99999").is_err());
 }
+
+#[test]
+fn counters_are_named_with_their_suffix_in_the_classic_format() {
+    let snap = Snapshot {
+        sockets: vec![(State(CLOSE_WAIT), 1)],
+        ..Snapshot::default()
+    };
+    let text = render(&snap, 20, 0, |_| (None, None));
+    assert!(
+        text.contains("# TYPE tracer_events_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP tracer_events_total Transitions read"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE tracer_sockets gauge\n"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+}
