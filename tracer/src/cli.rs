@@ -141,6 +141,16 @@ pub struct WatchArgs {
     /// split into 4 files, FILE and FILE.1 to FILE.3; the oldest is deleted as it rotates.
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_record_size, requires = "record")]
     pub record_max_size: RecordSize,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics: IP:PORT, or a bare PORT on
+    /// 127.0.0.1; alone, 127.0.0.1:9977 (see the README's Metrics section).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9977", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Most stuck-socket series per state and owners in the metrics; the rest are summed
+    /// under comm="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000), requires = "metrics")]
+    pub metrics_top: u32,
 }
 
 /// `--record-max-size`: a size in bytes, or no limit.

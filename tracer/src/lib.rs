@@ -10,6 +10,7 @@
 //! transitions and decisions to disk, and [`report`] rebuilds an incident from them later.
 //! [`model`] holds the types every stage shares; each module imports only from stages
 //! before it and from `model`.
+//! [`metrics`] publishes the live run to Prometheus (`watch --metrics`).
 //! [`doctor`] tells what the running kernel offers, by trying it.
 //! [`completions`] and [`manpage`] describe the command line to shells and to `man`.
 
@@ -20,6 +21,7 @@ pub mod completions;
 pub mod decode;
 pub mod doctor;
 pub mod manpage;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod probe;

@@ -7,6 +7,7 @@ mod bpf_toolchain;
 mod deploy;
 mod kernel;
 mod package;
+mod prometheus;
 mod scale;
 mod setup;
 mod suite;
@@ -227,6 +228,7 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         let deb = package::build(&tracer, &mut apt)?;
         package::check(&deb, &tracer, &mut apt)?;
         deploy::check(&tracer, &mut apt)?;
+        prometheus::check(&mut apt)?;
     }
     if !privileged {
         if in_ci() {
@@ -236,6 +238,7 @@ fn test(kernels: Kernels) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     setup::ensure_test_tools(&mut apt)?;
+    prometheus::ensure(&mut apt)?;
     let tests = suite::build()?;
     let mut suites = Vec::new();
     if kernels.host() {

@@ -26,6 +26,7 @@ use tokio::{
 use crate::{
     attribute::{netns, procfs::ProcFs, Attributor, Host, Namespaces},
     cli::WatchArgs,
+    metrics::{self, Published},
     model::{Family, Format, Thresholds},
     output::{
         monotonic_ns,
@@ -43,6 +44,8 @@ use session::Session;
 /// How often the ring buffer is read when the probe has not woken us: the probe only wakes
 /// the reader once `wakeup_bytes` are pending, so this bounds the latency of a quiet stream.
 const POLL_PERIOD: Duration = Duration::from_millis(20);
+/// How often a snapshot is published for `--metrics` (scrapes read the latest).
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// How often the probe's drop counter is checked.
 const LOST_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// Least time between two attributions: a leak crosses its threshold socket by socket,
@@ -83,6 +86,20 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
     let diagnostics = Diagnostics::from_env()?;
     // The recording's file comes first: a path that cannot be written fails before the
     // probe is loaded.
+    // So is a metrics address that cannot be served.
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let published = Published::default();
+            let server =
+                metrics::Server::start(addr, args.metrics_top as usize, published.clone())?;
+            eprintln!(
+                "tracer: serving metrics at http://{}/metrics",
+                server.addr()
+            );
+            Some(published)
+        }
+        None => None,
+    };
     let record_file = match &args.record {
         Some(path) => Some((path, file::prepare(path)?)),
         None => None,
@@ -206,6 +223,10 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
     if let Some(focus) = focus {
         session.focus(focus);
     }
+    if let Some(published) = metrics {
+        session.publish_to(published);
+        session.publish();
+    }
     session.reconcile_with(Reconciler::new(filters.clone(), namespaces));
     session.select_owners(args.container.clone(), args.cgroup.clone());
     let start = info::start_info(
@@ -297,6 +318,9 @@ async fn follow<E: Write>(
     );
     summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let owners_ready = session.owners_ready();
+    let mut publish = tokio::time::interval(METRICS_PERIOD);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publishes = session.publishes();
 
     let reason = loop {
         // The stuck timer: the next threshold crossing, on the kernel's monotonic clock.
@@ -334,6 +358,10 @@ async fn follow<E: Write>(
             ),
             _ = summaries.tick() => written(session.summary(SummaryReason::Interval, monotonic_ns())),
             _ = owners_ready.notified() => written(session.owners_found(probe)),
+            _ = publish.tick(), if publishes => {
+                session.publish();
+                Ok(())
+            }
         };
         if quiet_on_broken_pipe(step)? {
             session.finish_recording(monotonic_ns(), Instant::now() + RECORD_GRACE);

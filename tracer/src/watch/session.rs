@@ -31,6 +31,7 @@ use crate::{
         Attribution, Attributor, Host, Selection,
     },
     decode,
+    metrics::{Counters, Published, Snapshot},
     model::{HeldBy, LastIo, Ownership, Socket, SocketKey},
     output::{monotonic_ns, summary, Output, Reconciled, Rfc3339, SocketReport, SummaryReason},
     probe::Probe,
@@ -105,6 +106,10 @@ pub(super) struct Session<W: Write, E: Write> {
     reconciler: Option<Reconciler>,
     /// When missed runs of the probe were last said.
     missed_said_at: Option<Instant>,
+    /// Counted for `--metrics` (a few increments per event, whether published or not).
+    metric_counts: Counters,
+    /// `--metrics`: where snapshots go for the server.
+    published: Option<Published>,
 }
 
 impl<W: Write, E: Write> Session<W, E> {
@@ -144,6 +149,8 @@ impl<W: Write, E: Write> Session<W, E> {
             evicted_unsaid: (0, 0),
             reconciler: None,
             missed_said_at: None,
+            metric_counts: Counters::default(),
+            published: None,
         })
     }
 
@@ -151,6 +158,44 @@ impl<W: Write, E: Write> Session<W, E> {
     /// are lost or watched sockets evicted.
     pub(super) fn reconcile_with(&mut self, reconciler: Reconciler) {
         self.reconciler = Some(reconciler);
+    }
+
+    /// Publishes a snapshot for the metrics server to `published` on each
+    /// [`Session::publish`].
+    pub(super) fn publish_to(&mut self, published: Published) {
+        self.published = Some(published);
+    }
+
+    /// Whether metrics are published.
+    pub(super) fn publishes(&self) -> bool {
+        self.published.is_some()
+    }
+
+    /// Publishes what the metrics show now: counters, sockets per state, and the stuck
+    /// sockets grouped as the summary groups them. Descriptor counts are left to the
+    /// server, which reads them on scrape.
+    pub(super) fn publish(&mut self) {
+        let Some(published) = &self.published else {
+            return;
+        };
+        self.engine.prune_owners();
+        let selection = &self.selection;
+        // Stuck sockets whose owner is not known yet count too (as comm="unknown"); the
+        // owner selections apply to those whose owner is known.
+        let stuck = self
+            .engine
+            .stuck()
+            .filter(|(_, s, o)| o.is_none_or(|o| selection.admits(o, s)))
+            .map(|(_, s, o)| (s, o));
+        let groups = summary::group(stuck, |_| None);
+        published.publish(Snapshot {
+            counters: self.metric_counts.clone(),
+            events: self.counts.events,
+            lost: self.counts.lost,
+            sockets: self.engine.per_state().collect(),
+            groups,
+            at_ns: monotonic_ns(),
+        });
     }
 
     /// Prints only the transitions of the sockets `focus` follows (`--events --pid`).
@@ -174,6 +219,7 @@ impl<W: Write, E: Write> Session<W, E> {
             match decode::decode(&item) {
                 Ok(t) => {
                     self.counts.events += 1;
+                    self.metric_counts.transition(t.old, t.new);
                     if let Some(r) = &mut self.reconciler {
                         r.touched(t.ends());
                     }
@@ -280,6 +326,7 @@ impl<W: Write, E: Write> Session<W, E> {
             return Ok(());
         };
         self.counts.resolved += 1;
+        self.metric_counts.resolved(r.socket.state);
         if let Some(rec) = &mut self.recorder {
             rec.push(Entry::Resolved(ResolvedEntry {
                 ts_ns: r.left_ns,
@@ -458,6 +505,7 @@ impl<W: Write, E: Write> Session<W, E> {
                 }
             }
             self.counts.flagged += 1;
+            self.metric_counts.stuck(flag.socket.state);
             if let Some(r) = &mut self.recorder {
                 r.push(Entry::Stuck(StuckEntry {
                     ts_ns: flag.at_ns,
