@@ -13,10 +13,12 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use integration_tests::{privileged, tracer_bin, Leaky, NamedNetns, Tracer, DEADLINE};
+use integration_tests::{
+    http_get, metric_samples, privileged, tracer_bin, Leaky, NamedNetns, Tracer, DEADLINE,
+};
 use serde_json::Value;
 
 /// The unprivileged user the tracer runs as.
@@ -276,26 +278,18 @@ impl Unit {
     }
 }
 
-/// Whether this tracer has `watch --metrics` (added on another branch).
-fn has_metrics_flag() -> bool {
-    let help = Command::new(tracer_bin())
-        .args(["watch", "--help"])
-        .output()
-        .expect("tracer watch --help");
-    String::from_utf8_lossy(&help.stdout).contains("--metrics")
-}
-
 /// The unit's ExecStart as its user would run it (through `setpriv`: that user, exactly
 /// the unit's ambient and bounding capabilities, no new privileges when the unit says so),
 /// with the tracer's copy in `binary`, its state directory at `state`, a free port for the
-/// metrics, JSON out, and kept to `leaky`'s sockets. `wrapper` runs it (e.g. strace).
+/// metrics (returned with the command), JSON out, and kept to `leaky`'s sockets. `wrapper`
+/// runs it (e.g. strace).
 fn unit_command(
     unit: &Unit,
     binary: &Binary,
     state: &Path,
     leaky: &Leaky,
     wrapper: &[&str],
-) -> Command {
+) -> (Command, u16) {
     let exec = unit.get("ExecStart");
     assert!(
         !exec.contains(['"', '\'', '$', '%']),
@@ -306,18 +300,14 @@ fn unit_command(
     // A free port for the metrics, rather than the unit's, which a real tracer may hold.
     let metrics = TcpListener::bind((LOOPBACK, 0))
         .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let metrics_flag = has_metrics_flag();
+        .expect("a free port");
     let mut args = Vec::new();
     let words: Vec<&str> = words.collect();
     let mut i = 0;
     while i < words.len() {
         match words[i] {
-            // Until `--metrics` is on this branch, the test runs without it.
-            "--metrics" if !metrics_flag => i += 1,
             "--metrics" => {
-                args.extend(["--metrics".to_owned(), metrics.clone()]);
+                args.extend(["--metrics".to_owned(), metrics.to_string()]);
                 i += 1;
             }
             w => args.push(w.replace("/var/lib/tracer", &state.to_string_lossy())),
@@ -345,7 +335,8 @@ fn unit_command(
         .args(&args)
         .args(["--format", "json"])
         .args(leak_args(leaky));
-    command
+    assert!(args.contains(&"--metrics".to_owned()), "{args:?}");
+    (command, metrics.port())
 }
 
 #[test]
@@ -357,9 +348,29 @@ fn the_systemd_unit_runs_with_its_capabilities_and_names_owners() {
     let leaky = root_leak();
     let copy = Binary::new(None);
     let state = copy.owned_dir("state");
-    let mut tracer = Tracer::spawn(unit_command(&unit, &copy, &state, &leaky, &[]));
+    let (command, metrics) = unit_command(&unit, &copy, &state, &leaky, &[]);
+    let mut tracer = Tracer::spawn(command);
     let stuck = stuck_leak(&mut tracer, &leaky);
     assert_owner_named(&stuck, &leaky);
+    // What a fleet sees of it: the leak by its owner's command and port.
+    let series = format!(
+        "{{state=\"CLOSE_WAIT\",comm=\"leaky\",port=\"{}\",",
+        leaky.port
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, body) = http_get(metrics, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        let stuck = metric_samples(&body, "tracer_stuck_sockets");
+        if stuck
+            .iter()
+            .any(|(labels, n)| labels.starts_with(&series) && *n == 1.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {series} in {stuck:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (status, stderr) = tracer.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(capability_warnings(&stderr), Vec::<&str>::new(), "{stderr}");
@@ -419,7 +430,7 @@ fn the_systemd_units_filters_allow_all_tracer_does() {
     // strace stops the tracer at every system call: its start took over 15 s on the
     // emulated CPU of the QEMU kernels.
     let mut tracer = Tracer::spawn_within(
-        unit_command(&unit, &copy, &state, &leaky, &strace),
+        unit_command(&unit, &copy, &state, &leaky, &strace).0,
         4 * DEADLINE,
     );
     let stuck = stuck_leak_within(&mut tracer, &leaky, 4 * DEADLINE);

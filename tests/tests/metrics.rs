@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{allow_fds, finish, privileged, spawn_tracer, Leaky, Tracer, DEADLINE};
+use integration_tests::{
+    allow_fds, dechunk, finish, http_get, metric_samples, privileged, spawn_tracer, Leaky, Tracer,
+    DEADLINE,
+};
 use serde_json::Value;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -24,63 +27,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port()
-}
-
-/// The body of `GET http://127.0.0.1:port{path}` and its status code.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect((LOOPBACK, port)).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read the response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status");
-    // tiny_http sends small bodies whole; a chunked one is decoded here.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (code, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
-/// The samples of `name` in an exposition `text`: (labels, value).
-fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            if !labels.is_empty() && !labels.starts_with('{') {
-                return None;
-            }
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Percent-encodes a query parameter.
@@ -247,7 +193,7 @@ fn prometheus_scrapes_the_stuck_sockets_by_owner_and_port() {
     );
 
     // The exposition itself passes promtool's checks.
-    let (code, text) = get(port, "/metrics");
+    let (code, text) = http_get(port, "/metrics");
     assert_eq!(code, 200);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -269,7 +215,7 @@ fn prometheus_scrapes_the_stuck_sockets_by_owner_and_port() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert_eq!(get(port, "/nothing").0, 404);
+    assert_eq!(http_get(port, "/nothing").0, 404);
     drop(prometheus);
     tracer.stop();
 }
@@ -295,10 +241,10 @@ fn two_thousand_sockets_leaked_at_once_are_all_counted() {
     let mut latencies = Vec::new();
     let (total, text) = loop {
         let started = Instant::now();
-        let (code, text) = get(port, "/metrics");
+        let (code, text) = http_get(port, "/metrics");
         latencies.push(started.elapsed());
         assert_eq!(code, 200);
-        let total: f64 = samples(&text, "tracer_stuck_sockets")
+        let total: f64 = metric_samples(&text, "tracer_stuck_sockets")
             .iter()
             .filter(|(l, _)| l.contains(mine) && l.contains(&our_netns))
             .map(|(_, v)| v)
@@ -312,7 +258,7 @@ fn two_thousand_sockets_leaked_at_once_are_all_counted() {
     // More scrapes with the leak in place, for the latency.
     for _ in 0..20 {
         let started = Instant::now();
-        assert_eq!(get(port, "/metrics").0, 200);
+        assert_eq!(http_get(port, "/metrics").0, 200);
         latencies.push(started.elapsed());
     }
     latencies.sort_unstable();

@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub events: u64,
     /// Transitions the probe dropped.
     pub lost: u64,
+    /// Runs of the probe the kernel skipped (a BPF program already running on that CPU).
+    pub missed: u64,
     /// Sockets tracked per state.
     pub sockets: Vec<(State, usize)>,
     /// Sockets stuck now, grouped as the summary groups them, largest first.
@@ -267,6 +269,13 @@ pub fn render(
         "tracer_events_lost",
         "Transitions the probe dropped (ring buffer full)",
         lost,
+    );
+    let missed = Counter::<u64>::default();
+    missed.inc_by(snap.missed);
+    registry.register(
+        "tracer_events_missed",
+        "Transitions the kernel did not run the probe for (a BPF program already running on that CPU; may include filtered ones)",
+        missed,
     );
 
     let sockets = Family::<Vec<(String, String)>, Gauge>::default();

@@ -147,6 +147,7 @@ fn counters_render_by_state() {
         counters,
         events: 2,
         lost: 0,
+        missed: 3,
         sockets: vec![(State(CLOSE_WAIT), 2)],
         ..Snapshot::default()
     };
@@ -161,6 +162,7 @@ fn counters_render_by_state() {
     );
     assert!(text.contains("tracer_events_total 2"), "{text}");
     assert!(text.contains("tracer_events_lost_total 0"), "{text}");
+    assert!(text.contains("tracer_events_missed_total 3"), "{text}");
     assert!(
         text.contains(r#"tracer_sockets{state="CLOSE_WAIT"} 2"#),
         "{text}"

@@ -50,7 +50,7 @@ pub(super) struct Counts {
     pub events: u64,
     pub undecodable: u64,
     pub lost: u64,
-    /// Runs of the probe the kernel skipped (see [`Probe::missed`]), as last said.
+    /// Runs of the probe the kernel skipped (see [`Probe::missed`]), as last read.
     pub missed: u64,
     pub flagged: u64,
     pub resolved: u64,
@@ -104,8 +104,9 @@ pub(super) struct Session<W: Write, E: Write> {
     evicted_unsaid: (u64, u64),
     /// Sets the table right against the kernel's list after losses and evictions.
     reconciler: Option<Reconciler>,
-    /// When missed runs of the probe were last said.
+    /// When missed runs of the probe were last said, and their total then.
     missed_said_at: Option<Instant>,
+    missed_said: u64,
     /// Counted for `--metrics` (a few increments per event, whether published or not).
     metric_counts: Counters,
     /// `--metrics`: where snapshots go for the server.
@@ -149,6 +150,7 @@ impl<W: Write, E: Write> Session<W, E> {
             evicted_unsaid: (0, 0),
             reconciler: None,
             missed_said_at: None,
+            missed_said: 0,
             metric_counts: Counters::default(),
             published: None,
         })
@@ -192,6 +194,7 @@ impl<W: Write, E: Write> Session<W, E> {
             counters: self.metric_counts.clone(),
             events: self.counts.events,
             lost: self.counts.lost,
+            missed: self.counts.missed,
             sockets: self.engine.per_state().collect(),
             groups,
             at_ns: monotonic_ns(),
@@ -601,14 +604,15 @@ impl<W: Write, E: Write> Session<W, E> {
         let missed_total = probe
             .missed()
             .context("reading the kernel's count of missed probe runs failed")?;
-        let missed = missed_total.saturating_sub(self.counts.missed);
+        self.counts.missed = missed_total;
+        let missed = missed_total.saturating_sub(self.missed_said);
         // A few in a million under heavy churn: said (and checked against the kernel) at
         // most once a minute, with what accumulated.
         let said_lately = self
             .missed_said_at
             .is_some_and(|at| at.elapsed() < MISSED_SPACING);
         if missed > 0 && !said_lately {
-            self.counts.missed = missed_total;
+            self.missed_said = missed_total;
             self.missed_said_at = Some(Instant::now());
             written(self.output.missed(missed, missed_total))?;
             // Which sockets is unknown: the kernel's list tells.
