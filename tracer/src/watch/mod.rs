@@ -84,9 +84,8 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
 
     // Switches that force the paths other kernels take (record layout, send/receive hooks).
     let diagnostics = Diagnostics::from_env()?;
-    // The recording's file comes first: a path that cannot be written fails before the
-    // probe is loaded.
-    // So is a metrics address that cannot be served.
+    // A metrics address that cannot be served, and a recording path that cannot be
+    // written, fail before the probe is loaded.
     let metrics = match args.metrics {
         Some(addr) => {
             let published = Published::default();
