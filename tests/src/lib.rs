@@ -35,6 +35,13 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether the tests run on an emulated CPU (the QEMU guests of `cargo xtask test --kernel`
+/// set `TRACER_TEST_EMULATED_CPU=1`), tens of times slower than a real one: bounds on
+/// latency that hold on a real CPU are not meant for it.
+pub fn emulated_cpu() -> bool {
+    std::env::var_os("TRACER_TEST_EMULATED_CPU").is_some_and(|v| v == "1")
+}
+
 /// Lets this process (and what it starts) open `n` descriptors: root raises the hard limit
 /// too where it may (a kernel's default is 4,096); where it may not, the hard limit is
 /// what there is.

@@ -441,6 +441,7 @@ fn job_script(tests: &TestBinaries, tracer: &Path) -> String {
         "# Written by `cargo xtask test --kernel ...`: the privileged suite in a guest.\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
          export RUST_BACKTRACE=1 TMPDIR=/run/tmp\n\
+         export TRACER_TEST_EMULATED_CPU=1\n\
          mkdir -p \"$TMPDIR\"\n",
     );
     job += &format!(
