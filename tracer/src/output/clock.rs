@@ -110,23 +110,26 @@ impl TimeOfDay {
     /// Writes what `Display` writes, without `fmt`: once per printed transition.
     pub fn write_into(&self, out: &mut Vec<u8>) {
         let s = self.since_epoch.as_secs() % SECS_PER_DAY;
-        let two = |out: &mut Vec<u8>, n: u64| {
-            out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
-        };
-        two(out, s / 3600);
+        write_zero_padded(out, s / 3600, 2);
         out.push(b':');
-        two(out, s % 3600 / 60);
+        write_zero_padded(out, s % 3600 / 60, 2);
         out.push(b':');
-        two(out, s % 60);
+        write_zero_padded(out, s % 60, 2);
         if self.micros {
-            let mut digits = *b".000000";
-            let mut us = self.since_epoch.subsec_micros();
-            for d in digits[1..].iter_mut().rev() {
-                *d = b'0' + (us % 10) as u8;
-                us /= 10;
-            }
-            out.extend_from_slice(&digits);
+            out.push(b'.');
+            write_zero_padded(out, self.since_epoch.subsec_micros().into(), 6);
         }
+    }
+}
+
+/// The last `width` decimal digits of `n`, with leading zeros, as `{:0width$}` writes a
+/// number that fits: fractions of a second and fields of a time of day.
+pub fn write_zero_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for d in out[start..].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 

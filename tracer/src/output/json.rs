@@ -11,7 +11,7 @@ use std::{
 use serde::{Serialize, Serializer};
 
 use super::{
-    clock::Rfc3339,
+    clock::{self, Rfc3339},
     summary::{self, Group, ServicePort},
     text, Outcome, Page, Render, SocketReport, Summary,
 };
@@ -750,13 +750,9 @@ impl Json {
             }
         };
         out.extend_from_slice(&date);
-        let mut digits = *b".000000000Z";
-        let mut nanos = since.subsec_nanos();
-        for d in digits[1..10].iter_mut().rev() {
-            *d = b'0' + (nanos % 10) as u8;
-            nanos /= 10;
-        }
-        out.extend_from_slice(&digits);
+        out.push(b'.');
+        clock::write_zero_padded(out, since.subsec_nanos().into(), 9);
+        out.push(b'Z');
     }
 }
 
@@ -837,12 +833,10 @@ fn ms(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::Family;
+    use crate::output::arbitrary;
 
     /// The `transition` record as serde writes it: the shape the README documents, and
     /// what [`Json::write_transition`] must write byte for byte.
@@ -888,57 +882,15 @@ mod tests {
         line
     }
 
-    fn ip() -> impl Strategy<Value = IpAddr> {
-        prop_oneof![
-            any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
-            // Short runs of zeros and IPv4-mapped addresses, which IPv6 writes specially.
-            (any::<u128>(), 0u32..4).prop_map(|(a, shape)| IpAddr::V6(Ipv6Addr::from(
-                match shape {
-                    0 => a,
-                    1 => a & 0xffff_ffff,
-                    2 => 0xffff_0000_0000 | (a & 0xffff_ffff),
-                    _ => a & !(0xffff_ffff_ffff << 32),
-                }
-            ))),
-        ]
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn transitions_are_written_as_serde_writes_them(
-            ts_ns in any::<u64>(),
+            t in arbitrary::transition(),
             epoch_s in 0u64..253_402_300_799,
-            sk in any::<u64>(),
-            pid in any::<u32>(),
-            tid in any::<u32>(),
-            comm in any::<[u8; 16]>(),
-            netns_inode in prop_oneof![Just(0u32), any::<u32>()],
-            ipv6 in any::<bool>(),
-            saddr in ip(),
-            daddr in ip(),
-            sport in any::<u16>(),
-            dport in any::<u16>(),
-            old in 0u8..16,
-            new in 0u8..16,
             seconds_again in any::<bool>(),
         ) {
-            let t = Transition {
-                ts_ns,
-                sk,
-                pid,
-                tid,
-                comm: Comm::new(comm),
-                netns: netns_inode,
-                family: if ipv6 { Family::Ipv6 } else { Family::Ipv4 },
-                saddr,
-                sport,
-                daddr,
-                dport,
-                old: State(old),
-                new: State(new),
-            };
-            let at = UNIX_EPOCH + Duration::new(epoch_s, (ts_ns % 1_000_000_000) as u32);
+            let at = UNIX_EPOCH + Duration::new(epoch_s, (t.ts_ns % 1_000_000_000) as u32);
             let mut json = Json::default();
             if seconds_again {
                 // The cached second, from an earlier transition in the same second.

@@ -942,15 +942,10 @@ fn io_text(r: &SocketReport<'_>, now_ns: u64) -> String {
 
 #[cfg(test)]
 mod transition_tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{
-        model::{Comm, Family},
-        output::WallClock,
-    };
+    use crate::output::{arbitrary, WallClock};
 
     /// The transition line as `fmt` writes it: what [`Text::transition`] must write byte
     /// for byte.
@@ -971,49 +966,17 @@ mod transition_tests {
         .unwrap();
     }
 
-    fn ip() -> impl Strategy<Value = IpAddr> {
-        prop_oneof![
-            any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
-            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a & 0xffff_ffff))),
-            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
-        ]
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn transitions_are_written_as_fmt_writes_them(
-            ts_ns in any::<u64>(),
+            t in arbitrary::transition(),
             epoch_s in 0i128..253_402_300_000,
-            pid in any::<u32>(),
-            comm in any::<[u8; 16]>(),
-            netns in prop_oneof![Just(0u32), Just(7u32), any::<u32>()],
-            saddr in ip(),
-            daddr in ip(),
-            sport in any::<u16>(),
-            dport in any::<u16>(),
-            old in 0u8..16,
-            new in 0u8..16,
             rfc3339 in any::<bool>(),
         ) {
-            let t = Transition {
-                ts_ns,
-                sk: 0,
-                pid,
-                tid: pid,
-                comm: Comm::new(comm),
-                netns,
-                family: if saddr.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
-                saddr,
-                sport,
-                daddr,
-                dport,
-                old: State(old),
-                new: State(new),
-            };
             let style = TextStyle {
                 time: if rfc3339 { TimeStyle::Rfc3339 } else { TimeStyle::Clock },
-                own_netns: 7,
+                own_netns: arbitrary::OWN_NETNS,
                 ..TextStyle::default()
             };
             let page = || Page {
