@@ -192,14 +192,7 @@ fn tracefs_not_readable_is_said_so_not_unmounted() {
     }
     mount_tracefs();
     // Everything but CAP_DAC_READ_SEARCH: tracefs (root's, 0700) stays closed.
-    let copy = Binary::new(Some("cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_admin=ep"));
-    let out = as_nobody(&copy.bin)
-        .args(["watch", "--duration", "1s"])
-        .output()
-        .expect("run the copy");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let stderr = refused_as_nobody("cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_admin=ep");
     assert!(
         stderr.starts_with("tracer: error: tracefs is mounted at ")
             && stderr.contains("but not readable by this user (uid 65534")
@@ -207,7 +200,6 @@ fn tracefs_not_readable_is_said_so_not_unmounted() {
             && !stderr.contains("not mounted"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty());
 }
 
 #[test]
@@ -215,15 +207,23 @@ fn without_cap_bpf_the_error_names_it() {
     if !privileged("without_cap_bpf_the_error_names_it") {
         return;
     }
-    let copy = Binary::new(Some("cap_perfmon,cap_dac_read_search,cap_sys_ptrace=ep"));
+    let stderr = refused_as_nobody("cap_perfmon,cap_dac_read_search,cap_sys_ptrace=ep");
+    assert!(stderr.contains("(missing CAP_BPF)"), "{stderr}");
+}
+
+/// Runs `watch` as nobody from a copy given `caps` (a `setcap` text), which must refuse to
+/// start: exit 1, one line on stderr, nothing on stdout. Returns that line.
+fn refused_as_nobody(caps: &str) -> String {
+    let copy = Binary::new(Some(caps));
     let out = as_nobody(&copy.bin)
         .args(["watch", "--duration", "1s"])
         .output()
         .expect("run the copy");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("(missing CAP_BPF)"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    stderr
 }
 
 /// The systemd unit, as `Key=value` pairs of its `[Service]` section.
