@@ -564,15 +564,7 @@ pub const TRANSITION_HOOK: Hook = Hook {
 
 /// The transition program on the BTF-enabled tracepoint, preferred where it works.
 pub const TP_BTF_TRANSITION_HOOK: Hook = Hook {
-    program: "inet_sock_set_state_btf",
-    kind: HookKind::TpBtf,
-    target: TRACEPOINT.1,
-};
-
-/// A BTF-enabled tracepoint program (`tp_btf/inet_sock_set_state`) that does nothing: its
-/// only use is to tell whether the kernel accepts that program type.
-pub const TP_BTF_HOOK: Hook = Hook {
-    program: "doctor_tp_btf",
+    program: "set_state_btf",
     kind: HookKind::TpBtf,
     target: TRACEPOINT.1,
 };
@@ -601,6 +593,13 @@ impl Trial {
         let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
         config.io_hints = 1;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
+        if let Ok(off) = std::fs::read(btf::VMLINUX)
+            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
+            .and_then(|data| btf::sock_offsets(&data))
+        {
+            config.sock_offsets = off;
+        }
         privileges::raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
