@@ -817,6 +817,19 @@ mod tests {
     }
 
     #[test]
+    fn transition_choice_names_every_path() {
+        assert_eq!("auto".parse(), Ok(TransitionChoice::Auto));
+        assert_eq!("tp_btf".parse(), Ok(TransitionChoice::TpBtf));
+        assert_eq!("tracepoint".parse(), Ok(TransitionChoice::Tracepoint));
+        assert_eq!(
+            "kprobe".parse::<TransitionChoice>(),
+            Err("TRACER_TRANSITION_PROBE=kprobe is not one of auto, tp_btf, tracepoint".into())
+        );
+        assert_eq!(TransitionMechanism::TpBtf.program(), "set_state_btf");
+        assert_eq!(TransitionMechanism::Tracepoint.program(), TRACEPOINT.1);
+    }
+
+    #[test]
     fn filters_become_probe_config() {
         let filters = Filters {
             ports: vec![61616, 8080],
