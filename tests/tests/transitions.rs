@@ -46,16 +46,27 @@ fn is_last_of_listener(port: u16) -> impl Fn(&[serde_json::Value]) -> bool {
 
 /// Checks one connection's whole life; `copy` forces the probe's copy path (the one
 /// kernels with another record layout take) instead of direct context loads.
-fn lifecycle(test: &str, ip: IpAddr, family: &str, copy: bool) {
+/// Which transition program a test forces.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// Whatever tracer picks: `tp_btf` on every kernel this project tests.
+    Auto,
+    /// `TRACER_TRANSITION_PROBE=tracepoint`: the classic tracepoint, as read by default.
+    Classic,
+    /// `TRACER_RECORD_ACCESS=copy`: the classic tracepoint's record copied first.
+    Copy,
+}
+
+fn lifecycle(test: &str, ip: IpAddr, family: &str, path: Path) {
     if !privileged(test) {
         return;
     }
     let me = std::process::id() as u64;
     let (socket, port) = bound_socket(ip);
-    let env: &[(&str, &str)] = if copy {
-        &[("TRACER_RECORD_ACCESS", "copy")]
-    } else {
-        &[]
+    let env: &[(&str, &str)] = match path {
+        Path::Auto => &[],
+        Path::Classic => &[("TRACER_TRANSITION_PROBE", "tracepoint")],
+        Path::Copy => &[("TRACER_RECORD_ACCESS", "copy")],
     };
     let mut tracer = Tracer::start_with_env(&["--events", "--port", &port.to_string()], env);
     let client_port = one_connection(listen(socket), ip, port) as u64;
@@ -152,12 +163,21 @@ fn lifecycle(test: &str, ip: IpAddr, family: &str, copy: bool) {
     let start = &records[0];
     assert_eq!(start["attached"]["tracepoint"], "sock:inet_sock_set_state");
     assert_eq!(start["filters"]["ports"], serde_json::json!([port]));
-    // Direct loads are for the known layout only, and never when copying is forced.
+    // tp_btf reads the socket; the classic tracepoint loads its record directly for the
+    // known layout only, and never when copying is forced.
     let known = kernel_has_known_layout();
-    let expected = if known && !copy { "direct" } else { "copy" };
+    let expected = match path {
+        Path::Auto => ("tp_btf", "sock"),
+        Path::Classic if known => ("tracepoint", "direct"),
+        _ => ("tracepoint", "copy"),
+    };
     assert_eq!(
-        start["attached"]["record_access"], expected,
-        "known layout: {known}, TRACER_RECORD_ACCESS=copy: {copy}"
+        (
+            &start["attached"]["probe"],
+            &start["attached"]["record_access"]
+        ),
+        (&expected.0.into(), &expected.1.into()),
+        "known layout: {known}"
     );
     let mut last_ts = 0;
     for r in records.iter().filter(|r| r["type"] == "transition") {
@@ -177,12 +197,19 @@ fn lifecycle(test: &str, ip: IpAddr, family: &str, copy: bool) {
 
 #[test]
 fn ipv4_connection_life_on_both_ends() {
-    lifecycle("ipv4_connection_life_on_both_ends", V4, "ipv4", false);
+    lifecycle("ipv4_connection_life_on_both_ends", V4, "ipv4", Path::Auto);
 }
 
 #[test]
 fn ipv6_connection_life_on_both_ends() {
-    lifecycle("ipv6_connection_life_on_both_ends", V6, "ipv6", false);
+    lifecycle("ipv6_connection_life_on_both_ends", V6, "ipv6", Path::Auto);
+}
+
+#[test]
+fn classic_tracepoint_reads_the_same_for_both_families() {
+    let test = "classic_tracepoint_reads_the_same_for_both_families";
+    lifecycle(test, V4, "ipv4", Path::Classic);
+    lifecycle(test, V6, "ipv6", Path::Classic);
 }
 
 #[test]
@@ -191,13 +218,13 @@ fn copy_path_reads_the_same_for_both_families() {
         "copy_path_reads_the_same_for_both_families",
         V4,
         "ipv4",
-        true,
+        Path::Copy,
     );
     lifecycle(
         "copy_path_reads_the_same_for_both_families",
         V6,
         "ipv6",
-        true,
+        Path::Copy,
     );
 }
 

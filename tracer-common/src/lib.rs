@@ -197,6 +197,33 @@ pub struct NetnsOffsets {
 }
 const _: () = assert!(core::mem::size_of::<NetnsOffsets>() == 4);
 
+/// Where the BTF-enabled transition program (`tp_btf/inet_sock_set_state`) reads the
+/// socket's fields, in bytes from the start of `struct sock`, from the running kernel's BTF:
+/// the values the classic tracepoint copies into its record (see `sport`, `saddr`). `family == 0` means
+/// unknown: userspace then attaches the classic tracepoint instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family` (u16).
+    pub family: u16,
+    /// `sk_protocol` (u16 since Linux 5.6).
+    pub protocol: u16,
+    /// `inet_sock.inet_sport` (big-endian u16), past `struct sock`: copied by a helper.
+    pub sport: u16,
+    /// `__sk_common.skc_dport` (big-endian u16).
+    pub dport: u16,
+    /// `__sk_common.skc_rcv_saddr` (IPv4, network order): set with the record's
+    /// `inet_saddr` on bind, connect and accept.
+    pub saddr: u16,
+    /// `__sk_common.skc_daddr` (IPv4, network order).
+    pub daddr: u16,
+    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub saddr_v6: u16,
+    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    pub daddr_v6: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16);
+
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
 
@@ -236,8 +263,10 @@ pub struct ProbeConfig {
     /// 1: the programs log unexpected cases through aya-log (`TRACER_DEBUG=1`); 0 prunes
     /// the logging code at load time.
     pub debug: u32,
+    /// Where `tp_btf/inet_sock_set_state` reads the socket's fields.
+    pub sock_offsets: SockOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 108);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 124);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -259,6 +288,16 @@ impl ProbeConfig {
             io_hints: 0,
             recv_flags_arg: 0,
             debug: 0,
+            sock_offsets: SockOffsets {
+                family: 0,
+                protocol: 0,
+                sport: 0,
+                dport: 0,
+                saddr: 0,
+                daddr: 0,
+                saddr_v6: 0,
+                daddr_v6: 0,
+            },
         }
     }
 }

@@ -24,8 +24,8 @@ use aya_log_ebpf::{debug, warn};
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6, COMM_LEN,
-    IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS,
+    FieldOffsets, ProbeConfig, SockOffsets, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6,
+    COMM_LEN, IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS,
     MAX_RECORD_LEN, MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
 
@@ -98,49 +98,83 @@ fn debug_on() -> bool {
 
 /// Logs the skips that should not happen: a record the probe cannot read, a full ring.
 #[inline(always)]
-fn log_skip(ctx: &TracePointContext, skip: Skip) {
-    match skip {
-        Skip::Unreadable(at) => warn!(
+fn log_skip<C: EbpfContext>(ctx: &C, skip: Skip) {
+    if skip.stat == STAT_UNREADABLE {
+        warn!(
             ctx,
             "inet_sock_set_state: record unreadable at byte {}: the format file and the record disagree",
-            at
-        ),
-        Skip::Full(old, new, sport, dport) => warn!(
+            skip.at
+        );
+    } else if skip.stat == STAT_LOST {
+        warn!(
             ctx,
             "inet_sock_set_state: ring buffer full, lost state {} -> {} of port {} -> {}",
-            old,
-            new,
-            sport,
-            dport
-        ),
-        Skip::NotTcp | Skip::Filtered => {}
+            skip.old,
+            skip.new,
+            skip.sport,
+            skip.dport
+        );
     }
 }
 
-/// Why an event was not recorded; each reason has its per-CPU counter in `STATS`.
+/// Why an event was not recorded: `stat` is its per-CPU counter in `STATS`, and the rest
+/// what the log says about it. Every field is always set: an enum's payload is undefined
+/// for the variants without one, and the verifier refuses the code that moves it around.
 #[derive(Clone, Copy)]
-enum Skip {
+struct Skip {
+    stat: u32,
+    /// Unreadable: the byte that could not be read.
+    at: u16,
+    /// Full: the transition's old and new states, local and remote ports.
+    old: u32,
+    new: u32,
+    sport: u16,
+    dport: u16,
+}
+
+impl Skip {
     /// Not TCP over IPv4 or IPv6.
-    NotTcp,
+    const NOT_TCP: Skip = Skip::of(STAT_NOT_TCP);
     /// Left out by the user's filters.
-    Filtered,
-    /// The record could not be read (bad offsets or a fault) at this byte.
-    Unreadable(u16),
-    /// The ring buffer was full: the transition's old and new states, local and remote
-    /// ports.
-    Full(u32, u32, u16, u16),
+    const FILTERED: Skip = Skip::of(STAT_FILTERED);
+
+    const fn of(stat: u32) -> Skip {
+        Skip {
+            stat,
+            at: 0,
+            old: 0,
+            new: 0,
+            sport: 0,
+            dport: 0,
+        }
+    }
+
+    /// The record could not be read (bad offsets or a fault) at byte `at`.
+    #[inline(always)]
+    fn unreadable(at: u16) -> Skip {
+        Skip {
+            at,
+            ..Skip::of(STAT_UNREADABLE)
+        }
+    }
+
+    /// The ring buffer was full.
+    #[inline(always)]
+    fn full(old: u32, new: u32, sport: u16, dport: u16) -> Skip {
+        Skip {
+            old,
+            new,
+            sport,
+            dport,
+            ..Skip::of(STAT_LOST)
+        }
+    }
 }
 
 /// Counts a skipped event in its `STATS` slot.
 #[inline(always)]
 fn count(skip: Skip) {
-    let index = match skip {
-        Skip::NotTcp => STAT_NOT_TCP,
-        Skip::Filtered => STAT_FILTERED,
-        Skip::Unreadable(_) => STAT_UNREADABLE,
-        Skip::Full(..) => STAT_LOST,
-    };
-    if let Some(n) = STATS.get_ptr_mut(index) {
+    if let Some(n) = STATS.get_ptr_mut(skip.stat) {
         // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
         unsafe { *n += 1 };
     }
@@ -154,14 +188,140 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
         // Userspace saw KNOWN_LAYOUT in the format file. CONFIG is frozen read-only, so the
         // verifier knows which branch runs; constant offsets become immediate loads from
         // the context: no helper call, no copy.
-        record(&cfg, &Direct(ctx.as_ptr() as *const u8), &KNOWN_LAYOUT)
-    } else {
-        let mut buf = RecordBuf::uninit();
+        let rec = Direct(ctx.as_ptr() as *const u8);
         record(
             &cfg,
-            &Copied::new(ctx, &cfg.offsets, &mut buf)?,
-            &cfg.offsets,
+            &Record {
+                rec: &rec,
+                off: &KNOWN_LAYOUT,
+            },
         )
+    } else {
+        let mut buf = RecordBuf::uninit();
+        let rec = Copied::new(ctx, &cfg.offsets, &mut buf)?;
+        record(
+            &cfg,
+            &Record {
+                rec: &rec,
+                off: &cfg.offsets,
+            },
+        )
+    }
+}
+
+/// The transition program on the BTF-enabled tracepoint: it gets the socket itself and
+/// reads its fields where the kernel's BTF says they are (`CONFIG.sock_offsets`). Unlike the
+/// classic tracepoint, the kernel fills no trace record first. Named apart from the classic
+/// program within the kernel's 15 characters, so `bpftool` and `--probe-cost` tell them apart.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
+    let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
+    // SAFETY: the tracepoint's arguments are (const struct sock *sk, int oldstate,
+    // int newstate), each in a u64 slot.
+    let sock = unsafe {
+        Sock {
+            sk: ctx.arg::<*const u8>(0),
+            oldstate: ctx.arg::<u64>(1) as u32,
+            newstate: ctx.arg::<u64>(2) as u32,
+            off: cfg.sock_offsets,
+        }
+    };
+    if let Err(skip) = record(&cfg, &sock) {
+        count(skip);
+        if debug_on() {
+            log_skip(&ctx, skip);
+        }
+    }
+    0
+}
+
+/// The socket of a `tp_btf` transition, read at offsets from kernel BTF.
+struct Sock {
+    sk: *const u8,
+    oldstate: u32,
+    newstate: u32,
+    off: SockOffsets,
+}
+
+impl Sock {
+    /// The `T` at byte `offset` of the socket.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u16) -> T {
+        // SAFETY: `sk` is the kernel's trusted socket pointer and `offset` a constant the
+        // verifier checks against the kernel's `struct sock` (or `inet_sock`) layout; a
+        // load the kernel cannot do faults into 0 rather than crash.
+        unsafe { core::ptr::read(self.sk.add(offset as usize).cast::<T>()) }
+    }
+}
+
+impl Sock {
+    /// The `T` at byte `offset` of the `inet_sock` this socket is, copied by a helper: the
+    /// verifier refuses loads past `struct sock` through a `sock *`.
+    #[inline(always)]
+    fn read_beyond<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
+        let mut v = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper checks the kernel address and writes only into `v`.
+        let r = unsafe {
+            gen::bpf_probe_read_kernel(
+                v.as_mut_ptr().cast(),
+                core::mem::size_of::<T>() as u32,
+                self.sk.add(offset as usize).cast(),
+            )
+        };
+        if r != 0 {
+            return Err(Skip::unreadable(offset));
+        }
+        // SAFETY: written by the helper, which returned success.
+        Ok(unsafe { v.assume_init() })
+    }
+}
+
+impl Transition for Sock {
+    #[inline(always)]
+    fn proto_family(&self) -> Result<(u16, u16), Skip> {
+        Ok((self.read(self.off.protocol), self.read(self.off.family)))
+    }
+    #[inline(always)]
+    fn states(&self) -> Result<(u32, u32), Skip> {
+        Ok((self.oldstate, self.newstate))
+    }
+    #[inline(always)]
+    fn skaddr(&self) -> Result<u64, Skip> {
+        Ok(self.sk as u64)
+    }
+    #[inline(always)]
+    fn ports(&self) -> Result<(u16, u16), Skip> {
+        Ok((
+            u16::from_be(self.read_beyond(self.off.sport)?),
+            u16::from_be(self.read(self.off.dport)),
+        ))
+    }
+    #[inline(always)]
+    fn addrs_v4(&self) -> Result<(u32, u32), Skip> {
+        Ok((self.read(self.off.saddr), self.read(self.off.daddr)))
+    }
+    #[inline(always)]
+    fn addrs_v6(&self) -> Result<([u64; 2], [u64; 2]), Skip> {
+        let o = self.off;
+        Ok((
+            [self.read(o.saddr_v6), self.read(o.saddr_v6 + 8)],
+            [self.read(o.daddr_v6), self.read(o.daddr_v6 + 8)],
+        ))
+    }
+    #[inline(always)]
+    fn netns(&self, cfg: &ProbeConfig, _skaddr: u64) -> u32 {
+        let off = cfg.netns_offsets;
+        if off.sk_net == 0 {
+            return 0;
+        }
+        // Loads through the kernel's typed pointers: a NULL `net` reads as 0.
+        let net: *const u8 = self.read(off.sk_net);
+        if net.is_null() {
+            return 0;
+        }
+        // SAFETY: as in `read`; `net` is the kernel's `struct net *` of the socket.
+        unsafe { core::ptr::read(net.add(off.net_inum as usize).cast::<u32>()) }
     }
 }
 
@@ -205,14 +365,14 @@ impl<'a> Copied<'a> {
     ) -> Result<Self, Skip> {
         let len = offsets.record_len as u32;
         if len == 0 || len as usize > MAX_RECORD_LEN {
-            return Err(Skip::Unreadable(offsets.record_len));
+            return Err(Skip::unreadable(offsets.record_len));
         }
         // BPF has no native memset/memcpy (they become byte loops): the buffer stays
         // uninitialised for the helper to fill, and every read is integer-sized.
         // SAFETY: the context points at a record at least `record_len` long, as the format
         // file this length came from says; `buf` has room for MAX_RECORD_LEN bytes.
         if unsafe { gen::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, ctx.as_ptr()) } != 0 {
-            return Err(Skip::Unreadable(0));
+            return Err(Skip::unreadable(0));
         }
         Ok(Copied {
             buf,
@@ -226,48 +386,123 @@ impl Fields for Copied<'_> {
     fn read<T: Copy>(&self, offset: u16) -> Result<T, Skip> {
         let o = offset as usize;
         if o + core::mem::size_of::<T>() > self.len {
-            return Err(Skip::Unreadable(offset));
+            return Err(Skip::unreadable(offset));
         }
         // SAFETY: within the bytes the helper initialised (checked above).
         Ok(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().cast::<u8>().add(o).cast::<T>()) })
     }
 }
 
+/// One transition's fields, wherever they are read from: a classic tracepoint record, or
+/// the socket itself (`tp_btf`).
+trait Transition {
+    /// `(protocol, family)`.
+    fn proto_family(&self) -> Result<(u16, u16), Skip>;
+    /// `(oldstate, newstate)`.
+    fn states(&self) -> Result<(u32, u32), Skip>;
+    /// The socket's kernel address.
+    fn skaddr(&self) -> Result<u64, Skip>;
+    /// `(sport, dport)`, host order.
+    fn ports(&self) -> Result<(u16, u16), Skip>;
+    /// IPv4 `(saddr, daddr)`, network order.
+    fn addrs_v4(&self) -> Result<(u32, u32), Skip>;
+    /// IPv6 `(saddr, daddr)` as two u64 halves each, network order.
+    fn addrs_v6(&self) -> Result<([u64; 2], [u64; 2]), Skip>;
+    /// The inode of the socket's network namespace, 0 when unknown.
+    #[inline(always)]
+    fn netns(&self, cfg: &ProbeConfig, skaddr: u64) -> u32 {
+        netns_of(cfg, skaddr)
+    }
+}
+
+/// A classic tracepoint record read through `R` at `offsets`.
+struct Record<'a, R: Fields> {
+    rec: &'a R,
+    off: &'a FieldOffsets,
+}
+
+impl<R: Fields> Transition for Record<'_, R> {
+    #[inline(always)]
+    fn proto_family(&self) -> Result<(u16, u16), Skip> {
+        Ok((
+            self.rec.read::<u16>(self.off.protocol)?,
+            self.rec.read::<u16>(self.off.family)?,
+        ))
+    }
+    #[inline(always)]
+    fn states(&self) -> Result<(u32, u32), Skip> {
+        Ok((
+            self.rec.read::<i32>(self.off.oldstate)? as u32,
+            self.rec.read::<i32>(self.off.newstate)? as u32,
+        ))
+    }
+    #[inline(always)]
+    fn skaddr(&self) -> Result<u64, Skip> {
+        self.rec.read::<u64>(self.off.skaddr)
+    }
+    #[inline(always)]
+    fn ports(&self) -> Result<(u16, u16), Skip> {
+        Ok((
+            self.rec.read::<u16>(self.off.sport)?,
+            self.rec.read::<u16>(self.off.dport)?,
+        ))
+    }
+    #[inline(always)]
+    fn addrs_v4(&self) -> Result<(u32, u32), Skip> {
+        Ok((
+            self.rec.read::<u32>(self.off.saddr)?,
+            self.rec.read::<u32>(self.off.daddr)?,
+        ))
+    }
+    #[inline(always)]
+    fn addrs_v6(&self) -> Result<([u64; 2], [u64; 2]), Skip> {
+        let o = self.off;
+        Ok((
+            [
+                self.rec.read::<u64>(o.saddr_v6)?,
+                self.rec.read::<u64>(o.saddr_v6 + 8)?,
+            ],
+            [
+                self.rec.read::<u64>(o.daddr_v6)?,
+                self.rec.read::<u64>(o.daddr_v6 + 8)?,
+            ],
+        ))
+    }
+}
+
 /// Filters one transition and writes it to the ring buffer.
 #[inline(always)]
-fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(), Skip> {
-    if rec.read::<u16>(off.protocol)? != IPPROTO_TCP {
-        return Err(Skip::NotTcp);
+fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
+    let (protocol, family) = t.proto_family()?;
+    if protocol != IPPROTO_TCP {
+        return Err(Skip::NOT_TCP);
     }
-    let family = rec.read::<u16>(off.family)?;
     if family != AF_INET && family != AF_INET6 {
-        return Err(Skip::NotTcp);
+        return Err(Skip::NOT_TCP);
     }
-    let oldstate = rec.read::<i32>(off.oldstate)? as u32;
-    let newstate = rec.read::<i32>(off.newstate)? as u32;
-    let skaddr = rec.read::<u64>(off.skaddr)?;
+    let (oldstate, newstate) = t.states()?;
+    let skaddr = t.skaddr()?;
     if cfg.io_hints != 0 && is_birth(oldstate, newstate) {
         // Socket memory is reused: what was noted at this address belongs to a socket
         // that is gone. Done before the filters, which must not keep a stale note alive.
         let _ = SOCKET_IO.remove(&skaddr);
     }
     if cfg.family != 0 && family != cfg.family {
-        return Err(Skip::Filtered);
+        return Err(Skip::FILTERED);
     }
-    let sport = rec.read::<u16>(off.sport)?;
-    let dport = rec.read::<u16>(off.dport)?;
-    if cfg.port_count != 0 && !port_wanted(&cfg, sport, dport) {
-        return Err(Skip::Filtered);
+    let (sport, dport) = t.ports()?;
+    if cfg.port_count != 0 && !port_wanted(cfg, sport, dport) {
+        return Err(Skip::FILTERED);
     }
     if cfg.state_mask != 0 {
         let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
         if seen & cfg.state_mask == 0 {
-            return Err(Skip::Filtered);
+            return Err(Skip::FILTERED);
         }
     }
-    let netns = netns_of(&cfg, skaddr);
-    if cfg.netns_count != 0 && !netns_wanted(&cfg, netns) {
-        return Err(Skip::Filtered);
+    let netns = t.netns(cfg, skaddr);
+    if cfg.netns_count != 0 && !netns_wanted(cfg, netns) {
+        return Err(Skip::FILTERED);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
@@ -275,25 +510,14 @@ fn record<R: Fields>(cfg: &ProbeConfig, rec: &R, off: &FieldOffsets) -> Result<(
     // network order; an IPv4 address in the low half of a u64 lands in the first 4 bytes
     // on this little-endian target (bpfel, the only one built).
     let (saddr, daddr) = if family == AF_INET {
-        (
-            [rec.read::<u32>(off.saddr)? as u64, 0],
-            [rec.read::<u32>(off.daddr)? as u64, 0],
-        )
+        let (s, d) = t.addrs_v4()?;
+        ([s as u64, 0], [d as u64, 0])
     } else {
-        (
-            [
-                rec.read::<u64>(off.saddr_v6)?,
-                rec.read::<u64>(off.saddr_v6 + 8)?,
-            ],
-            [
-                rec.read::<u64>(off.daddr_v6)?,
-                rec.read::<u64>(off.daddr_v6 + 8)?,
-            ],
-        )
+        t.addrs_v6()?
     };
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        return Err(Skip::Full(oldstate, newstate, sport, dport));
+        return Err(Skip::full(oldstate, newstate, sport, dport));
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved, 8-byte aligned TransitionEvent in the ring buffer; every
@@ -513,13 +737,6 @@ pub fn tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn try_tcp_sendmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
     note_io(ctx.arg(0).ok_or(IoSkip::Unreadable)?, IO_SEND)
-}
-
-/// `tracer doctor`'s check that BTF-enabled tracepoints load and attach here; it does
-/// nothing when run.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn doctor_tp_btf(_ctx: BtfTracePointContext) -> i32 {
-    0
 }
 
 /// `CONFIG.recv_flags_arg`, read as the verifier's constant.

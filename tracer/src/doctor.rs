@@ -17,7 +17,7 @@ use crate::{
     cli::DoctorArgs,
     model::{Family, Format},
     probe::{
-        btf, io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_HOOK,
+        btf, io::kernel_version, privileges, tracefs, IoMechanism, Trial, TP_BTF_TRANSITION_HOOK,
         TRANSITION_HOOK,
     },
 };
@@ -429,14 +429,17 @@ fn trial_checks(tracefs: &tracefs::Tracefs, checks: &mut Vec<Check>) -> Option<I
             "no transitions: watch cannot run",
         ),
     });
-    checks.push(match trial.try_hook(&TP_BTF_HOOK) {
-        Ok(()) => Check::ok("tp_btf", format!("{TP_BTF_HOOK}: loaded and attached")),
+    checks.push(match trial.try_hook(&TP_BTF_TRANSITION_HOOK) {
+        Ok(()) => Check::ok(
+            "tp_btf",
+            format!("{TP_BTF_TRANSITION_HOOK}: loaded and attached; watch uses it for transitions"),
+        ),
         Err(e) => Check::not_ok(
             "tp_btf",
             Status::Failed,
             e,
             Impact::None,
-            "nothing today: watch attaches the classic tracepoint",
+            "watch attaches the classic tracepoint for transitions instead (it costs more per event)",
         ),
     });
 

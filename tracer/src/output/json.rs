@@ -79,15 +79,20 @@ pub struct RecordInfo {
 /// The probe's attachment.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attached {
-    /// Always `tracepoint`.
+    /// The transition program: `tp_btf` (the socket read at offsets from kernel BTF), or
+    /// `tracepoint` (the classic tracepoint's record), the fallback.
     pub probe: &'static str,
+    /// Why `tp_btf` was not used where it was allowed; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tp_btf_refused: Option<String>,
     /// `sock:inet_sock_set_state`.
     pub tracepoint: String,
     pub tracefs: String,
     /// True when tracer mounted tracefs itself.
     pub tracefs_mounted_by_tracer: bool,
-    /// `direct` when the probe loads fields straight from the tracepoint context (the
-    /// kernel's layout is the known one), `copy` when it copies the record first.
+    /// `sock` for `tp_btf` (fields loaded from the socket itself); for the classic
+    /// tracepoint, `direct` when the probe loads fields straight from the tracepoint context
+    /// (the kernel's layout is the known one), `copy` when it copies the record first.
     pub record_access: &'static str,
     /// The send/receive hooks that give stuck sockets their `last_io`, e.g.
     /// `["fexit:tcp_recvmsg", "fentry:tcp_sendmsg"]`; empty when none works here (a warning

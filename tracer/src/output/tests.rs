@@ -874,6 +874,7 @@ fn start_info(time: SystemTime) -> StartInfo {
         mode: "events",
         attached: Attached {
             probe: "tracepoint",
+            tp_btf_refused: None,
             tracepoint: "sock:inet_sock_set_state".into(),
             tracefs: "/sys/kernel/tracing".into(),
             tracefs_mounted_by_tracer: false,

@@ -2,7 +2,7 @@
 //! the probe finds `tcp_recvmsg`'s flags wherever this kernel's signature puts them. aya
 //! parses BTF too, but does not expose function prototypes.
 
-use tracer_common::NetnsOffsets;
+use tracer_common::{NetnsOffsets, SockOffsets};
 
 /// Where the running kernel's BTF is.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -81,6 +81,32 @@ pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
     Ok(NetnsOffsets {
         sk_net: narrow(sk_net, "sock.__sk_common.skc_net")?,
         net_inum: narrow(net_inum, "net.ns.inum")?,
+    })
+}
+
+/// Where `tp_btf/inet_sock_set_state` finds the socket's fields in the running kernel, from
+/// its BTF. The classic tracepoint's record takes the local IPv4 address from `inet_sock`,
+/// past the end of `struct sock`, where the verifier refuses loads through a `sock *`; the
+/// kernel sets `skc_rcv_saddr` together with it (bind, connect, accept), so the program
+/// reads that. The local port has no such twin (`skc_num` is cleared before the move to
+/// CLOSE), so the program copies `inet_sport` with a helper.
+pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
+    let at = |structure: &str, path: &[&str]| {
+        let o = member_offset(data, structure, path)?;
+        u16::try_from(o).map_err(|_| {
+            BtfError::NoMember(format!("{structure}.{} within 64 KiB", path.join(".")))
+        })
+    };
+    let common = |field: &str| at("sock", &["__sk_common", field]);
+    Ok(SockOffsets {
+        family: common("skc_family")?,
+        protocol: at("sock", &["sk_protocol"])?,
+        sport: at("inet_sock", &["inet_sport"])?,
+        dport: common("skc_dport")?,
+        saddr: common("skc_rcv_saddr")?,
+        daddr: common("skc_daddr")?,
+        saddr_v6: common("skc_v6_rcv_saddr")?,
+        daddr_v6: common("skc_v6_daddr")?,
     })
 }
 
@@ -331,6 +357,18 @@ pub(crate) mod tests {
             off.net_inum.is_multiple_of(4) && off.net_inum < 1024,
             "{off:?}"
         );
+        // The socket's fields: a struct sock starts with its sock_common, and inet_sock
+        // with its struct sock.
+        let sock = sock_offsets(&data).unwrap();
+        assert!(
+            sock.family < 32 && sock.dport < 32 && sock.saddr < 8,
+            "{sock:?}"
+        );
+        assert!(
+            sock.protocol > 136 && sock.sport > sock.protocol,
+            "{sock:?}"
+        );
+        assert!(sock.saddr_v6.is_multiple_of(8) && sock.daddr_v6.is_multiple_of(8));
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(

@@ -111,6 +111,11 @@ pub enum ProbeError {
     NetnsUnknown { error: btf::BtfError },
     #[error("{0}")]
     Diagnostics(String),
+    #[error(
+        "TRACER_TRANSITION_PROBE=tp_btf, but the BTF-enabled tracepoint cannot be used here: \
+         {0}; unset it to fall back to the classic tracepoint"
+    )]
+    TpBtfForced(String),
 }
 
 /// What the kernel keeps: the user's filters.
@@ -164,12 +169,75 @@ impl RingConfig {
 /// so each can be tested on a kernel that has a better one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Diagnostics {
-    /// `TRACER_RECORD_ACCESS=copy`: copy the tracepoint record even when its layout is known.
+    /// `TRACER_RECORD_ACCESS=copy`: copy the tracepoint record even when its layout is known
+    /// (this attaches the classic tracepoint, unless `TRACER_TRANSITION_PROBE` says else).
     pub access: RecordAccess,
     /// `TRACER_IO_PROBES=auto|tracepoint|fentry|kprobe|none`: the send/receive hooks to try.
     pub io: IoChoice,
     /// `TRACER_DEBUG=1`: the probe logs what should not happen, forwarded to stderr.
     pub debug: bool,
+    /// `TRACER_TRANSITION_PROBE=auto|tp_btf|tracepoint`: the transition program to attach.
+    pub transition: TransitionChoice,
+}
+
+/// Which transition program to attach (`TRACER_TRANSITION_PROBE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransitionChoice {
+    /// `tp_btf` where the kernel has BTF and accepts it, else the classic tracepoint.
+    #[default]
+    Auto,
+    /// Only `tp_btf`: an error where it does not work.
+    TpBtf,
+    /// Only the classic tracepoint (the fallback path, for tests and diagnostics).
+    Tracepoint,
+}
+
+impl TransitionChoice {
+    /// The environment variable that forces a choice.
+    pub const ENV: &'static str = "TRACER_TRANSITION_PROBE";
+}
+
+impl std::str::FromStr for TransitionChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "tp_btf" => Ok(Self::TpBtf),
+            "tracepoint" => Ok(Self::Tracepoint),
+            _ => Err(format!(
+                "{}={s} is not one of auto, tp_btf, tracepoint",
+                Self::ENV
+            )),
+        }
+    }
+}
+
+/// The transition program attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitionMechanism {
+    /// `tp_btf/inet_sock_set_state`: reads the socket at offsets from kernel BTF.
+    TpBtf,
+    /// The classic tracepoint `sock:inet_sock_set_state`, through its trace record.
+    Tracepoint,
+}
+
+impl TransitionMechanism {
+    /// `tp_btf` or `tracepoint`, as the start record says.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransitionMechanism::TpBtf => "tp_btf",
+            TransitionMechanism::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// The BPF program's name.
+    fn program(self) -> &'static str {
+        match self {
+            TransitionMechanism::TpBtf => TP_BTF_TRANSITION_HOOK.program,
+            TransitionMechanism::Tracepoint => TRACEPOINT.1,
+        }
+    }
 }
 
 impl Diagnostics {
@@ -184,7 +252,16 @@ impl Diagnostics {
             _ => IoChoice::Auto,
         };
         let debug = std::env::var_os("TRACER_DEBUG").is_some_and(|v| v == "1");
-        Ok(Diagnostics { access, io, debug })
+        let transition = match std::env::var(TransitionChoice::ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map_err(ProbeError::Diagnostics)?,
+            _ => TransitionChoice::Auto,
+        };
+        Ok(Diagnostics {
+            access,
+            io,
+            debug,
+            transition,
+        })
     }
 }
 
@@ -252,6 +329,10 @@ pub struct Probe {
     pub netns: Result<NetnsOffsets, btf::BtfError>,
     /// What [`Probe::missed`] read last before the transition program was detached.
     missed_at_detach: Option<u64>,
+    /// The transition program attached.
+    pub transition: TransitionMechanism,
+    /// Why `tp_btf` was not used when it was allowed (the classic tracepoint was).
+    pub tp_btf_refused: Option<String>,
 }
 
 impl Probe {
@@ -273,9 +354,16 @@ impl Probe {
         let tracefs = tracefs::ensure()?;
         let offsets = read_offsets(&tracefs)?;
         let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
-        let netns = std::fs::read(btf::VMLINUX)
-            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
-            .and_then(|data| btf::netns_offsets(&data));
+        let vmlinux =
+            std::fs::read(btf::VMLINUX).map_err(|e| btf::BtfError::Unreadable(e.to_string()));
+        let netns = vmlinux
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|data| btf::netns_offsets(data));
+        let sock = vmlinux.and_then(|data| btf::sock_offsets(&data));
+        if let Ok(off) = &sock {
+            config.sock_offsets = *off;
+        }
         match &netns {
             Ok(off) => config.netns_offsets = *off,
             Err(e) if !filters.netns.is_empty() => {
@@ -307,7 +395,14 @@ impl Probe {
             true => Some(debug::Logs::forward(&mut ebpf)?),
             false => None,
         };
-        attach_tracepoint(&mut ebpf, TRACEPOINT)?;
+        // Copying the record is the classic tracepoint's path: forcing it forces that program.
+        let choice = match diagnostics.access {
+            RecordAccess::Copy if diagnostics.transition == TransitionChoice::Auto => {
+                TransitionChoice::Tracepoint
+            }
+            _ => diagnostics.transition,
+        };
+        let (transition, tp_btf_refused) = attach_transition(&mut ebpf, choice, &sock)?;
         let io = plan.attach(&mut ebpf)?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -346,6 +441,8 @@ impl Probe {
                 direct_access: config.direct_access != 0,
                 netns,
                 missed_at_detach: None,
+                transition,
+                tp_btf_refused,
             },
             ring,
         ))
@@ -357,9 +454,10 @@ impl Probe {
         // The kernel's count of missed runs goes with the program: read it last now.
         let missed = self.missed()?;
         self.missed_at_detach = Some(missed);
-        if let Some(program) = self.ebpf.program_mut(TRACEPOINT.1) {
+        let name = self.transition.program();
+        if let Some(program) = self.ebpf.program_mut(name) {
             io::unload_program(program).map_err(|source| ProbeError::Detach {
-                program: TRACEPOINT.1,
+                program: name,
                 source,
             })?;
         }
@@ -412,13 +510,14 @@ impl Probe {
         if let Some(missed) = self.missed_at_detach {
             return Ok(missed);
         }
+        let name = self.transition.program();
         let stats_failed = |source| ProbeError::ProgramStats {
-            program: TRACEPOINT.1,
+            program: name,
             source,
         };
         let program = self
             .ebpf
-            .program(TRACEPOINT.1)
+            .program(name)
             .ok_or_else(|| stats_failed(std::io::ErrorKind::NotFound.into()))?;
         let fd = program
             .fd()
@@ -463,10 +562,9 @@ pub const TRANSITION_HOOK: Hook = Hook {
     target: TRACEPOINT.1,
 };
 
-/// A BTF-enabled tracepoint program (`tp_btf/inet_sock_set_state`) that does nothing: its
-/// only use is to tell whether the kernel accepts that program type.
-pub const TP_BTF_HOOK: Hook = Hook {
-    program: "doctor_tp_btf",
+/// The transition program on the BTF-enabled tracepoint, preferred where it works.
+pub const TP_BTF_TRANSITION_HOOK: Hook = Hook {
+    program: "set_state_btf",
     kind: HookKind::TpBtf,
     target: TRACEPOINT.1,
 };
@@ -495,6 +593,13 @@ impl Trial {
         let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
         config.io_hints = 1;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
+        // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
+        if let Ok(off) = std::fs::read(btf::VMLINUX)
+            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
+            .and_then(|data| btf::sock_offsets(&data))
+        {
+            config.sock_offsets = off;
+        }
         privileges::raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
@@ -558,6 +663,34 @@ fn fdinfo_field(info: &str, field: &str) -> Option<u64> {
         let (name, value) = line.split_once(':')?;
         (name == field).then(|| value.trim().parse().ok())?
     })
+}
+
+/// Attaches the transition program `choice` allows: `tp_btf` when the socket's offsets
+/// (`sock`) are known and the kernel accepts it, else the classic tracepoint. Returns what
+/// was attached and why `tp_btf` was not, if it was allowed and failed.
+fn attach_transition(
+    ebpf: &mut Ebpf,
+    choice: TransitionChoice,
+    sock: &Result<tracer_common::SockOffsets, btf::BtfError>,
+) -> Result<(TransitionMechanism, Option<String>), ProbeError> {
+    if choice == TransitionChoice::Tracepoint {
+        attach_tracepoint(ebpf, TRACEPOINT)?;
+        return Ok((TransitionMechanism::Tracepoint, None));
+    }
+    let tried = match sock {
+        Ok(_) => io::attach_hook(ebpf, &TP_BTF_TRANSITION_HOOK, &mut None),
+        Err(e) => Err(format!("the socket's field offsets are unknown: {e}")),
+    };
+    match tried {
+        Ok(()) => Ok((TransitionMechanism::TpBtf, None)),
+        Err(why) if choice == TransitionChoice::TpBtf => Err(ProbeError::TpBtfForced(why)),
+        Err(why) => {
+            // A half-loaded tp_btf program is unloaded before the fallback attaches.
+            let _ = io::unload_hooks(ebpf, &[TP_BTF_TRANSITION_HOOK]);
+            attach_tracepoint(ebpf, TRACEPOINT)?;
+            Ok((TransitionMechanism::Tracepoint, Some(why)))
+        }
+    }
 }
 
 /// Loads the program named for tracepoint `tp` and attaches it there.
@@ -681,6 +814,19 @@ mod tests {
             fdinfo_field("recursion_misses:\tmany\n", "recursion_misses"),
             None
         );
+    }
+
+    #[test]
+    fn transition_choice_names_every_path() {
+        assert_eq!("auto".parse(), Ok(TransitionChoice::Auto));
+        assert_eq!("tp_btf".parse(), Ok(TransitionChoice::TpBtf));
+        assert_eq!("tracepoint".parse(), Ok(TransitionChoice::Tracepoint));
+        assert_eq!(
+            "kprobe".parse::<TransitionChoice>(),
+            Err("TRACER_TRANSITION_PROBE=kprobe is not one of auto, tp_btf, tracepoint".into())
+        );
+        assert_eq!(TransitionMechanism::TpBtf.program(), "set_state_btf");
+        assert_eq!(TransitionMechanism::Tracepoint.program(), TRACEPOINT.1);
     }
 
     #[test]

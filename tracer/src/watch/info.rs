@@ -69,11 +69,14 @@ pub(super) fn start_info(
         kernel: kernel_release(),
         mode: if args.events { "events" } else { "watch" },
         attached: Attached {
-            probe: "tracepoint",
+            probe: probe.transition.name(),
+            tp_btf_refused: probe.tp_btf_refused.clone(),
             tracepoint: format!("{}:{}", TRACEPOINT.0, TRACEPOINT.1),
             tracefs: probe.tracefs.path.display().to_string(),
             tracefs_mounted_by_tracer: probe.tracefs.mounted_by_us,
-            record_access: if probe.direct_access {
+            record_access: if probe.transition == crate::probe::TransitionMechanism::TpBtf {
+                "sock"
+            } else if probe.direct_access {
                 "direct"
             } else {
                 "copy"
