@@ -1,46 +1,51 @@
-//! `cargo xtask bench`: loopback connection churn with and without the tracer attached,
-//! alternated round by round so that drift on the machine hits both sides alike.
+//! `cargo xtask bench`: loopback connection churn, untraced and with each contender
+//! attached, side by side in one run: the bench's own minimal counting probe (the floor),
+//! `tracer watch` in each of its modes, and bpftrace when it is installed. Every traced
+//! churn sits between two untraced ones and is measured against their mean, so drift on the
+//! machine hits both sides alike; the order of the contenders turns each round.
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    fs::File,
+    io::{Read, Seek, SeekFrom, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
+use aya::{
+    maps::PerCpuArray,
+    programs::{BtfTracePoint, TracePoint},
+    Btf, Ebpf,
+};
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Length of each measured churn.
+    /// Length of each measured churn, in seconds.
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
-    /// Rounds, each one churn without and one with the tracer.
-    #[arg(long, default_value_t = 8)]
+    /// Rounds; each churns once untraced before every contender, and once at its end.
+    #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// Client threads opening connections.
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
     /// Request/response exchanges (64 bytes each way) per connection before it closes:
-    /// 0 measures pure connection churn, more puts the send/receive tracepoints to work.
+    /// 0 measures pure connection churn, more puts the send/receive probes to work.
     #[arg(long, default_value_t = 0)]
     pub requests: u32,
-    /// Also measure each BPF program's own run time (kernel BPF statistics, which add a
-    /// little cost of their own while on).
-    #[arg(long)]
-    pub probe_cost: bool,
-    /// Also record everything to a file in the temporary directory (`--record`), and
-    /// report its size per transition.
-    #[arg(long)]
-    pub record: bool,
+    /// The contenders to measure, comma-separated (default: all; bpftrace's only when it is
+    /// installed).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Contender>,
     /// Measure a busy host instead: `--idle` sockets held open across processes, churn,
     /// and `--leak` sockets leaked into CLOSE_WAIT at once; prints what was lost, how late
     /// the leak's flags came, the tracer's CPU and RSS, and the recording's size.
@@ -55,23 +60,75 @@ pub struct BenchArgs {
     /// With `--scale`: the CLOSE_WAIT threshold, in seconds.
     #[arg(long, default_value_t = 5)]
     pub close_wait: u64,
-    /// Extra arguments for `tracer watch` (after `--`), e.g. `-- --events`.
+    /// Extra arguments for every `tracer watch` (after `--`), e.g. `-- --port 1`.
     #[arg(last = true)]
     pub tracer_args: Vec<String>,
 }
 
+/// What is attached during a traced churn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Contender {
+    /// The bench's own probe that only counts transitions (`tracer-ebpf/src/floor.rs`).
+    Floor,
+    /// `tracer watch`: every transition aggregated, nothing printed per transition.
+    Watch,
+    /// `tracer watch --events --format json`, stdout to a file.
+    EventsJson,
+    /// `tracer watch --events` (text), stdout to a file.
+    EventsText,
+    /// `tracer watch --record FILE`.
+    Record,
+    /// bpftrace counting transitions in a kernel map.
+    BpftraceCount,
+    /// bpftrace printing every transition, stdout to a file.
+    BpftracePrint,
+}
+
+impl Contender {
+    const ALL: [Contender; 7] = [
+        Contender::Floor,
+        Contender::Watch,
+        Contender::EventsJson,
+        Contender::EventsText,
+        Contender::Record,
+        Contender::BpftraceCount,
+        Contender::BpftracePrint,
+    ];
+
+    /// The contender's row in the table.
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Floor => "own minimal counting probe (the floor)",
+            Contender::Watch => "`tracer watch`",
+            Contender::EventsJson => "`tracer watch --events --format json` > file",
+            Contender::EventsText => "`tracer watch --events` (text) > file",
+            Contender::Record => "`tracer watch --record FILE`",
+            Contender::BpftraceCount => "bpftrace counting in the kernel",
+            Contender::BpftracePrint => "bpftrace printf > file",
+        }
+    }
+
+    fn is_bpftrace(self) -> bool {
+        matches!(self, Contender::BpftraceCount | Contender::BpftracePrint)
+    }
+}
+
+/// bpftrace programs on the same tracepoint: a count, and a line per transition with about
+/// what `--events` prints.
+const BPFTRACE_COUNT: &str = "tracepoint:sock:inet_sock_set_state { @transitions = count(); }";
+const BPFTRACE_PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%llu %d %s %d %d %d %d %d\\n\", nsecs, pid, comm, args->family, args->sport, args->dport, args->oldstate, args->newstate); }";
+
 /// What one traced churn measured.
 struct Traced {
+    /// Connections completed while it was attached.
     connections: u64,
-    events: u64,
-    lost: u64,
-    cpu_seconds: f64,
-    max_rss_kib: u64,
-    /// Per program name: total run time (ns) and runs, with `--probe-cost`.
+    /// Transitions the contender saw (delivered to userspace, or counted in the kernel).
+    events: Option<u64>,
+    lost: Option<u64>,
+    /// CPU seconds its userspace process used during the churn.
+    cpu_seconds: Option<f64>,
+    /// Per BPF program name: run time (ns) and runs, when statistics are on.
     programs: BTreeMap<String, (u64, u64)>,
-    /// With `--record`: the recording's size, and the entries it left out.
-    recorded_bytes: u64,
-    unrecorded: u64,
 }
 
 /// Runs the benchmark against the tracer binary at `tracer`.
@@ -79,115 +136,476 @@ pub fn run(tracer: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if args.scale {
         return crate::scale::run(tracer, args);
     }
-    let period = Duration::from_secs(args.seconds);
+    let bpftrace = crate::bpf_toolchain::find_program("bpftrace");
+    let mut contenders: Vec<Contender> = if args.only.is_empty() {
+        Contender::ALL.to_vec()
+    } else {
+        args.only.clone()
+    };
+    contenders.sort();
+    contenders.dedup();
+    if bpftrace.is_none() && contenders.iter().any(|c| c.is_bpftrace()) {
+        if !args.only.is_empty() {
+            bail!("bpftrace is not installed (apt install bpftrace), and --only asks for it");
+        }
+        eprintln!("xtask bench: bpftrace is not installed, so its rows are left out");
+        contenders.retain(|c| !c.is_bpftrace());
+    }
+    let bench = Bench {
+        tracer,
+        floor: crate::workspace()
+            .join("target/bpf")
+            .join(crate::bpf_toolchain::BPF_TARGET)
+            .join("release/floor-probe"),
+        bpftrace: bpftrace.unwrap_or_default(),
+        args,
+        period: Duration::from_secs(args.seconds),
+        scratch: std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id())),
+    };
+    let machine = machine();
     eprintln!(
-        "xtask bench: {} rounds of {}s churn on 127.0.0.1 (own network namespace, no TIME_WAIT) with {} client threads and {} request(s) per connection, without and with `tracer watch --format json {}{}`",
-        args.rounds,
-        args.seconds,
-        args.clients,
-        args.requests,
-        if args.record { "--record FILE " } else { "" },
-        args.tracer_args.join(" ")
+        "xtask bench: {machine}; {} rounds of {} s churn on 127.0.0.1 (own network namespace, no TIME_WAIT), {} client threads, {} request(s) per connection; each contender between two untraced churns",
+        args.rounds, args.seconds, args.clients, args.requests
     );
     isolate_network()?;
-    // Kept open for the whole run: the kernel counts BPF run time while the fd lives.
-    let _stats = if args.probe_cost {
-        Some(
-            aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                .context("enable BPF run-time statistics")?,
-        )
-    } else {
-        None
-    };
-    churn(Duration::from_secs(1), args.clients, args.requests)?; // warm-up: listener backlog, caches
-    let mut base = Vec::new();
-    let mut traced = Vec::new();
-    for round in 1..=args.rounds {
-        // ABBA order: neither side always runs first, on a warmer or a more loaded machine.
-        let (b, t) = if round % 2 == 1 {
-            let b = churn(period, args.clients, args.requests)?;
-            (b, traced_churn(tracer, period, args)?)
+    std::fs::create_dir_all(&bench.scratch)
+        .with_context(|| format!("create {}", bench.scratch.display()))?;
+    let result = bench.measure(&contenders, &machine);
+    let _ = std::fs::remove_dir_all(&bench.scratch);
+    result
+}
+
+/// One run of the bench.
+struct Bench<'a> {
+    tracer: &'a Path,
+    floor: PathBuf,
+    bpftrace: PathBuf,
+    args: &'a BenchArgs,
+    period: Duration,
+    /// Where the contenders' output and recordings go, removed at the end.
+    scratch: PathBuf,
+}
+
+impl Bench<'_> {
+    fn measure(&self, contenders: &[Contender], machine: &str) -> anyhow::Result<()> {
+        self.churn()?; // warm-up: listener backlog, caches
+        let mut untraced = Vec::new();
+        let mut ratios: BTreeMap<Contender, Vec<f64>> = BTreeMap::new();
+        let mut totals: BTreeMap<Contender, Vec<Traced>> = BTreeMap::new();
+        for round in 0..self.args.rounds as usize {
+            let mut before = self.churn()?;
+            untraced.push(before);
+            let n = contenders.len();
+            for i in 0..n {
+                let contender = contenders[(round + i) % n];
+                let traced = self.traced(contender, false)?;
+                let after = self.churn()?;
+                untraced.push(after);
+                let ratio = traced.connections as f64 / ((before + after) as f64 / 2.0).max(1.0);
+                eprintln!(
+                    "round {}: {:<46} {:.3} ({} against {} and {} connections)",
+                    round + 1,
+                    contender.label(),
+                    ratio,
+                    traced.connections,
+                    before,
+                    after
+                );
+                ratios.entry(contender).or_default().push(ratio);
+                totals.entry(contender).or_default().push(traced);
+                before = after;
+            }
+        }
+        // The kernel's BPF run-time statistics cost a little themselves, so the programs'
+        // own cost is read in churns of its own, after the ratios.
+        let mut kernel: BTreeMap<Contender, (u64, u64)> = BTreeMap::new();
+        {
+            let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enable BPF run-time statistics")?;
+            for &contender in contenders {
+                let traced = self.traced(contender, true)?;
+                let transition = traced
+                    .programs
+                    .iter()
+                    .filter(|(name, _)| is_transition_program(name))
+                    .fold((0, 0), |acc, (_, &(ns, runs))| (acc.0 + ns, acc.1 + runs));
+                for (name, (ns, runs)) in &traced.programs {
+                    eprintln!(
+                        "kernel: {:<46} program {name}: {:.0} ns per run, {runs} runs",
+                        contender.label(),
+                        *ns as f64 / (*runs).max(1) as f64
+                    );
+                }
+                kernel.insert(contender, transition);
+            }
+        }
+        let secs = self.period.as_secs_f64();
+        println!(
+            "{machine}; {} rounds of {} s; untraced: {:.0} connections/s (median), about {} transitions each",
+            self.args.rounds,
+            self.args.seconds,
+            median(untraced.iter().map(|&u| u as f64 / secs).collect()),
+            if self.args.requests == 0 { "10".to_owned() } else { format!("10 and {} sends and receives", 2 * self.args.requests) }
+        );
+        println!();
+        println!("| attached | throughput vs untraced, median (min-max) | transitions/s | lost | userspace ns/transition | kernel ns/transition |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for &contender in contenders {
+            let mut r = ratios.remove(&contender).unwrap_or_default();
+            r.sort_by(f64::total_cmp);
+            let runs = totals.remove(&contender).unwrap_or_default();
+            let events: Option<u64> = runs.iter().map(|t| t.events).sum();
+            let lost: Option<u64> = runs.iter().map(|t| t.lost).sum();
+            let cpu: Option<f64> = runs.iter().map(|t| t.cpu_seconds).sum();
+            let user = match (cpu, events) {
+                (Some(cpu), Some(events)) if events > 0 => {
+                    format!("{:.0}", cpu * 1e9 / events as f64)
+                }
+                _ => "-".to_owned(),
+            };
+            let (ns, calls) = kernel.get(&contender).copied().unwrap_or_default();
+            let kernel = if calls > 0 {
+                format!("{:.0}", ns as f64 / calls as f64)
+            } else {
+                "-".to_owned()
+            };
+            println!(
+                "| {} | {:.3} ({:.3}-{:.3}) | {} | {} | {} | {} |",
+                contender.label(),
+                median(r.clone()),
+                r.first().copied().unwrap_or(0.0),
+                r.last().copied().unwrap_or(0.0),
+                events.map_or("-".to_owned(), |e| format!(
+                    "{:.0}k",
+                    e as f64 / (secs * runs.len().max(1) as f64) / 1000.0
+                )),
+                lost.map_or("-".to_owned(), |l| l.to_string()),
+                user,
+                kernel
+            );
+        }
+        Ok(())
+    }
+
+    /// One untraced churn: connections completed.
+    fn churn(&self) -> anyhow::Result<u64> {
+        churn(self.period, self.args.clients, self.args.requests)
+    }
+
+    /// One churn with `contender` attached; with `stats`, also its programs' run time.
+    fn traced(&self, contender: Contender, stats: bool) -> anyhow::Result<Traced> {
+        match contender {
+            Contender::Floor => self.floor(stats),
+            Contender::BpftraceCount | Contender::BpftracePrint => self.bpftrace(contender, stats),
+            _ => self.watch(contender, stats),
+        }
+    }
+
+    /// The floor: the bench's own counting probe, loaded here, on the BTF-enabled
+    /// tracepoint as the tracer prefers (the classic one where the kernel refuses it).
+    fn floor(&self, stats: bool) -> anyhow::Result<Traced> {
+        let mut ebpf = Ebpf::load_file(&self.floor).with_context(|| {
+            format!(
+                "load the floor probe {} (built with the tracer)",
+                self.floor.display()
+            )
+        })?;
+        let btf = Btf::from_sys_fs().ok();
+        let on_btf = btf.as_ref().is_some_and(|btf| {
+            let Some(program) = ebpf.program_mut("floor_btf") else {
+                return false;
+            };
+            let Ok(program): Result<&mut BtfTracePoint, _> = program.try_into() else {
+                return false;
+            };
+            program.load("inet_sock_set_state", btf).is_ok() && program.attach().is_ok()
+        });
+        if !on_btf {
+            let program: &mut TracePoint = ebpf
+                .program_mut("floor_tracepoint")
+                .context("the floor probe has no floor_tracepoint")?
+                .try_into()?;
+            program.load().context("load the floor probe")?;
+            program
+                .attach("sock", "inet_sock_set_state")
+                .context("attach the floor probe")?;
+        }
+        let connections = self.churn()?;
+        let programs = if stats {
+            program_stats(std::process::id())?
         } else {
-            let t = traced_churn(tracer, period, args)?;
-            (churn(period, args.clients, args.requests)?, t)
+            BTreeMap::new()
         };
-        let secs = period.as_secs_f64();
-        println!(
-            "round {round}: without {:>7.0} conn/s | with {:>7.0} conn/s, {:>8.0} transitions/s delivered, {} lost, tracer CPU {:.0}%",
-            b as f64 / secs,
-            t.connections as f64 / secs,
-            t.events as f64 / secs,
-            t.lost,
-            100.0 * t.cpu_seconds / secs
-        );
-        base.push(b);
-        traced.push(t);
+        let count: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(ebpf.map("COUNT").context("the floor probe has no COUNT")?)?;
+        let events = count.get(&0, 0)?.iter().sum();
+        Ok(Traced {
+            connections,
+            events: Some(events),
+            lost: Some(0),
+            cpu_seconds: None,
+            programs,
+        })
     }
-    let secs = period.as_secs_f64() * args.rounds as f64;
-    let base_total: u64 = base.iter().sum();
-    let conn_total: u64 = traced.iter().map(|t| t.connections).sum();
-    let events: u64 = traced.iter().map(|t| t.events).sum();
-    let lost: u64 = traced.iter().map(|t| t.lost).sum();
-    let cpu: f64 = traced.iter().map(|t| t.cpu_seconds).sum();
-    let rss = traced.iter().map(|t| t.max_rss_kib).max().unwrap_or(0);
-    println!(
-        "without tracer: {:.0} connections/s",
-        base_total as f64 / secs
-    );
-    println!(
-        "with tracer:    {:.0} connections/s, {:.0} transitions/s delivered ({:.1} per connection), {lost} lost",
-        conn_total as f64 / secs,
-        events as f64 / secs,
-        events as f64 / conn_total.max(1) as f64
-    );
-    println!(
-        "tracer process: {:.0}% of one CPU, peak RSS {} KiB",
-        100.0 * cpu / secs,
-        rss
-    );
-    let mut programs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for (name, (ns, runs)) in traced.iter().flat_map(|t| &t.programs) {
-        let p = programs.entry(name).or_default();
-        p.0 += ns;
-        p.1 += runs;
+
+    /// `tracer watch` in the mode `contender` names.
+    fn watch(&self, contender: Contender, stats: bool) -> anyhow::Result<Traced> {
+        let mut command = Command::new(self.tracer);
+        command.arg("watch");
+        let json = contender != Contender::EventsText;
+        if json {
+            command.args(["--format", "json"]);
+        }
+        if matches!(contender, Contender::EventsJson | Contender::EventsText) {
+            command.arg("--events");
+        }
+        if contender == Contender::Record {
+            command
+                .arg("--record")
+                .arg(self.scratch.join("recording"))
+                .args(["--record-max-size", "off"]);
+        }
+        command.args(&self.args.tracer_args);
+        let mut attached = Attached::spawn(&mut command, &self.scratch, |out, err| {
+            if json {
+                out.contains('\n')
+            } else {
+                err.contains(": attached to ")
+            }
+        })?;
+        let cpu_before = process_usage(attached.child.id()).0;
+        let connections = self.churn()?;
+        let cpu_seconds = process_usage(attached.child.id()).0 - cpu_before;
+        let programs = if stats {
+            program_stats(attached.child.id())?
+        } else {
+            BTreeMap::new()
+        };
+        attached.stop()?;
+        let (events, lost) = if json {
+            let stop = attached.last_line()?;
+            let stop: serde_json::Value = serde_json::from_str(&stop).with_context(|| {
+                format!("the tracer's last line is not its stop record: {stop}")
+            })?;
+            let field = |name: &str| stop.get(name).and_then(serde_json::Value::as_u64);
+            (field("events"), field("lost"))
+        } else {
+            stop_line_totals(&attached.stderr()?)
+        };
+        if events.is_none() {
+            bail!(
+                "the tracer said no totals at its stop: {}",
+                attached.stderr()?
+            );
+        }
+        let _ = std::fs::remove_file(self.scratch.join("recording"));
+        Ok(Traced {
+            connections,
+            events,
+            lost,
+            cpu_seconds: Some(cpu_seconds),
+            programs,
+        })
     }
-    if args.record {
-        let bytes: u64 = traced.iter().map(|t| t.recorded_bytes).sum();
-        let unrecorded: u64 = traced.iter().map(|t| t.unrecorded).sum();
-        println!(
-            "recording: {:.1} bytes per transition, {:.1} MiB/s, {unrecorded} entries left out",
-            bytes as f64 / events.max(1) as f64,
-            bytes as f64 / secs / f64::from(1 << 20)
-        );
+
+    /// bpftrace counting, or printing every transition to a file.
+    fn bpftrace(&self, contender: Contender, stats: bool) -> anyhow::Result<Traced> {
+        let program = if contender == Contender::BpftraceCount {
+            BPFTRACE_COUNT
+        } else {
+            BPFTRACE_PRINT
+        };
+        let before: Vec<u32> = loaded_program_ids();
+        let mut command = Command::new(&self.bpftrace);
+        command.args(["-e", program]);
+        // bpftrace says it attached only into its buffered stdout: a new BPF program on the
+        // machine is the sign, and attaching follows loading at once.
+        let mut attached = Attached::spawn(&mut command, &self.scratch, |_, _| {
+            loaded_program_ids().iter().any(|id| !before.contains(id))
+        })?;
+        thread::sleep(Duration::from_millis(200));
+        let cpu_before = process_usage(attached.child.id()).0;
+        let connections = self.churn()?;
+        let cpu_seconds = process_usage(attached.child.id()).0 - cpu_before;
+        let programs = if stats {
+            program_stats(attached.child.id())?
+        } else {
+            BTreeMap::new()
+        };
+        attached.stop()?;
+        let out = std::fs::read(&attached.out)?;
+        let lost = stop_line_number(&attached.stderr()?, "Lost").unwrap_or(0);
+        let events = if contender == Contender::BpftraceCount {
+            let text = String::from_utf8_lossy(&out);
+            text.lines()
+                .find_map(|l| l.strip_prefix("@transitions: ")?.trim().parse().ok())
+        } else {
+            Some(out.iter().filter(|&&b| b == b'\n').count() as u64)
+        };
+        Ok(Traced {
+            connections,
+            events,
+            lost: Some(lost),
+            cpu_seconds: Some(cpu_seconds),
+            programs,
+        })
     }
-    for (name, (ns, runs)) in programs {
-        println!(
-            "probe program {name}: {:.0} ns per run, {:.0} runs/s",
-            ns as f64 / runs.max(1) as f64,
-            runs as f64 / secs
-        );
+}
+
+/// A contender's process, its stdout and stderr in files.
+struct Attached {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Attached {
+    /// Starts `command` and waits (30 s at most) until `ready(stdout, stderr)` says it is
+    /// attached.
+    fn spawn(
+        command: &mut Command,
+        scratch: &Path,
+        ready: impl Fn(&str, &str) -> bool,
+    ) -> anyhow::Result<Attached> {
+        let out = scratch.join("stdout");
+        let err = scratch.join("stderr");
+        let child = command
+            .stdout(File::create(&out)?)
+            .stderr(File::create(&err)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", command.get_program().to_string_lossy()))?;
+        let mut attached = Attached { child, out, err };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let head = read_head(&attached.out);
+            let err = std::fs::read_to_string(&attached.err).unwrap_or_default();
+            if ready(&head, &err) {
+                return Ok(attached);
+            }
+            if let Some(status) = attached.child.try_wait()? {
+                bail!(
+                    "{} ended ({status}) before it attached: {err}",
+                    command.get_program().to_string_lossy()
+                );
+            }
+            if Instant::now() > deadline {
+                attached.stop()?;
+                bail!(
+                    "{} did not attach within 30 s: {err}",
+                    command.get_program().to_string_lossy()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
-    // Each round's pair ran back to back, so its ratio cancels slow drift on the machine;
-    // the median resists the odd disturbed round.
-    let mut ratios: Vec<f64> = base
-        .iter()
-        .zip(&traced)
-        .map(|(b, t)| t.connections as f64 / (*b).max(1) as f64)
+
+    /// Stops the process with SIGINT, as Ctrl-C does, and waits for it.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait()?;
+        if !status.success() && status.code() != Some(130) {
+            bail!("the contender exited with {status}: {}", self.stderr()?);
+        }
+        Ok(())
+    }
+
+    fn stderr(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(&self.err)?)
+    }
+
+    /// The last line of stdout (read from its end: `--events` writes hundreds of MiB).
+    fn last_line(&self) -> anyhow::Result<String> {
+        let mut file = File::open(&self.out)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))?;
+        let mut tail = String::new();
+        file.read_to_string(&mut tail)?;
+        Ok(tail.lines().last().unwrap_or_default().to_owned())
+    }
+}
+
+/// The first KiB of a file, as text.
+fn read_head(path: &Path) -> String {
+    let mut buf = [0u8; 1024];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Transitions and lost events from the text stop line ("stopped after 3.0s: 560123
+/// transitions, 0 lost").
+fn stop_line_totals(stderr: &str) -> (Option<u64>, Option<u64>) {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped after"))
+        .unwrap_or_default();
+    (
+        stop_line_number(line, "transitions"),
+        stop_line_number(line, "lost"),
+    )
+}
+
+/// The number just before the word `word` in `text`, or just after it ("Lost 12 events").
+fn stop_line_number(text: &str, word: &str) -> Option<u64> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|w| !w.is_empty())
         .collect();
-    ratios.sort_by(f64::total_cmp);
-    let median = match ratios.len() {
+    words.iter().enumerate().find_map(|(i, w)| {
+        if *w != word {
+            return None;
+        }
+        let before = i.checked_sub(1).and_then(|j| words[j].parse().ok());
+        before.or_else(|| words.get(i + 1)?.parse().ok())
+    })
+}
+
+/// Whether a BPF program, by name, is a transition program (the tracer's two, the floor's
+/// two, bpftrace's), rather than a send/receive one.
+fn is_transition_program(name: &str) -> bool {
+    !name.starts_with("sock_recv") && !name.starts_with("sock_send") && !name.starts_with("tcp_")
+}
+
+/// The ids of the BPF programs loaded on the machine.
+fn loaded_program_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// The median of `values` (0 when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
         0 => 0.0,
-        n if n % 2 == 1 => ratios[n / 2],
-        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-    };
-    println!(
-        "ratio (with / without): {:.3} median of rounds (min {:.3}, max {:.3}); {:.3} pooled",
-        median,
-        ratios.first().copied().unwrap_or(0.0),
-        ratios.last().copied().unwrap_or(0.0),
-        conn_total as f64 / base_total.max(1) as f64
-    );
-    Ok(())
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The date, kernel, CPU model and count, for the table's caption.
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{date}, kernel {}, {model}, {cpus} CPUs", kernel.trim())
 }
 
 /// Moves this process into a network namespace of its own, with loopback up and no
@@ -205,65 +623,6 @@ pub fn isolate_network() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0")
         .context("disable TIME_WAIT in the bench namespace")?;
     Ok(())
-}
-
-/// Churns connections for `period` with the tracer attached and reads its totals.
-fn traced_churn(tracer: &Path, period: Duration, args: &BenchArgs) -> anyhow::Result<Traced> {
-    let record = std::env::temp_dir().join(format!("tracer-bench-{}.rec", std::process::id()));
-    let mut command = Command::new(tracer);
-    command.args(["watch", "--format", "json"]);
-    if args.record {
-        command.arg("--record").arg(&record);
-        command.args(["--record-max-size", "off"]);
-    }
-    let mut child = command
-        .args(&args.tracer_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot start {}", tracer.display()))?;
-    let (lines, stop) = read_records(&mut child)?;
-    lines
-        .recv_timeout(Duration::from_secs(30))
-        .context("the tracer printed no start record within 30s")?;
-    let connections = churn(period, args.clients, args.requests)?;
-    let (cpu_seconds, max_rss_kib) = process_usage(child.id());
-    let programs = if args.probe_cost {
-        program_stats(child.id())?
-    } else {
-        BTreeMap::new()
-    };
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait()?;
-    let stop = stop.join().expect("reader thread")?;
-    if !status.success() {
-        bail!("the tracer exited with {status}");
-    }
-    let field = |name: &str| {
-        stop.get(name)
-            .and_then(serde_json::Value::as_u64)
-            .with_context(|| format!("stop record has no {name}"))
-    };
-    let recorded_bytes = if args.record {
-        let len = std::fs::metadata(&record)
-            .with_context(|| format!("no recording at {}", record.display()))?
-            .len();
-        std::fs::remove_file(&record)?;
-        len
-    } else {
-        0
-    };
-    Ok(Traced {
-        connections,
-        events: field("events")?,
-        lost: field("lost")?,
-        cpu_seconds,
-        max_rss_kib,
-        programs,
-        recorded_bytes,
-        unrecorded: field("unrecorded")?,
-    })
 }
 
 /// Run time (ns) and run count of each BPF program process `pid` holds, by program name,
@@ -294,31 +653,6 @@ fn program_stats(pid: u32) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
         }
     }
     Ok(stats)
-}
-
-/// Reads the tracer's stdout on a thread: the first line is announced on the channel, and
-/// the thread returns the `stop` record (other lines, such as `--events` output, are read
-/// and dropped so the tracer never blocks on a full pipe).
-fn read_records(
-    child: &mut Child,
-) -> anyhow::Result<(
-    mpsc::Receiver<()>,
-    thread::JoinHandle<anyhow::Result<serde_json::Value>>,
-)> {
-    let stdout = child.stdout.take().context("tracer stdout")?;
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let mut stop = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            let _ = tx.send(());
-            if line.starts_with("{\"type\":\"stop\"") {
-                stop = Some(serde_json::from_str(&line)?);
-            }
-        }
-        stop.context("the tracer ended without a stop record")
-    });
-    Ok((rx, handle))
 }
 
 /// CPU seconds used so far and peak RSS of process `pid`, from procfs.
