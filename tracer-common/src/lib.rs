@@ -212,6 +212,9 @@ pub struct SockOffsets {
     pub sport: u16,
     /// `__sk_common.skc_dport` (big-endian u16).
     pub dport: u16,
+    /// `__sk_common.skc_num` (the local port, host order): set with `inet_sport` and read
+    /// without a helper; 0 once the port is released, and then `sport` is copied.
+    pub num: u16,
     /// `__sk_common.skc_rcv_saddr` (IPv4, network order): set with the record's
     /// `inet_saddr` on bind, connect and accept.
     pub saddr: u16,
@@ -222,7 +225,7 @@ pub struct SockOffsets {
     /// `__sk_common.skc_v6_daddr` (16 bytes).
     pub daddr_v6: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 18);
 
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
@@ -247,14 +250,15 @@ pub struct ProbeConfig {
     pub netns: [u32; MAX_NETNS],
     /// 0 keeps every namespace.
     pub netns_count: u32,
-    /// Ring buffer bytes available above which the probe wakes the reader; below it the
-    /// reader finds events on its own short poll, which saves a wakeup per event under load.
-    pub wakeup_bytes: u32,
+    /// Events one CPU writes between two wakeups of the reader; in between the reader
+    /// finds events on its own short poll, which saves a wakeup per event under load.
+    pub wakeup_events: u32,
     /// 1: `offsets` are [`KNOWN_LAYOUT`] and the probe loads fields straight from the
     /// tracepoint context; 0: it copies the record and reads it at `offsets`.
     pub direct_access: u32,
     /// 1: a send/receive mechanism may be attached, and the probe forgets a socket's
-    /// [`SocketIo`] when a new socket is born at the same address.
+    /// [`SocketIo`] when a new socket is born at the same address in a transition that
+    /// userspace does not get (filtered out, or lost to a full ring).
     pub io_hints: u32,
     /// Position (from 0) of `flags` among `tcp_recvmsg`'s arguments, which the fexit and
     /// kprobe programs read: 3 since Linux 5.19, 4 before (a `nonblock` argument preceded
@@ -266,7 +270,7 @@ pub struct ProbeConfig {
     /// Where `tp_btf/inet_sock_set_state` reads the socket's fields.
     pub sock_offsets: SockOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 124);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 128);
 
 impl ProbeConfig {
     /// A configuration that keeps everything, for records laid out as `offsets` says.
@@ -283,7 +287,7 @@ impl ProbeConfig {
             },
             netns: [0; MAX_NETNS],
             netns_count: 0,
-            wakeup_bytes: 0,
+            wakeup_events: 0,
             direct_access: 0,
             io_hints: 0,
             recv_flags_arg: 0,
@@ -293,6 +297,7 @@ impl ProbeConfig {
                 protocol: 0,
                 sport: 0,
                 dport: 0,
+                num: 0,
                 saddr: 0,
                 daddr: 0,
                 saddr_v6: 0,
@@ -309,6 +314,13 @@ mod user {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::TransitionEvent {}
     unsafe impl aya::Pod for super::SocketIo {}
+}
+
+/// Whether a transition from state number `old` to `new` starts a socket's life: connect()
+/// or listen() on a fresh socket, or a connection created from a listener. The kernel reuses
+/// a freed socket's memory, so what was noted at its address before belongs to another.
+pub const fn is_birth(old: u32, new: u32) -> bool {
+    old == TcpState::Close as u32 || new == TcpState::SynRecv as u32
 }
 
 /// The kernel's TCP states (`include/net/tcp_states.h`).

@@ -10,7 +10,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -24,7 +24,7 @@ use aya_log_ebpf::{debug, warn};
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use tracer_common::{
-    FieldOffsets, ProbeConfig, SockOffsets, SocketIo, TcpState, TransitionEvent, AF_INET, AF_INET6,
+    is_birth, FieldOffsets, ProbeConfig, SockOffsets, SocketIo, TransitionEvent, AF_INET, AF_INET6,
     COMM_LEN, IO_EOF, IO_LAYOUT, IO_RECV, IO_SEND, IPPROTO_TCP, KNOWN_LAYOUT, MAX_NETNS, MAX_PORTS,
     MAX_RECORD_LEN, MSG_PEEK, STAT_COUNT, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
 };
@@ -55,6 +55,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 /// `STAT_UNREADABLE`, `STAT_NOT_TCP`, `STAT_FILTERED`).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Per CPU, the events written since it last woke the reader (see `wakeup_flags`).
+#[map]
+static UNWOKEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The last send or receive on each TCP socket, by kernel address. Its size is set by
 /// userspace at load time; LRU, so sockets nobody uses any more make room by themselves.
@@ -292,10 +296,14 @@ impl Transition for Sock {
     }
     #[inline(always)]
     fn ports(&self) -> Result<(u16, u16), Skip> {
-        Ok((
-            u16::from_be(self.read_beyond(self.off.sport)?),
-            u16::from_be(self.read(self.off.dport)),
-        ))
+        let dport = u16::from_be(self.read(self.off.dport));
+        // `skc_num` is `inet_sport` in host order, a direct load, while the socket holds its
+        // port; after it released it (the move to CLOSE) only `inet_sport` still has it.
+        let num: u16 = self.read(self.off.num);
+        if num != 0 {
+            return Ok((num, dport));
+        }
+        Ok((u16::from_be(self.read_beyond(self.off.sport)?), dport))
     }
     #[inline(always)]
     fn addrs_v4(&self) -> Result<(u32, u32), Skip> {
@@ -482,26 +490,10 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
     }
     let (oldstate, newstate) = t.states()?;
     let skaddr = t.skaddr()?;
-    if cfg.io_hints != 0 && is_birth(oldstate, newstate) {
-        // Socket memory is reused: what was noted at this address belongs to a socket
-        // that is gone. Done before the filters, which must not keep a stale note alive.
-        let _ = SOCKET_IO.remove(&skaddr);
-    }
-    if cfg.family != 0 && family != cfg.family {
-        return Err(Skip::FILTERED);
-    }
     let (sport, dport) = t.ports()?;
-    if cfg.port_count != 0 && !port_wanted(cfg, sport, dport) {
-        return Err(Skip::FILTERED);
-    }
-    if cfg.state_mask != 0 {
-        let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
-        if seen & cfg.state_mask == 0 {
-            return Err(Skip::FILTERED);
-        }
-    }
     let netns = t.netns(cfg, skaddr);
-    if cfg.netns_count != 0 && !netns_wanted(cfg, netns) {
+    if !wanted(cfg, family, oldstate, newstate, sport, dport, netns) {
+        forget_io(cfg, oldstate, newstate, skaddr);
         return Err(Skip::FILTERED);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -517,6 +509,7 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
     };
 
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
+        forget_io(cfg, oldstate, newstate, skaddr);
         return Err(Skip::full(oldstate, newstate, sport, dport));
     };
     let ev = entry.as_mut_ptr();
@@ -546,21 +539,60 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
 }
 
 /// Wake the reader only once enough has piled up: a wakeup per event would cost more than
-/// the event itself under load. Userspace polls on a short timer for the rest.
+/// the event itself under load. Userspace polls on a short timer for the rest. Each CPU
+/// counts its own events (`UNWOKEN`): asking the ring how much is pending costs a helper
+/// call and reads positions other CPUs write.
 #[inline(always)]
 fn wakeup_flags(cfg: &ProbeConfig) -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+    let Some(n) = UNWOKEN.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    };
+    // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
+    unsafe {
+        *n += 1;
+        if *n < cfg.wakeup_events {
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        *n = 0;
     }
+    BPF_RB_FORCE_WAKEUP as u64
 }
 
-/// Whether a transition starts a socket's life: connect() or listen() on a fresh socket,
-/// or a connection created from a listener.
+/// Whether the user's filters keep a transition.
 #[inline(always)]
-fn is_birth(oldstate: u32, newstate: u32) -> bool {
-    oldstate == TcpState::Close as u32 || newstate == TcpState::SynRecv as u32
+fn wanted(
+    cfg: &ProbeConfig,
+    family: u16,
+    oldstate: u32,
+    newstate: u32,
+    sport: u16,
+    dport: u16,
+    netns: u32,
+) -> bool {
+    if cfg.family != 0 && family != cfg.family {
+        return false;
+    }
+    if cfg.port_count != 0 && !port_wanted(cfg, sport, dport) {
+        return false;
+    }
+    if cfg.state_mask != 0 {
+        let seen = (1u32 << (oldstate & 31)) | (1u32 << (newstate & 31));
+        if seen & cfg.state_mask == 0 {
+            return false;
+        }
+    }
+    cfg.netns_count == 0 || netns_wanted(cfg, netns)
+}
+
+/// Drops the send/receive note at the address of a socket born in a transition userspace
+/// will not see. Socket memory is reused, so the note belongs to a socket that is gone;
+/// userspace tells such notes apart by time only for the births it sees (a note older
+/// than the socket), which spares the common path a map update.
+#[inline(always)]
+fn forget_io(cfg: &ProbeConfig, oldstate: u32, newstate: u32, skaddr: u64) {
+    if cfg.io_hints != 0 && is_birth(oldstate, newstate) {
+        let _ = SOCKET_IO.remove(&skaddr);
+    }
 }
 
 #[tracepoint]

@@ -7,7 +7,9 @@
 
 pub mod deadlines;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
+
+use foldhash::HashMap;
 
 use tracer_common::TcpState;
 
@@ -78,8 +80,8 @@ impl Table {
     /// An empty table flagging by `thresholds` and holding at most `cap` sockets.
     pub fn new(thresholds: Thresholds, cap: usize) -> Self {
         Self {
-            sockets: HashMap::new(),
-            unnamed: HashMap::new(),
+            sockets: HashMap::default(),
+            unnamed: HashMap::default(),
             deadlines: Deadlines::new(&thresholds),
             thresholds,
             per_state: [0; 256],
@@ -118,6 +120,22 @@ impl Table {
         });
         let closed = t.new == TcpState::Close.into();
 
+        // The common case, a socket the table holds moving on: updated where it is, one
+        // hash lookup.
+        if !closed {
+            if let Some(slot) = self.sockets.get_mut(&key) {
+                let prev = *slot;
+                let (socket, entered) = Self::next(&prev, t, ends, hint);
+                *slot = socket;
+                self.per_state[prev.state.0 as usize] -= 1;
+                self.per_state[socket.state.0 as usize] += 1;
+                if entered && !socket.flagged {
+                    self.deadlines.push(socket.state, socket.since_ns, key);
+                }
+                self.compact(prev.state);
+                return Self::resolution(key, prev, t);
+            }
+        }
         let previous = match self.remove(key) {
             Some(s) => Some(s),
             None => self.take_unnamed(&ends),
@@ -125,30 +143,11 @@ impl Table {
         match previous {
             Some(prev) => {
                 self.compact(prev.state);
-                let resolved = (prev.flagged && prev.state != t.new).then_some(Resolved {
-                    key,
-                    socket: prev,
-                    left_ns: t.ts_ns,
-                    new: t.new,
-                });
                 if !closed {
-                    // A snapshot socket seen entering the state it was found in (the
-                    // transition raced the snapshot) now has an exact entry time.
-                    let exact = prev.since_is_lower_bound && !prev.flagged;
-                    let stays = prev.state == t.new && !exact;
-                    let socket = Socket {
-                        id: prev.id,
-                        ends,
-                        state: t.new,
-                        since_ns: if stays { prev.since_ns } else { t.ts_ns },
-                        since_is_lower_bound: stays && prev.since_is_lower_bound,
-                        origin: prev.origin,
-                        hint: hint.or(prev.hint),
-                        flagged: stays && prev.flagged,
-                    };
-                    self.put(key, socket, !stays);
+                    let (socket, entered) = Self::next(&prev, t, ends, hint);
+                    self.put(key, socket, entered);
                 }
-                resolved
+                Self::resolution(key, prev, t)
             }
             None => {
                 if !closed {
@@ -167,12 +166,49 @@ impl Table {
                         origin,
                         hint,
                         flagged: false,
+                        born_ns: if born(t) { t.ts_ns } else { 0 },
                     };
                     self.insert(key, socket);
                 }
                 None
             }
         }
+    }
+
+    /// What `prev` becomes after transition `t`, and whether that starts a new stay.
+    fn next(
+        prev: &Socket,
+        t: &Transition,
+        ends: Endpoints,
+        hint: Option<PidHint>,
+    ) -> (Socket, bool) {
+        // A snapshot socket seen entering the state it was found in (the transition raced
+        // the snapshot) now has an exact entry time.
+        let exact = prev.since_is_lower_bound && !prev.flagged;
+        let stays = prev.state == t.new && !exact;
+        let socket = Socket {
+            id: prev.id,
+            ends,
+            state: t.new,
+            since_ns: if stays { prev.since_ns } else { t.ts_ns },
+            since_is_lower_bound: stays && prev.since_is_lower_bound,
+            origin: prev.origin,
+            hint: hint.or(prev.hint),
+            flagged: stays && prev.flagged,
+            // A birth at a key the table holds: the old socket's end was not seen.
+            born_ns: if born(t) { t.ts_ns } else { prev.born_ns },
+        };
+        (socket, !stays)
+    }
+
+    /// The resolution of `prev`, held under `key`, if it was flagged and `t` moved it on.
+    fn resolution(key: SocketKey, prev: Socket, t: &Transition) -> Option<Resolved> {
+        (prev.flagged && prev.state != t.new).then_some(Resolved {
+            key,
+            socket: prev,
+            left_ns: t.ts_ns,
+            new: t.new,
+        })
     }
 
     /// Flags every socket whose stay in a watched state reached its threshold by `now_ns`.
@@ -330,6 +366,11 @@ impl Table {
 /// Whether the task current at an `old -> new` transition is the process that made a
 /// system call on the socket: connect, listen, close or shutdown. Transitions caused by an
 /// arriving packet (into CLOSE_WAIT, say) run in softirq, in whatever task was running.
+/// Whether transition `t` starts its socket's life.
+fn born(t: &Transition) -> bool {
+    tracer_common::is_birth(t.old.0.into(), t.new.0.into())
+}
+
 pub(crate) fn runs_in_caller(old: State, new: State) -> bool {
     use TcpState::*;
     matches!(

@@ -297,3 +297,19 @@ fn an_accepted_socket_takes_its_peer_from_the_transition_after_its_birth() {
     );
     assert_eq!(stuck[0].socket.origin, Origin::Accepted);
 }
+
+#[test]
+fn a_socket_remembers_its_birth_even_at_a_reused_address() {
+    let mut table = Table::new(close_wait_after(30), 1000);
+    let born = |table: &Table, sk| table.get(SocketKey::Sk(sk)).map(|s| s.born_ns);
+    accept_then_peer_closes(&mut table, 0xa, 10 * SEC);
+    assert_eq!(born(&table, 0xa), Some(10 * SEC - 2), "born at its accept");
+    // Met in mid-life: no birth known.
+    table.apply(&t(11 * SEC, 0xb, Established, FinWait1));
+    assert_eq!(born(&table, 0xb), Some(0));
+    // Its close was never seen, and a connect() reuses its memory.
+    table.apply(&t(12 * SEC, 0xb, Close, SynSent));
+    assert_eq!(born(&table, 0xb), Some(12 * SEC));
+    table.apply(&t(13 * SEC, 0xb, SynSent, Established));
+    assert_eq!(born(&table, 0xb), Some(12 * SEC), "kept after its birth");
+}

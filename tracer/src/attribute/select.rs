@@ -70,6 +70,7 @@ mod tests {
                 comm: "java".into(),
             }),
             flagged: true,
+            born_ns: 0,
         }
     }
 

@@ -66,6 +66,10 @@ pub struct Socket {
     pub hint: Option<PidHint>,
     /// Flagged as stuck during its current stay in `state`.
     pub flagged: bool,
+    /// When a transition showed it born (connect, listen, accept; monotonic ns); 0 when it
+    /// was met in mid-life. A send/receive note at its address older than that was left
+    /// by an earlier socket there.
+    pub born_ns: u64,
 }
 
 impl Socket {
@@ -87,6 +91,7 @@ impl SnapshotSocket {
             origin: self.origin,
             hint: None,
             flagged: false,
+            born_ns: 0,
         };
         (SocketKey::Snapshot(self.cookie), socket)
     }

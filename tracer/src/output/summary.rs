@@ -225,6 +225,7 @@ mod tests {
             origin,
             hint: None,
             flagged: true,
+            born_ns: 0,
         }
     }
 

@@ -88,8 +88,8 @@ pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
 /// its BTF. The classic tracepoint's record takes the local IPv4 address from `inet_sock`,
 /// past the end of `struct sock`, where the verifier refuses loads through a `sock *`; the
 /// kernel sets `skc_rcv_saddr` together with it (bind, connect, accept), so the program
-/// reads that. The local port has no such twin (`skc_num` is cleared before the move to
-/// CLOSE), so the program copies `inet_sport` with a helper.
+/// reads that. The local port's twin, `skc_num`, is cleared before the move to CLOSE, so
+/// the program copies `inet_sport` with a helper only when `skc_num` reads 0.
 pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
     let at = |structure: &str, path: &[&str]| {
         let o = member_offset(data, structure, path)?;
@@ -103,6 +103,7 @@ pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
         protocol: at("sock", &["sk_protocol"])?,
         sport: at("inet_sock", &["inet_sport"])?,
         dport: common("skc_dport")?,
+        num: common("skc_num")?,
         saddr: common("skc_rcv_saddr")?,
         daddr: common("skc_daddr")?,
         saddr_v6: common("skc_v6_rcv_saddr")?,
@@ -361,7 +362,7 @@ pub(crate) mod tests {
         // with its struct sock.
         let sock = sock_offsets(&data).unwrap();
         assert!(
-            sock.family < 32 && sock.dport < 32 && sock.saddr < 8,
+            sock.family < 32 && sock.dport < 32 && sock.num < 32 && sock.saddr < 8,
             "{sock:?}"
         );
         assert!(

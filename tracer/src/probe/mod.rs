@@ -21,7 +21,7 @@ use aya::{
 };
 use tracer_common::{
     FieldOffsets, NetnsOffsets, ProbeConfig, SocketIo, TcpState, KNOWN_LAYOUT, MAX_NETNS,
-    MAX_PORTS, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE,
+    MAX_PORTS, STAT_FILTERED, STAT_LOST, STAT_NOT_TCP, STAT_UNREADABLE, TRANSITION_EVENT_SIZE,
 };
 
 pub use io::{Hook, HookKind, IoChoice, IoMechanism, IoStatus};
@@ -149,18 +149,22 @@ impl Filters {
 pub struct RingConfig {
     /// Ring buffer size in bytes: a power of two, a multiple of the page size.
     pub bytes: u32,
-    /// Bytes pending before the probe wakes the reader.
-    pub wakeup_bytes: u32,
+    /// Events each CPU writes before it wakes the reader.
+    pub wakeup_events: u32,
 }
 
 impl RingConfig {
-    /// A ring of `bytes`. The probe wakes the reader once a quarter of it, at most 256 KiB,
-    /// is pending: under load that is one wakeup per ~3000 events instead of one per event,
-    /// and it leaves room for the burst that arrives before the reader runs.
-    pub fn with_bytes(bytes: u32) -> Self {
+    /// A ring of `bytes` on a machine of `cpus` possible CPUs. The probe wakes the reader
+    /// once a quarter of the ring, at most 256 KiB, may be pending, each CPU after its share
+    /// of that: under load one wakeup per ~1000 events per CPU instead of one per event, and
+    /// room left for the burst that arrives before the reader runs.
+    pub fn with_bytes(bytes: u32, cpus: u32) -> Self {
+        let pending = (bytes / 4).min(256 << 10);
+        // Each record carries the ring's 8-byte header.
+        let record = TRANSITION_EVENT_SIZE as u32 + 8;
         Self {
             bytes,
-            wakeup_bytes: (bytes / 4).min(256 << 10),
+            wakeup_events: (pending / record / cpus.max(1)).max(1),
         }
     }
 }
@@ -303,7 +307,7 @@ impl Filters {
         cfg.netns_count = self.netns.len() as u32;
         cfg.family = self.family.map_or(0, Family::af);
         cfg.state_mask = self.states.iter().fold(0, |m, s| m | 1 << (*s as u8));
-        cfg.wakeup_bytes = ring.wakeup_bytes;
+        cfg.wakeup_events = ring.wakeup_events;
         cfg.direct_access = access.direct(&offsets) as u32;
         Ok(cfg)
     }
@@ -588,7 +592,7 @@ impl Trial {
         privileges::check()?;
         let offsets = read_offsets(tracefs)?;
         // The smallest ring: a page.
-        let ring = RingConfig::with_bytes(4096);
+        let ring = RingConfig::with_bytes(4096, 1);
         let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
         let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
         config.io_hints = 1;
@@ -839,7 +843,7 @@ mod tests {
         };
         let ring = RingConfig {
             bytes: 1 << 20,
-            wakeup_bytes: 4096,
+            wakeup_events: 40,
         };
         let cfg = filters
             .to_config(FieldOffsets::default(), ring, RecordAccess::Auto)
@@ -850,7 +854,7 @@ mod tests {
         assert_eq!(cfg.netns_count, 2);
         assert_eq!(cfg.family, 10);
         assert_eq!(cfg.state_mask, (1 << 8) | (1 << 9));
-        assert_eq!(cfg.wakeup_bytes, 4096);
+        assert_eq!(cfg.wakeup_events, 40);
 
         let all = Filters::default()
             .to_config(KNOWN_LAYOUT, ring, RecordAccess::Auto)

@@ -374,6 +374,8 @@ impl SocketEntry {
             },
             hint: self.hint.map(PidHint::from),
             flagged: false,
+            // Used only live, to tell a socket's send/receive note from an earlier one's.
+            born_ns: 0,
         };
         (self.key.into(), socket)
     }

@@ -82,6 +82,7 @@ fn socket(i: u64) -> Socket {
             comm: Comm::from("a-very-long-comm"),
         }),
         flagged: false,
+        born_ns: 0,
     }
 }
 

@@ -41,8 +41,8 @@ use focus::Focus;
 use reconcile::Reconciler;
 use session::Session;
 
-/// How often the ring buffer is read when the probe has not woken us: the probe only wakes
-/// the reader once `wakeup_bytes` are pending, so this bounds the latency of a quiet stream.
+/// How often the ring buffer is read when the probe has not woken us: each CPU wakes the
+/// reader only every `wakeup_events` events, so this bounds the latency of a quiet stream.
 const POLL_PERIOD: Duration = Duration::from_millis(20);
 /// How often a snapshot is published for `--metrics` (scrapes read the latest).
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
@@ -72,7 +72,10 @@ pub async fn run(args: &WatchArgs, out: impl Write + Send + 'static) -> anyhow::
         family: args.family.map(Family::from),
         states: args.states.clone(),
     };
-    let ring_config = RingConfig::with_bytes(args.buffer_size);
+    // The possible CPUs, each of which may write events; when that cannot be read, many,
+    // so that the probe wakes the reader sooner rather than later.
+    let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
+    let ring_config = RingConfig::with_bytes(args.buffer_size, cpus);
     // Signal handlers first, so a SIGTERM right after the start record is not fatal. A
     // closed terminal or a dropped ssh session sends SIGHUP: the run ends as on SIGTERM,
     // with its totals and the recording's stop entry.

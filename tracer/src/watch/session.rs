@@ -501,7 +501,7 @@ impl<W: Write, E: Write> Session<W, E> {
                 }
                 continue;
             }
-            ownership.last_io = self.last_io(probe, flag.key.sk());
+            ownership.last_io = self.last_io(probe, flag.key.sk(), flag.socket.born_ns);
             if let (Some(focus), Some(pid)) = (&mut self.focus, self.selection.pid) {
                 if ownership.involves(pid, &flag.socket) {
                     focus.holds(flag.key.sk(), flag.socket.ends);
@@ -533,10 +533,14 @@ impl<W: Write, E: Write> Session<W, E> {
         Ok(())
     }
 
-    /// The last send or receive on the socket at `sk`, if the probe saw one.
-    fn last_io(&mut self, probe: &Probe, sk: Option<u64>) -> Option<LastIo> {
+    /// The last send or receive on the socket at `sk`, born at `born_ns`, if the probe saw
+    /// one; a note from before that was left by an earlier socket at the same address.
+    fn last_io(&mut self, probe: &Probe, sk: Option<u64>, born_ns: u64) -> Option<LastIo> {
         match probe.last_io(sk?) {
-            Ok(io) => io.as_ref().and_then(decode::last_io),
+            Ok(io) => io
+                .as_ref()
+                .and_then(decode::last_io)
+                .filter(|io| io.ts_ns >= born_ns),
             Err(e) => {
                 if !self.io_failed {
                     eprintln!("tracer: warning: {e}; stuck sockets are reported without their last send/receive");
