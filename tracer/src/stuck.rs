@@ -18,10 +18,9 @@
 //! without a resolution: its transition was lost. After lost transitions (or evictions),
 //! [`Engine::reconcile`] sets the whole table right against the kernel's own list.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::time::Duration;
+
+use foldhash::{HashMap, HashSet};
 
 use tracer_common::TcpState;
 
@@ -113,7 +112,7 @@ impl Engine {
         Self {
             table: Table::new(thresholds, cap),
             start_ns,
-            owners: HashMap::new(),
+            owners: HashMap::default(),
             evicted_seen: (0, 0, 0),
         }
     }

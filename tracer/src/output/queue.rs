@@ -55,6 +55,9 @@ struct Shared {
 struct State {
     /// Handed over, not yet taken by the thread.
     pending: Vec<u8>,
+    /// A buffer the thread has written and emptied, for the next chunk: without it every
+    /// chunk would grow from nothing, copied at each doubling.
+    spare: Vec<u8>,
     /// Nothing more will be handed over.
     closed: bool,
     /// The thread has ended.
@@ -169,6 +172,7 @@ impl Queued {
         self.shared.queued.fetch_add(self.buf.len(), Relaxed);
         if state.pending.is_empty() {
             std::mem::swap(&mut state.pending, &mut self.buf);
+            std::mem::swap(&mut self.buf, &mut state.spare);
         } else {
             state.pending.extend_from_slice(&self.buf);
             self.buf.clear();
@@ -218,11 +222,15 @@ fn write_loop(mut out: impl Write, shared: &Shared) {
         if state.pending.is_empty() {
             break;
         }
-        let data = std::mem::take(&mut state.pending);
+        let mut data = std::mem::take(&mut state.pending);
         drop(state);
         let written = out.write_all(&data).and_then(|()| out.flush());
         shared.queued.fetch_sub(data.len(), Relaxed);
+        data.clear();
         state = shared.lock();
+        if data.capacity() > state.spare.capacity() {
+            state.spare = data;
+        }
         if let Err(e) = written {
             state.error = Some(e);
             shared.failed.store(true, Relaxed);

@@ -272,7 +272,9 @@ fn reconciling_removes_phantoms_corrects_states_and_adds_what_was_missed() {
     for sk in [0xa, 0xb, 0xc, 0xe] {
         e.transition(&t(SEC, sk, SynRecv, Established), &mut out);
     }
-    let touched: HashSet<Endpoints> = [t(0, 0xe, Established, CloseWait).ends()].into();
+    let touched: HashSet<Endpoints> = [t(0, 0xe, Established, CloseWait).ends()]
+        .into_iter()
+        .collect();
     let done = e.reconcile(
         vec![
             listed(0xb, CloseWait, 10 * SEC, 2),
@@ -316,7 +318,7 @@ fn reconciling_removes_phantoms_corrects_states_and_adds_what_was_missed() {
             listed(0xd, CloseWait, 10 * SEC, 4),
             listed(0xe, Established, 10 * SEC, 5),
         ],
-        &HashSet::new(),
+        &HashSet::default(),
         &mut out,
     );
     assert!(again.is_empty(), "{again:?}");
@@ -333,7 +335,7 @@ fn a_flagged_socket_found_in_another_state_loses_its_flag_without_a_resolution()
     // Its close (CLOSE_WAIT -> LAST_ACK) was lost.
     let done = e.reconcile(
         vec![listed(0xa, LastAck, 20 * SEC, 1)],
-        &HashSet::new(),
+        &HashSet::default(),
         &mut out,
     );
     assert_eq!(done.corrected.len(), 1);

@@ -7,7 +7,7 @@
 //! sockets P made a transition on, connections accepted on P's listeners, the sockets P
 //! held at start, and the stuck ones found in P's hands.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use tracer_common::TcpState;
 
@@ -35,9 +35,9 @@ impl Focus {
     pub(super) fn new(pid: u32, existing: impl IntoIterator<Item = (Endpoints, State)>) -> Self {
         let mut focus = Focus {
             pid,
-            sockets: HashSet::new(),
-            existing: HashSet::new(),
-            listeners: HashSet::new(),
+            sockets: HashSet::default(),
+            existing: HashSet::default(),
+            listeners: HashSet::default(),
         };
         for (ends, state) in existing {
             if state == TcpState::Listen.into() {

@@ -8,11 +8,12 @@
 //! are newer than the list, so the sockets they touch are left as the table has them.
 
 use std::{
-    collections::HashSet,
     sync::mpsc::{self, Receiver, TryRecvError},
     thread,
     time::{Duration, Instant},
 };
+
+use foldhash::HashSet;
 
 use crate::{
     attribute::{Attributor, Host, Namespaces},
@@ -135,7 +136,7 @@ impl Reconciler {
                 reason,
                 started: Instant::now(),
                 result,
-                touched: HashSet::new(),
+                touched: HashSet::default(),
             });
         }
         None
