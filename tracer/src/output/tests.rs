@@ -140,6 +140,7 @@ fn leaked() -> (Socket, Ownership) {
         origin: Origin::Accepted,
         hint: None,
         flagged: true,
+        born_ns: 0,
     };
     let java = |pid, fd| Owner {
         process: java_process(pid),
@@ -917,7 +918,7 @@ fn a_date_line_when_the_day_changes() {
     assert!(
         status.starts_with(
             "tracer 0.1.0: attached to tracepoint sock:inet_sock_set_state \
-             (tracefs at /sys/kernel/tracing) on 2026-11-25 (UTC); Ctrl-C to stop\n"
+             (tracepoint, tracefs at /sys/kernel/tracing) on 2026-11-25 (UTC); Ctrl-C to stop\n"
         ),
         "{status}"
     );
@@ -962,7 +963,9 @@ fn rfc3339_times_on_every_line() {
         .unwrap();
     });
     assert!(
-        status.contains("(tracefs at /sys/kernel/tracing) at 2026-11-25T06:00:00.000000000Z;"),
+        status.contains(
+            "(tracepoint, tracefs at /sys/kernel/tracing) at 2026-11-25T06:00:00.000000000Z;"
+        ),
         "{status}"
     );
     let lines: Vec<&str> = out.lines().collect();

@@ -308,8 +308,8 @@ impl Render for Text {
         };
         writeln!(
             page.status,
-            "tracer {}: attached to tracepoint {} (tracefs at {}{mounted}) {when}; Ctrl-C to stop",
-            info.version, a.tracepoint, a.tracefs
+            "tracer {}: attached to tracepoint {} ({}, tracefs at {}{mounted}) {when}; Ctrl-C to stop",
+            info.version, a.tracepoint, a.probe, a.tracefs
         )?;
         let watched: Vec<String> = info
             .thresholds
