@@ -192,8 +192,12 @@ impl<W: Write, E: Write> Output<W, E> {
     ) -> io::Result<()> {
         let page = &mut self.page;
         // Status first: a warning still reaches stderr when stdout has gone away.
+        // Most records have no status line: stderr's lock is not worth taking for nothing.
         let written = render(&mut *self.render, page)
-            .and_then(|()| self.status.write_all(&page.status))
+            .and_then(|()| match page.status.is_empty() {
+                true => Ok(()),
+                false => self.status.write_all(&page.status),
+            })
             .and_then(|()| self.out.write_all(&page.out));
         page.out.clear();
         page.status.clear();
