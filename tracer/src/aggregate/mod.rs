@@ -121,8 +121,10 @@ impl Table {
         let closed = t.new == TcpState::Close.into();
 
         // The common case, a socket the table holds moving on: updated where it is, one
-        // hash lookup.
-        if !closed {
+        // hash lookup. A birth at a kernel address the table holds is another socket: the
+        // end of the one it had there was missed.
+        let reborn = born(t);
+        if !closed && !reborn {
             if let Some(slot) = self.sockets.get_mut(&key) {
                 let prev = *slot;
                 let (socket, entered) = Self::next(&prev, t, ends, hint);
@@ -136,12 +138,14 @@ impl Table {
                 return Self::resolution(key, prev, t);
             }
         }
-        let previous = match self.remove(key) {
-            Some(s) => Some(s),
-            None => self.take_unnamed(&ends),
+        let (previous, same_address) = match self.remove(key) {
+            Some(s) => (Some(s), true),
+            None => (self.take_unnamed(&ends), false),
         };
         match previous {
-            Some(prev) => {
+            // A snapshot socket found by its addresses may be named by its own birth (the
+            // transition raced the snapshot): it goes on as the same socket.
+            Some(prev) if !(reborn && same_address) => {
                 self.compact(prev.state);
                 if !closed {
                     let (socket, entered) = Self::next(&prev, t, ends, hint);
@@ -149,29 +153,36 @@ impl Table {
                 }
                 Self::resolution(key, prev, t)
             }
-            None => {
-                if !closed {
-                    let origin = match (t.old.known(), t.new.known()) {
-                        (Some(TcpState::Listen), _) => Origin::Accepted,
-                        (_, Some(TcpState::SynSent)) => Origin::Connected,
-                        (_, Some(TcpState::Listen)) => Origin::Listener,
-                        _ => Origin::Unknown,
-                    };
-                    let socket = Socket {
-                        id: 0,
-                        ends,
-                        state: t.new,
-                        since_ns: t.ts_ns,
-                        since_is_lower_bound: false,
-                        origin,
-                        hint,
-                        flagged: false,
-                        born_ns: if born(t) { t.ts_ns } else { 0 },
-                    };
-                    self.insert(key, socket);
+            _ => {
+                if let Some(prev) = previous {
+                    self.compact(prev.state);
                 }
-                None
+                if !closed {
+                    self.insert(key, Self::fresh(t, ends, hint));
+                }
+                previous.and_then(|prev| Self::resolution(key, prev, t))
             }
+        }
+    }
+
+    /// A socket first met in transition `t`.
+    fn fresh(t: &Transition, ends: Endpoints, hint: Option<PidHint>) -> Socket {
+        let origin = match (t.old.known(), t.new.known()) {
+            (Some(TcpState::Listen), _) => Origin::Accepted,
+            (_, Some(TcpState::SynSent)) => Origin::Connected,
+            (_, Some(TcpState::Listen)) => Origin::Listener,
+            _ => Origin::Unknown,
+        };
+        Socket {
+            id: 0,
+            ends,
+            state: t.new,
+            since_ns: t.ts_ns,
+            since_is_lower_bound: false,
+            origin,
+            hint,
+            flagged: false,
+            born_ns: if born(t) { t.ts_ns } else { 0 },
         }
     }
 
@@ -195,7 +206,6 @@ impl Table {
             origin: prev.origin,
             hint: hint.or(prev.hint),
             flagged: stays && prev.flagged,
-            // A birth at a key the table holds: the old socket's end was not seen.
             born_ns: if born(t) { t.ts_ns } else { prev.born_ns },
         };
         (socket, !stays)

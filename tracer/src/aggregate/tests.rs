@@ -299,17 +299,31 @@ fn an_accepted_socket_takes_its_peer_from_the_transition_after_its_birth() {
 }
 
 #[test]
-fn a_socket_remembers_its_birth_even_at_a_reused_address() {
+fn a_birth_at_an_address_the_table_holds_starts_another_socket() {
     let mut table = Table::new(close_wait_after(30), 1000);
-    let born = |table: &Table, sk| table.get(SocketKey::Sk(sk)).map(|s| s.born_ns);
+    let get = |table: &Table, sk| *table.get(SocketKey::Sk(sk)).unwrap();
     accept_then_peer_closes(&mut table, 0xa, 10 * SEC);
-    assert_eq!(born(&table, 0xa), Some(10 * SEC - 2), "born at its accept");
+    assert_eq!(get(&table, 0xa).born_ns, 10 * SEC - 2, "born at its accept");
     // Met in mid-life: no birth known.
     table.apply(&t(11 * SEC, 0xb, Established, FinWait1));
-    assert_eq!(born(&table, 0xb), Some(0));
-    // Its close was never seen, and a connect() reuses its memory.
-    table.apply(&t(12 * SEC, 0xb, Close, SynSent));
-    assert_eq!(born(&table, 0xb), Some(12 * SEC));
-    table.apply(&t(13 * SEC, 0xb, SynSent, Established));
-    assert_eq!(born(&table, 0xb), Some(12 * SEC), "kept after its birth");
+    let mid_life = get(&table, 0xb);
+    assert_eq!((mid_life.born_ns, mid_life.origin), (0, Origin::Unknown));
+    // Its close was never seen (the kernel skipped the probe), and a connection accepted
+    // from a listener reuses its memory: a new socket, not the old one moving on.
+    table.apply(&t(12 * SEC, 0xb, Listen, SynRecv));
+    let accepted = get(&table, 0xb);
+    assert_eq!(accepted.born_ns, 12 * SEC);
+    assert_eq!(accepted.origin, Origin::Accepted);
+    assert_ne!(accepted.id, mid_life.id);
+    assert_eq!(accepted.hint, None, "nothing of the old socket's");
+    table.apply(&t(13 * SEC, 0xb, SynRecv, Established));
+    assert_eq!(get(&table, 0xb).born_ns, 12 * SEC, "kept after its birth");
+    assert_eq!(table.stats().tracked, 2);
+    // A flagged socket whose end was missed resolves when another is born in its place.
+    table.due(40 * SEC);
+    assert!(get(&table, 0xa).flagged);
+    let resolved = table.apply(&t(41 * SEC, 0xa, Close, SynSent)).unwrap();
+    assert_eq!(resolved.socket.state, CloseWait.into());
+    assert_eq!(get(&table, 0xa).origin, Origin::Connected);
+    assert!(!get(&table, 0xa).flagged);
 }
