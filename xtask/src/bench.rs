@@ -118,6 +118,9 @@ impl Contender {
 const BPFTRACE_COUNT: &str = "tracepoint:sock:inet_sock_set_state { @transitions = count(); }";
 const BPFTRACE_PRINT: &str = "tracepoint:sock:inet_sock_set_state { printf(\"%llu %d %s %d %d %d %d %d\\n\", nsecs, pid, comm, args->family, args->sport, args->dport, args->oldstate, args->newstate); }";
 
+/// Per BPF program name: total run time (ns) and runs.
+type ProgramStats = BTreeMap<String, (u64, u64)>;
+
 /// What one traced churn measured.
 struct Traced {
     /// Connections completed while it was attached.
@@ -128,7 +131,7 @@ struct Traced {
     /// CPU seconds its userspace process used during the churn.
     cpu_seconds: Option<f64>,
     /// Per BPF program name: run time (ns) and runs, when statistics are on.
-    programs: BTreeMap<String, (u64, u64)>,
+    programs: ProgramStats,
 }
 
 /// Runs the benchmark against the tracer binary at `tracer`.
@@ -373,15 +376,7 @@ impl Bench<'_> {
                 err.contains(": attached to ")
             }
         })?;
-        let cpu_before = process_usage(attached.child.id()).0;
-        let connections = self.churn()?;
-        let cpu_seconds = process_usage(attached.child.id()).0 - cpu_before;
-        let programs = if stats {
-            program_stats(attached.child.id())?
-        } else {
-            BTreeMap::new()
-        };
-        attached.stop()?;
+        let (connections, cpu_seconds, programs) = attached.churn(self, stats)?;
         let (events, lost) = if json {
             let stop = attached.last_line()?;
             let stop: serde_json::Value = serde_json::from_str(&stop).with_context(|| {
@@ -424,15 +419,7 @@ impl Bench<'_> {
             loaded_program_ids().iter().any(|id| !before.contains(id))
         })?;
         thread::sleep(Duration::from_millis(200));
-        let cpu_before = process_usage(attached.child.id()).0;
-        let connections = self.churn()?;
-        let cpu_seconds = process_usage(attached.child.id()).0 - cpu_before;
-        let programs = if stats {
-            program_stats(attached.child.id())?
-        } else {
-            BTreeMap::new()
-        };
-        attached.stop()?;
+        let (connections, cpu_seconds, programs) = attached.churn(self, stats)?;
         let out = std::fs::read(&attached.out)?;
         let lost = stop_line_number(&attached.stderr()?, "Lost").unwrap_or(0);
         let events = if contender == Contender::BpftraceCount {
@@ -497,6 +484,26 @@ impl Attached {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Churns once while attached, then stops the process: connections completed, the
+    /// process's CPU seconds meanwhile, and with `stats` its BPF programs' run time.
+    fn churn(
+        &mut self,
+        bench: &Bench<'_>,
+        stats: bool,
+    ) -> anyhow::Result<(u64, f64, ProgramStats)> {
+        let pid = self.child.id();
+        let cpu_before = process_usage(pid).0;
+        let connections = bench.churn()?;
+        let cpu_seconds = process_usage(pid).0 - cpu_before;
+        let programs = if stats {
+            program_stats(pid)?
+        } else {
+            BTreeMap::new()
+        };
+        self.stop()?;
+        Ok((connections, cpu_seconds, programs))
     }
 
     /// Stops the process with SIGINT, as Ctrl-C does, and waits for it.
@@ -627,7 +634,7 @@ pub fn isolate_network() -> anyhow::Result<()> {
 
 /// Run time (ns) and run count of each BPF program process `pid` holds, by program name,
 /// from its fdinfo (the counts exist while BPF statistics are enabled).
-fn program_stats(pid: u32) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+fn program_stats(pid: u32) -> anyhow::Result<ProgramStats> {
     let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
