@@ -144,6 +144,9 @@ impl Filters {
     }
 }
 
+/// The most CPUs the wakeup threshold is shared among (see [`RingConfig::with_bytes`]).
+const WAKING_CPUS: u32 = 16;
+
 /// Sizes of the ring buffer and its wakeup threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingConfig {
@@ -157,14 +160,16 @@ impl RingConfig {
     /// A ring of `bytes` on a machine of `cpus` possible CPUs. The probe wakes the reader
     /// once a quarter of the ring, at most 256 KiB, may be pending, each CPU after its share
     /// of that: under load one wakeup per ~1000 events per CPU instead of one per event, and
-    /// room left for the burst that arrives before the reader runs.
+    /// room left for the burst that arrives before the reader runs. The share counts at most
+    /// [`WAKING_CPUS`] CPUs, so that a large machine is not woken every few events; there the
+    /// reader's own short poll bounds what is pending.
     pub fn with_bytes(bytes: u32, cpus: u32) -> Self {
         let pending = (bytes / 4).min(256 << 10);
         // Each record carries the ring's 8-byte header.
         let record = TRANSITION_EVENT_SIZE as u32 + 8;
         Self {
             bytes,
-            wakeup_events: (pending / record / cpus.max(1)).max(1),
+            wakeup_events: (pending / record / cpus.clamp(1, WAKING_CPUS)).max(1),
         }
     }
 }
@@ -831,6 +836,18 @@ mod tests {
         );
         assert_eq!(TransitionMechanism::TpBtf.program(), "set_state_btf");
         assert_eq!(TransitionMechanism::Tracepoint.program(), TRACEPOINT.1);
+    }
+
+    #[test]
+    fn each_cpu_wakes_the_reader_after_its_share_of_a_quarter_ring() {
+        // 16 MiB: 256 KiB may be pending, 2,730 records of 96 bytes.
+        assert_eq!(RingConfig::with_bytes(16 << 20, 1).wakeup_events, 2730);
+        assert_eq!(RingConfig::with_bytes(16 << 20, 2).wakeup_events, 1365);
+        // A large machine shares it among 16, not one wakeup per few events.
+        assert_eq!(RingConfig::with_bytes(16 << 20, 256).wakeup_events, 170);
+        // A 4 KiB ring: 1 KiB, ten records; never fewer than one.
+        assert_eq!(RingConfig::with_bytes(4096, 2).wakeup_events, 5);
+        assert_eq!(RingConfig::with_bytes(4096, 64).wakeup_events, 1);
     }
 
     #[test]
