@@ -224,8 +224,11 @@ pub struct SockOffsets {
     pub saddr_v6: u16,
     /// `__sk_common.skc_v6_daddr` (16 bytes).
     pub daddr_v6: u16,
+    /// `task_struct.comm` (16 bytes), read through the current task's BTF pointer: two
+    /// loads, where `bpf_get_current_comm` costs a helper call and a string copy.
+    pub task_comm: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 18);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 20);
 
 /// Largest tracepoint record the probe copies; offsets beyond it are refused in userspace.
 pub const MAX_RECORD_LEN: usize = 128;
@@ -302,6 +305,7 @@ impl ProbeConfig {
                 daddr: 0,
                 saddr_v6: 0,
                 daddr_v6: 0,
+                task_comm: 0,
             },
         }
     }

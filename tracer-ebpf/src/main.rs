@@ -331,6 +331,19 @@ impl Transition for Sock {
         // SAFETY: as in `read`; `net` is the kernel's `struct net *` of the socket.
         unsafe { core::ptr::read(net.add(off.net_inum as usize).cast::<u32>()) }
     }
+    #[inline(always)]
+    unsafe fn comm(&self, comm: *mut [u64; 2]) {
+        // SAFETY: the current task's trusted BTF pointer, read like the socket in `read`
+        // at `task_struct.comm`, which the kernel keeps NUL-terminated and NUL-padded.
+        unsafe {
+            let task = gen::bpf_get_current_task_btf() as *const u8;
+            let at = task.add(self.off.task_comm as usize);
+            comm.write([
+                core::ptr::read(at.cast::<u64>()),
+                core::ptr::read(at.add(8).cast::<u64>()),
+            ]);
+        }
+    }
 }
 
 /// Where the tracepoint record's fields are read from.
@@ -420,6 +433,19 @@ trait Transition {
     #[inline(always)]
     fn netns(&self, cfg: &ProbeConfig, skaddr: u64) -> u32 {
         netns_of(cfg, skaddr)
+    }
+    /// Writes the current task's name, NUL-padded, or zeros when unreadable.
+    ///
+    /// # Safety
+    /// `comm` must be valid for writing `COMM_LEN` bytes, aligned to 8.
+    #[inline(always)]
+    unsafe fn comm(&self, comm: *mut [u64; 2]) {
+        // SAFETY: the caller's promise; the helper writes at most COMM_LEN bytes.
+        unsafe {
+            if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
+                comm.write([0, 0]);
+            }
+        }
     }
 }
 
@@ -529,10 +555,7 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
         addr_of_mut!((*ev).daddr).cast::<[u64; 2]>().write(daddr);
         addr_of_mut!((*ev).netns).write(netns);
         addr_of_mut!((*ev).reserved).write(0);
-        let comm = addr_of_mut!((*ev).comm);
-        if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
-            comm.cast::<[u64; 2]>().write([0, 0]);
-        }
+        t.comm(addr_of_mut!((*ev).comm).cast());
     }
     entry.submit(wakeup_flags(&cfg));
     Ok(())

@@ -89,7 +89,8 @@ pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
 /// past the end of `struct sock`, where the verifier refuses loads through a `sock *`; the
 /// kernel sets `skc_rcv_saddr` together with it (bind, connect, accept), so the program
 /// reads that. The local port's twin, `skc_num`, is cleared before the move to CLOSE, so
-/// the program copies `inet_sport` with a helper only when `skc_num` reads 0.
+/// the program copies `inet_sport` with a helper only when `skc_num` reads 0. The current
+/// task's name is read the same way, through its BTF pointer.
 pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
     let at = |structure: &str, path: &[&str]| {
         let o = member_offset(data, structure, path)?;
@@ -108,6 +109,7 @@ pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
         daddr: common("skc_daddr")?,
         saddr_v6: common("skc_v6_rcv_saddr")?,
         daddr_v6: common("skc_v6_daddr")?,
+        task_comm: at("task_struct", &["comm"])?,
     })
 }
 
@@ -370,6 +372,10 @@ pub(crate) mod tests {
             "{sock:?}"
         );
         assert!(sock.saddr_v6.is_multiple_of(8) && sock.daddr_v6.is_multiple_of(8));
+        assert!(
+            sock.task_comm > 256 && sock.task_comm.is_multiple_of(8),
+            "{sock:?}"
+        );
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(
