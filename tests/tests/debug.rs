@@ -68,7 +68,7 @@ fn the_verifier_takes_the_logging_code_wherever_it_takes_the_probe() {
         return;
     }
     // The same mechanisms attach with logging compiled in as without it.
-    for forced in ["tracepoint", "fentry", "kprobe"] {
+    for forced in ["tp_btf", "tracepoint", "fentry", "kprobe"] {
         let io_probes = |debug: &str| {
             let tracer = Tracer::start_with_env(
                 &["--duration", "1s"],

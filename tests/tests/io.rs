@@ -103,6 +103,15 @@ fn forced_mechanism(test: &str, forced: &str, hooks: &[&str]) {
 }
 
 #[test]
+fn forced_tp_btf() {
+    forced_mechanism(
+        "forced_tp_btf",
+        "tp_btf",
+        &["tp_btf:sock_recv_length", "tp_btf:sock_send_length"],
+    );
+}
+
+#[test]
 fn forced_tracepoints() {
     forced_mechanism(
         "forced_tracepoints",
@@ -173,7 +182,7 @@ fn an_unknown_mechanism_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(
         stderr,
-        "tracer: error: TRACER_IO_PROBES=fexit is not one of auto, tracepoint, fentry, kprobe, \
+        "tracer: error: TRACER_IO_PROBES=fexit is not one of auto, tp_btf, tracepoint, fentry, kprobe, \
          none\n"
     );
 }

@@ -60,15 +60,15 @@ fn assert_owned_by_me(r: &Value, fd: i32) {
 }
 
 /// Checks that the start record names the best send/receive hooks: the tracepoints where
-/// the kernel has them (6.3+), else fentry/fexit or kprobes (this suite's `last_io` checks
-/// need one of them).
+/// the kernel has them (6.3+), BTF-enabled (every kernel this suite runs on has BTF), else
+/// fentry/fexit or kprobes (this suite's `last_io` checks need one of them).
 fn assert_best_io_probes(start: &Value) {
     let io = &start["attached"]["io_probes"];
     if Path::new("/sys/kernel/tracing/events/sock/sock_recv_length").exists() {
         assert_eq!(
             io,
-            &serde_json::json!(["sock:sock_recv_length", "sock:sock_send_length"]),
-            "the send/receive tracepoints (Linux 6.3+) come first"
+            &serde_json::json!(["tp_btf:sock_recv_length", "tp_btf:sock_send_length"]),
+            "the send/receive tracepoints (Linux 6.3+), BTF-enabled, come first"
         );
     } else {
         assert!(

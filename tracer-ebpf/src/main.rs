@@ -332,17 +332,8 @@ impl Transition for Sock {
         unsafe { core::ptr::read(net.add(off.net_inum as usize).cast::<u32>()) }
     }
     #[inline(always)]
-    unsafe fn comm(&self, comm: *mut [u64; 2]) {
-        // SAFETY: the current task's trusted BTF pointer, read like the socket in `read`
-        // at `task_struct.comm`, which the kernel keeps NUL-terminated and NUL-padded.
-        unsafe {
-            let task = gen::bpf_get_current_task_btf() as *const u8;
-            let at = task.add(self.off.task_comm as usize);
-            comm.write([
-                core::ptr::read(at.cast::<u64>()),
-                core::ptr::read(at.add(8).cast::<u64>()),
-            ]);
-        }
+    fn comm(&self, comm: *mut [u64; 2]) {
+        task_comm(self.off.task_comm, comm)
     }
 }
 
@@ -434,18 +425,42 @@ trait Transition {
     fn netns(&self, cfg: &ProbeConfig, skaddr: u64) -> u32 {
         netns_of(cfg, skaddr)
     }
-    /// Writes the current task's name, NUL-padded, or zeros when unreadable.
-    ///
-    /// # Safety
-    /// `comm` must be valid for writing `COMM_LEN` bytes, aligned to 8.
+    /// Writes the current task's name into `comm`, a record's aligned 16 bytes.
     #[inline(always)]
-    unsafe fn comm(&self, comm: *mut [u64; 2]) {
-        // SAFETY: the caller's promise; the helper writes at most COMM_LEN bytes.
-        unsafe {
-            if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
-                comm.write([0, 0]);
-            }
+    fn comm(&self, comm: *mut [u64; 2]) {
+        helper_comm(comm)
+    }
+}
+
+/// Writes the current task's name into `comm` (aligned, [`COMM_LEN`] bytes) with the helper
+/// that every program type may call: NUL-padded, or zeros when it fails. Going through
+/// `bpf_get_current_comm()`'s Result instead costs byte-wise copies and memset calls.
+#[inline(always)]
+fn helper_comm(comm: *mut [u64; 2]) {
+    // SAFETY: every caller passes a record's or a local's aligned 16-byte name field; the
+    // helper writes at most COMM_LEN bytes.
+    unsafe {
+        if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
+            comm.write([0, 0]);
         }
+    }
+}
+
+/// Writes the current task's name into `comm` (aligned, [`COMM_LEN`] bytes) with two loads
+/// through the task's BTF pointer at `task_struct.comm` (`offset`, from kernel BTF), which
+/// the kernel keeps NUL-terminated and NUL-padded: the helper and its string copy were a
+/// quarter of the transition program. For BTF-enabled programs (`tp_btf`) only.
+#[inline(always)]
+fn task_comm(offset: u16, comm: *mut [u64; 2]) {
+    // SAFETY: the current task's trusted BTF pointer, read like the socket in `Sock::read`;
+    // `comm` as in `helper_comm`.
+    unsafe {
+        let task = gen::bpf_get_current_task_btf() as *const u8;
+        let at = task.add(offset as usize);
+        comm.write([
+            core::ptr::read(at.cast::<u64>()),
+            core::ptr::read(at.add(8).cast::<u64>()),
+        ]);
     }
 }
 
@@ -555,8 +570,9 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
         addr_of_mut!((*ev).daddr).cast::<[u64; 2]>().write(daddr);
         addr_of_mut!((*ev).netns).write(netns);
         addr_of_mut!((*ev).reserved).write(0);
-        t.comm(addr_of_mut!((*ev).comm).cast());
     }
+    // The record's name field: 8-byte aligned, 16 bytes.
+    t.comm(unsafe { addr_of_mut!((*ev).comm) }.cast());
     entry.submit(wakeup_flags(&cfg));
     Ok(())
 }
@@ -698,7 +714,52 @@ fn try_sock_io_length(ctx: &TracePointContext, recv: bool) -> Result<(), IoSkip>
     } else {
         IO_SEND
     };
-    note_io(sk, op)
+    note_io(sk, op, helper_comm)
+}
+
+/// `tp_btf/sock_recv_length`: the same tracepoint as `sock_recv_length`, BTF-enabled. The
+/// kernel hands over its arguments as they are instead of filling a trace record first,
+/// which was half of the classic program's cost; the socket is read at offsets from BTF.
+/// Named apart within the kernel's 15 characters.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_btf(ctx: BtfTracePointContext) -> i32 {
+    noted(&ctx, "sock_recv_btf", try_sock_io_btf(&ctx, true));
+    0
+}
+
+/// `tp_btf/sock_send_length`, as [`sock_recv_btf`].
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_btf(ctx: BtfTracePointContext) -> i32 {
+    noted(&ctx, "sock_send_btf", try_sock_io_btf(&ctx, false));
+    0
+}
+
+/// `sock_recv_length(sk, ret, flags)` / `sock_send_length(sk, ret, flags)`: every socket's
+/// sends and receives, TCP's among them.
+#[inline(always)]
+fn try_sock_io_btf(ctx: &BtfTracePointContext, recv: bool) -> Result<(), IoSkip> {
+    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
+    let off = unsafe { core::ptr::read_volatile(&CONFIG.sock_offsets) };
+    // SAFETY: the tracepoint's arguments, each in a u64 slot.
+    let (sk, ret, flags) = unsafe {
+        (
+            ctx.arg::<*const u8>(0),
+            ctx.arg::<u64>(1) as i32,
+            ctx.arg::<u64>(2),
+        )
+    };
+    let sock = Sock {
+        sk,
+        oldstate: 0,
+        newstate: 0,
+        off,
+    };
+    let (protocol, family) = sock.proto_family().map_err(|_| IoSkip::Unreadable)?;
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return Err(IoSkip::NotTcp);
+    }
+    let op = if recv { recv_op(ret, flags) } else { IO_SEND };
+    note_io(sk as u64, op, |comm| task_comm(off.task_comm, comm))
 }
 
 #[fexit(function = "tcp_recvmsg")]
@@ -720,7 +781,7 @@ fn try_tcp_recvmsg_fexit(ctx: &FExitContext) -> Result<(), IoSkip> {
         return Err(IoSkip::Unreadable);
     }
     let ret: i32 = ctx.ret().map_err(|_| IoSkip::Unreadable)?;
-    note_io(sk, recv_op(ret, flags))
+    note_io(sk, recv_op(ret, flags), helper_comm)
 }
 
 #[fentry(function = "tcp_sendmsg")]
@@ -732,7 +793,7 @@ pub fn tcp_sendmsg_fentry(ctx: FEntryContext) -> i32 {
 /// On entry to `tcp_sendmsg(sk, msg, size)`, whose signature has not changed since 4.x.
 #[inline(always)]
 fn try_tcp_sendmsg_fentry(ctx: &FEntryContext) -> Result<(), IoSkip> {
-    note_io(ctx.arg(0), IO_SEND)
+    note_io(ctx.arg(0), IO_SEND, helper_comm)
 }
 
 #[kprobe]
@@ -779,7 +840,7 @@ fn try_tcp_recvmsg_kretprobe(ctx: &RetProbeContext) -> Result<(), IoSkip> {
         .ok_or(IoSkip::NoEntry)?;
     let _ = RECV_ARGS.remove(&id);
     let ret: i32 = ctx.ret();
-    note_io(args.sk, recv_op(ret, args.flags))
+    note_io(args.sk, recv_op(ret, args.flags), helper_comm)
 }
 
 #[kprobe]
@@ -791,7 +852,7 @@ pub fn tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
 /// On entry to `tcp_sendmsg(sk, msg, size)`.
 #[inline(always)]
 fn try_tcp_sendmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
-    note_io(ctx.arg(0).ok_or(IoSkip::Unreadable)?, IO_SEND)
+    note_io(ctx.arg(0).ok_or(IoSkip::Unreadable)?, IO_SEND, helper_comm)
 }
 
 /// `CONFIG.recv_flags_arg`, read as the verifier's constant.
@@ -816,7 +877,7 @@ fn recv_op(ret: i32, flags: u64) -> u32 {
 /// every send and receive on the machine, so the common case (the same process again) is
 /// one lookup and two stores in place; only a new socket or a new process costs an insert.
 #[inline(always)]
-fn note_io(sk: u64, op: u32) -> Result<(), IoSkip> {
+fn note_io(sk: u64, op: u32, comm: impl FnOnce(*mut [u64; 2])) -> Result<(), IoSkip> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // (The cheaper coarse clock is refused in tracing programs.)
     // SAFETY: a helper without arguments or preconditions.
@@ -834,14 +895,13 @@ fn note_io(sk: u64, op: u32) -> Result<(), IoSkip> {
     }
     let mut io = MaybeUninit::<SocketIo>::uninit();
     let p = io.as_mut_ptr();
-    // SAFETY: every field of `p`, a local, is written before it is read: the helper fills
-    // all of `comm`, padding the name with zeros, or zeroes it on failure. Going through
-    // `bpf_get_current_comm()`'s Result instead costs byte-wise copies and memset calls.
+    // SAFETY: every field of `p`, a local, is written before it is read; `comm` fills all
+    // of the name (see `helper_comm`).
     let io = unsafe {
         addr_of_mut!((*p).ts_ns).write(now);
         addr_of_mut!((*p).pid).write(pid);
         addr_of_mut!((*p).op).write(op);
-        gen::bpf_get_current_comm(addr_of_mut!((*p).comm).cast(), COMM_LEN as u32);
+        comm(addr_of_mut!((*p).comm).cast());
         io.assume_init_ref()
     };
     SOCKET_IO.insert(&sk, io, 0).map_err(IoSkip::Map)

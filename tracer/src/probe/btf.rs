@@ -16,6 +16,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
@@ -247,6 +248,15 @@ pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError>
                 .map(str::to_owned)
         })
         .collect()
+}
+
+/// Whether the kernel has the tracepoint `name` for BTF-enabled programs (`tp_btf`): its
+/// BTF then types the arguments as `typedef ... btf_trace_<name>`, which the loader looks up.
+pub fn has_raw_tracepoint(data: &[u8], name: &str) -> Result<bool, BtfError> {
+    let btf = Btf::parse(data)?;
+    Ok(btf
+        .find(KIND_TYPEDEF, &format!("btf_trace_{name}"))
+        .is_some())
 }
 
 /// The byte offset of `path` (member names, one per level of nesting) in struct

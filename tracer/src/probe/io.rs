@@ -1,10 +1,12 @@
-//! The send/receive hooks behind a stuck socket's `last_io`: the best of three mechanisms
+//! The send/receive hooks behind a stuck socket's `last_io`: the best of four mechanisms
 //! the running kernel accepts, tried in order, each failure falling back to the next.
 //!
-//! 1. the tracepoints `sock:sock_recv_length` / `sock:sock_send_length` (Linux 6.3+);
-//! 2. fexit on `tcp_recvmsg` and fentry on `tcp_sendmsg` (BTF, BPF trampolines, and the
+//! 1. the tracepoints `sock:sock_recv_length` / `sock:sock_send_length` (Linux 6.3+),
+//!    BTF-enabled (`tp_btf`): the kernel hands over the socket without filling a record;
+//! 2. the same tracepoints, classic: where the kernel lacks BTF or refuses `tp_btf`;
+//! 3. fexit on `tcp_recvmsg` and fentry on `tcp_sendmsg` (BTF, BPF trampolines, and the
 //!    `bpf_get_func_arg/ret` helpers of Linux 5.17+);
-//! 3. kprobes: a kprobe and a kretprobe on `tcp_recvmsg`, a kprobe on `tcp_sendmsg`;
+//! 4. kprobes: a kprobe and a kretprobe on `tcp_recvmsg`, a kprobe on `tcp_sendmsg`;
 //!
 //! else none, and the warning says what is lost. All live in the one probe object; the
 //! programs of the mechanisms not used are never loaded.
@@ -21,6 +23,8 @@ use super::{btf, format, ProbeError};
 /// A way to see which process sends or receives on a TCP socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMechanism {
+    /// `tp_btf/sock_recv_length` and `tp_btf/sock_send_length`.
+    TpBtf,
     /// `sock:sock_recv_length` and `sock:sock_send_length`.
     Tracepoint,
     /// fexit on `tcp_recvmsg`, fentry on `tcp_sendmsg`.
@@ -31,7 +35,8 @@ pub enum IoMechanism {
 
 impl IoMechanism {
     /// Every mechanism, best first: the order they are tried in.
-    pub const ALL: [IoMechanism; 3] = [
+    pub const ALL: [IoMechanism; 4] = [
+        IoMechanism::TpBtf,
         IoMechanism::Tracepoint,
         IoMechanism::Fentry,
         IoMechanism::Kprobe,
@@ -40,6 +45,7 @@ impl IoMechanism {
     /// The name `TRACER_IO_PROBES` and `tracer doctor` use.
     pub fn name(self) -> &'static str {
         match self {
+            IoMechanism::TpBtf => "tp_btf",
             IoMechanism::Tracepoint => "tracepoint",
             IoMechanism::Fentry => "fentry",
             IoMechanism::Kprobe => "kprobe",
@@ -49,6 +55,7 @@ impl IoMechanism {
     /// The mechanism in words, for messages.
     pub fn described(self) -> &'static str {
         match self {
+            IoMechanism::TpBtf => "BTF-enabled tracepoints",
             IoMechanism::Tracepoint => "tracepoints",
             IoMechanism::Fentry => "fentry/fexit",
             IoMechanism::Kprobe => "kprobes",
@@ -58,6 +65,18 @@ impl IoMechanism {
     /// The programs this mechanism attaches, and where.
     pub fn hooks(self) -> &'static [Hook] {
         match self {
+            IoMechanism::TpBtf => &[
+                Hook {
+                    program: "sock_recv_btf",
+                    kind: HookKind::TpBtf,
+                    target: "sock_recv_length",
+                },
+                Hook {
+                    program: "sock_send_btf",
+                    kind: HookKind::TpBtf,
+                    target: "sock_send_length",
+                },
+            ],
             IoMechanism::Tracepoint => &[
                 Hook {
                     program: "sock_recv_length",
@@ -153,7 +172,7 @@ impl FromStr for IoChoice {
                 .map(IoChoice::Only)
                 .ok_or_else(|| {
                     format!(
-                        "{}={s} is not one of auto, tracepoint, fentry, kprobe, none",
+                        "{}={s} is not one of auto, tp_btf, tracepoint, fentry, kprobe, none",
                         Self::ENV
                     )
                 }),
@@ -213,8 +232,9 @@ pub struct IoPlan {
 }
 
 impl IoPlan {
-    /// Checks each mechanism `choice` allows, without loading anything.
-    pub fn new(choice: IoChoice, tracefs: &Path) -> IoPlan {
+    /// Checks each mechanism `choice` allows, without loading anything. `sock` is whether
+    /// the probe knows where the socket's fields are (from BTF), which `tp_btf` needs.
+    pub fn new(choice: IoChoice, tracefs: &Path, sock: Result<(), &btf::BtfError>) -> IoPlan {
         let mut plan = IoPlan {
             choice,
             candidates: Vec::new(),
@@ -223,6 +243,7 @@ impl IoPlan {
         };
         for m in choice.candidates() {
             let checked = match m {
+                IoMechanism::TpBtf => tp_btf_tracepoints(sock),
                 IoMechanism::Tracepoint => tracepoint_formats(tracefs),
                 IoMechanism::Fentry => recv_flags_from_btf(),
                 IoMechanism::Kprobe => {
@@ -339,6 +360,26 @@ fn tracepoint_formats(tracefs: &Path) -> Result<Option<u32>, String> {
         _ => Err(format!(
             "this kernel has no tracepoints {} (Linux 6.3+)",
             missing.join(" and ")
+        )),
+    }
+}
+
+/// Checks that the kernel's BTF has both send/receive tracepoints, and the probe the
+/// socket's field offsets.
+fn tp_btf_tracepoints(sock: Result<(), &btf::BtfError>) -> Result<Option<u32>, String> {
+    sock.map_err(|e| format!("the socket's fields are not known: {e}"))?;
+    let data = read_btf()?;
+    let mut missing = Vec::new();
+    for hook in IoMechanism::TpBtf.hooks() {
+        if !btf::has_raw_tracepoint(&data, hook.target).map_err(|e| e.to_string())? {
+            missing.push(hook.target);
+        }
+    }
+    match missing.len() {
+        0 => Ok(None),
+        _ => Err(format!(
+            "this kernel has no tracepoint {} (Linux 6.3+)",
+            missing.join(" or ")
         )),
     }
 }

@@ -383,7 +383,7 @@ impl Probe {
         // The configuration is frozen at load time, before any hook is tried: it is set
         // for what may work. If every candidate then fails, the transition program forgets
         // notes at births in an empty map, a cheap miss.
-        let plan = io::IoPlan::new(diagnostics.io, &tracefs.path);
+        let plan = io::IoPlan::new(diagnostics.io, &tracefs.path, sock.as_ref().map(|_| ()));
         let any_io = !plan.candidates.is_empty();
         config.io_hints = any_io as u32;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
@@ -599,16 +599,16 @@ impl Trial {
         // The smallest ring: a page.
         let ring = RingConfig::with_bytes(4096, 1);
         let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
-        let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path);
+        // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
+        let sock = std::fs::read(btf::VMLINUX)
+            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
+            .and_then(|data| btf::sock_offsets(&data));
+        if let Ok(off) = &sock {
+            config.sock_offsets = *off;
+        }
+        let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path, sock.as_ref().map(|_| ()));
         config.io_hints = 1;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
-        // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
-        if let Ok(off) = std::fs::read(btf::VMLINUX)
-            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
-            .and_then(|data| btf::sock_offsets(&data))
-        {
-            config.sock_offsets = off;
-        }
         privileges::raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
