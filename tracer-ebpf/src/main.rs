@@ -2,10 +2,10 @@
 //! state transition into a [`TransitionEvent`] in a ring buffer, after applying the user's
 //! filters so that unwanted events never leave the kernel; and programs that remember, per
 //! socket, the last process to receive or send on it ([`SocketIo`]), for userspace to read
-//! when it flags one. Those come in three interchangeable sets, of which userspace loads the
+//! when it flags one. Those come in four interchangeable sets, of which userspace loads the
 //! best one the running kernel accepts: the tracepoints `sock:sock_recv_length` /
-//! `sock:sock_send_length` (Linux 6.3+), fexit/fentry on `tcp_recvmsg` / `tcp_sendmsg`
-//! (BTF and trampolines), or kprobes on the same functions.
+//! `sock:sock_send_length` (Linux 6.3+), BTF-enabled or classic, fexit/fentry on
+//! `tcp_recvmsg` / `tcp_sendmsg` (BTF and trampolines), or kprobes on the same functions.
 #![no_std]
 #![no_main]
 
