@@ -386,6 +386,9 @@ pub(crate) mod tests {
             sock.task_comm > 256 && sock.task_comm.is_multiple_of(8),
             "{sock:?}"
         );
+        // The transition tracepoint is there for tp_btf on every kernel this project runs on.
+        assert_eq!(has_raw_tracepoint(&data, "inet_sock_set_state"), Ok(true));
+        assert_eq!(has_raw_tracepoint(&data, "no_such_tracepoint"), Ok(false));
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(
