@@ -5,8 +5,8 @@
 //! binary and test executables run in it as they are; its init (guest/init.sh) mounts
 //! what the tests need, runs them, and prints their exit status on the serial console.
 //! KVM is unusable on these machines (nested and paravirtual), so QEMU emulates the CPU
-//! (TCG): about 4 minutes per kernel. Kernels come from Debian's archive as packages,
-//! extracted into target/kernels/ (kept for later runs), never installed into /boot.
+//! (TCG): 11-13 minutes per kernel for 75 tests. Kernels come from Debian's archive as
+//! packages, extracted into target/kernels/ (kept for later runs), never installed into /boot.
 
 use std::{
     collections::BTreeMap,
@@ -579,7 +579,7 @@ fn boot(
         .stdout(Stdio::piped())
         .stderr(errors);
     eprintln!(
-        "xtask: booting {} under QEMU (TCG, about 4 minutes); console in {}",
+        "xtask: booting {} under QEMU (TCG, about 12 minutes for 75 tests); console in {}",
         kernel.describe(),
         log.display()
     );
