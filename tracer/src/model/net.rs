@@ -79,6 +79,12 @@ impl Comm {
         &self.bytes[..self.len as usize]
     }
 
+    /// All the bytes as the kernel gave them, and the name's length: for writers that copy
+    /// a fixed 16 bytes and keep `len`.
+    pub fn raw(&self) -> (&[u8; COMM_LEN], usize) {
+        (&self.bytes, self.len as usize)
+    }
+
     /// The name as text; bytes that are not UTF-8 are replaced.
     pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.bytes[..self.len as usize])

@@ -27,6 +27,25 @@ fn ip() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// A command name's 16 bytes: any bytes, or printable ASCII (the names writers copy as
+/// they are, quotes and backslashes among them) ended by a NUL and followed by anything.
+fn comm() -> impl Strategy<Value = [u8; 16]> {
+    prop_oneof![
+        any::<[u8; 16]>(),
+        (
+            proptest::collection::vec(b' '..=b'~', 0..=16),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(name, mut bytes)| {
+                bytes[..name.len()].copy_from_slice(&name);
+                if name.len() < 16 {
+                    bytes[name.len()] = 0;
+                }
+                bytes
+            }),
+    ]
+}
+
 /// Any transition: any times, ids and bytes of command name, no namespace, the tracer's
 /// own or another, and states known or not.
 pub fn transition() -> impl Strategy<Value = Transition> {
@@ -38,7 +57,7 @@ pub fn transition() -> impl Strategy<Value = Transition> {
             any::<u32>(),
             any::<u32>(),
         ),
-        any::<[u8; 16]>(),
+        comm(),
         prop_oneof![Just(0u32), Just(OWN_NETNS), any::<u32>()],
         (ip(), any::<u16>(), ip(), any::<u16>()),
         (0u8..16, 0u8..16),

@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+use super::line::Line;
+
 const SECS_PER_DAY: u64 = 86_400;
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -108,28 +110,17 @@ impl TimeOfDay {
 
 impl TimeOfDay {
     /// Writes what `Display` writes, without `fmt`: once per printed transition.
-    pub fn write_into(&self, out: &mut Vec<u8>) {
+    pub(super) fn write_into(&self, line: &mut Line<'_>) {
         let s = self.since_epoch.as_secs() % SECS_PER_DAY;
-        write_zero_padded(out, s / 3600, 2);
-        out.push(b':');
-        write_zero_padded(out, s % 3600 / 60, 2);
-        out.push(b':');
-        write_zero_padded(out, s % 60, 2);
+        line.zero_padded(s / 3600, 2);
+        line.byte(b':');
+        line.zero_padded(s % 3600 / 60, 2);
+        line.byte(b':');
+        line.zero_padded(s % 60, 2);
         if self.micros {
-            out.push(b'.');
-            write_zero_padded(out, self.since_epoch.subsec_micros().into(), 6);
+            line.byte(b'.');
+            line.zero_padded(self.since_epoch.subsec_micros().into(), 6);
         }
-    }
-}
-
-/// The last `width` decimal digits of `n`, with leading zeros, as `{:0width$}` writes a
-/// number that fits: fractions of a second and fields of a time of day.
-pub fn write_zero_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for d in out[start..].iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
     }
 }
 

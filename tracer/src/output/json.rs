@@ -11,14 +11,15 @@ use std::{
 use serde::{Serialize, Serializer};
 
 use super::{
-    clock::{self, Rfc3339},
+    clock::Rfc3339,
+    line::Line,
     summary::{self, Group, ServicePort},
     text, Outcome, Page, Render, SocketReport, Summary,
 };
 use crate::{
     attribute::container::Container,
     decode::Transition,
-    model::{Comm, Origin, Owner, PidHint, Socket, State},
+    model::{Comm, Family, Origin, Owner, PidHint, Socket, State},
     probe::SkipCounts,
 };
 
@@ -701,46 +702,55 @@ impl Render for Json {
 impl Json {
     /// Writes the `transition` record of `t`, which happened at `at`, as serde would write
     /// it (the README documents its fields; a test holds the two to the same bytes), but
-    /// field by field into `out`: `--events --format json` writes one per transition, and
-    /// serde's and `fmt`'s general machinery cost several times more.
+    /// field by field in place (see [`Line`]): `--events --format json` writes one per
+    /// transition, and serde's and `fmt`'s general machinery cost several times more.
     fn write_transition(&mut self, out: &mut Vec<u8>, t: &Transition, at: SystemTime) {
-        let mut n = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"type\":\"transition\",\"time\":\"");
-        self.write_time(out, at);
-        out.extend_from_slice(b"\",\"ts_ns\":");
-        out.extend_from_slice(n.format(t.ts_ns).as_bytes());
-        out.extend_from_slice(b",\"netns\":");
+        let mut line = Line::new(out);
+        line.text(b"{\"type\":\"transition\",\"time\":\"");
+        self.write_time(&mut line, at);
+        line.text(b"\",\"ts_ns\":");
+        line.uint(t.ts_ns);
+        line.text(b",\"netns\":");
         match t.netns {
-            0 => out.extend_from_slice(b"null"),
-            inode => out.extend_from_slice(n.format(inode).as_bytes()),
+            0 => line.text(b"null"),
+            inode => line.uint(inode.into()),
         }
-        out.extend_from_slice(b",\"family\":\"");
-        out.extend_from_slice(t.family.name().as_bytes());
-        out.extend_from_slice(b"\",\"saddr\":\"");
-        write_ip(out, t.saddr);
-        out.extend_from_slice(b"\",\"sport\":");
-        out.extend_from_slice(n.format(t.sport).as_bytes());
-        out.extend_from_slice(b",\"daddr\":\"");
-        write_ip(out, t.daddr);
-        out.extend_from_slice(b"\",\"dport\":");
-        out.extend_from_slice(n.format(t.dport).as_bytes());
-        out.extend_from_slice(b",\"old\":\"");
-        write_state(out, t.old);
-        out.extend_from_slice(b"\",\"new\":\"");
-        write_state(out, t.new);
-        out.extend_from_slice(b"\",\"pid\":");
-        out.extend_from_slice(n.format(t.pid).as_bytes());
-        out.extend_from_slice(b",\"tid\":");
-        out.extend_from_slice(n.format(t.tid).as_bytes());
-        out.extend_from_slice(b",\"comm\":");
-        write_comm(out, &t.comm);
-        out.extend_from_slice(b",\"sk\":\"");
-        write_hex(out, t.sk);
-        out.extend_from_slice(b"\"}\n");
+        line.text(match t.family {
+            Family::Ipv4 => b",\"family\":\"ipv4\",\"saddr\":\"",
+            Family::Ipv6 => b",\"family\":\"ipv6\",\"saddr\":\"",
+        });
+        write_ip(&mut line, t.saddr);
+        line.text(b"\",\"sport\":");
+        line.uint(t.sport.into());
+        line.text(b",\"daddr\":\"");
+        write_ip(&mut line, t.daddr);
+        line.text(b"\",\"dport\":");
+        line.uint(t.dport.into());
+        line.text(b",\"old\":\"");
+        line.state(t.old);
+        line.text(b"\",\"new\":\"");
+        line.state(t.new);
+        line.text(b"\",\"pid\":");
+        line.uint(t.pid.into());
+        line.text(b",\"tid\":");
+        line.uint(t.tid.into());
+        line.text(b",\"comm\":\"");
+        if line.plain_comm(&t.comm).is_none() {
+            // Writing into a Vec cannot fail. Serde writes the opening quote again.
+            line.with_vec(|out| {
+                out.pop();
+                let _ = serde_json::to_writer(&mut *out, &*t.comm.to_str_lossy());
+                out.pop();
+            });
+        }
+        line.text(b"\",\"sk\":\"");
+        line.hex(t.sk);
+        line.text(b"\"}\n");
+        line.finish();
     }
 
     /// `at` as RFC 3339 with nanoseconds, as [`Rfc3339`] writes it.
-    fn write_time(&mut self, out: &mut Vec<u8>, at: SystemTime) {
+    fn write_time(&mut self, line: &mut Line<'_>, at: SystemTime) {
         let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
         let date = match self.second {
@@ -754,76 +764,33 @@ impl Json {
                 date
             }
         };
-        out.extend_from_slice(&date);
-        out.push(b'.');
-        clock::write_zero_padded(out, since.subsec_nanos().into(), 9);
-        out.push(b'Z');
+        line.text(&date);
+        line.byte(b'.');
+        line.zero_padded(since.subsec_nanos().into(), 9);
+        line.byte(b'Z');
     }
 }
 
 /// An address as its `Display` writes it; IPv4 without `fmt`.
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+fn write_ip(line: &mut Line<'_>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            let mut n = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(n.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
+        IpAddr::V4(v4) => line.ipv4(v4),
+        IpAddr::V6(v6) => line.with_vec(|out| {
             use std::io::Write as _;
             // Writing into a Vec cannot fail.
             let _ = write!(out, "{v6}");
-        }
+        }),
     }
 }
 
 /// An address and port as [`std::net::SocketAddr`]'s `Display` writes them.
-pub(super) fn write_socket_addr(out: &mut Vec<u8>, ip: IpAddr, port: u16) {
+pub(super) fn write_socket_addr(line: &mut Line<'_>, ip: IpAddr, port: u16) {
     if ip.is_ipv6() {
-        out.push(b'[');
+        line.byte(b'[');
     }
-    write_ip(out, ip);
-    out.extend_from_slice(if ip.is_ipv6() { b"]:" } else { b":" });
-    out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
-}
-
-/// A state's name as its `Display` writes it.
-pub(super) fn write_state(out: &mut Vec<u8>, state: State) {
-    match state.known() {
-        Some(s) => out.extend_from_slice(s.name().as_bytes()),
-        None => {
-            out.extend_from_slice(b"STATE_");
-            out.extend_from_slice(itoa::Buffer::new().format(state.0).as_bytes());
-        }
-    }
-}
-
-/// A command name as a JSON string: as is when it needs no escaping, the common case.
-fn write_comm(out: &mut Vec<u8>, comm: &Comm) {
-    let s = comm.to_str_lossy();
-    if s.bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &*s);
-    }
-}
-
-/// `0x` and the lowercase hex digits, as `{:#x}` writes them.
-fn write_hex(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(b"0x");
-    let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(b"0123456789abcdef"[(value >> (i * 4)) as usize & 0xf]);
-    }
+    write_ip(line, ip);
+    line.text(if ip.is_ipv6() { b"]:" } else { b":" });
+    line.uint(port.into());
 }
 
 /// A namespace inode as JSON gives it: `null` for 0, unknown.

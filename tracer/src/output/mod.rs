@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod json;
+mod line;
 pub mod queue;
 pub mod summary;
 pub mod text;

@@ -15,6 +15,7 @@ use super::{
     clock::{self, Date, Rfc3339, TimeOfDay},
     json,
     json::{Offender, Reconciled, ReportInfo, StartInfo, StateTime, StopInfo, TransitionCount},
+    line::Line,
     summary::{self, Group, GroupKey, ServicePort},
     Outcome, Page, Render, SocketReport, Summary, SummaryReason,
 };
@@ -61,8 +62,6 @@ pub struct Text {
     /// The groups of the last summary printed in full, and their counts: what a summary is
     /// compared with, and whose advice was given.
     summarized: BTreeMap<GroupKey, usize>,
-    /// Room to write an address in before it is padded, reused.
-    scratch: Vec<u8>,
 }
 
 /// Which alert a batch folds.
@@ -98,7 +97,6 @@ impl Text {
             batch: Vec::new(),
             batch_index: HashMap::new(),
             summarized: BTreeMap::new(),
-            scratch: Vec::new(),
         }
     }
 
@@ -359,40 +357,44 @@ impl Render for Text {
         // and `fmt`'s padding machinery costs several times more (a test holds the two to
         // the same bytes).
         let time = self.stamp(page, page.clock.at(t.ts_ns), true)?;
-        let out = &mut page.out;
+        let mut line = Line::new(&mut page.out);
         match time {
-            Stamp::Clock(t) => t.write_into(out),
-            Stamp::Full(t) => write!(out, "{t}")?,
+            Stamp::Clock(t) => t.write_into(&mut line),
+            Stamp::Full(t) => line.with_vec(|out| {
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{t}");
+            }),
         }
-        out.push(b' ');
-        pad(
-            out,
-            itoa::Buffer::new().format(t.pid).as_bytes(),
-            7,
-            Align::Right,
-        );
-        out.push(b' ');
-        let comm = t.comm.to_str_lossy();
-        pad(out, comm.as_bytes(), 16, Align::Left);
-        out.push(b' ');
-        self.scratch.clear();
-        json::write_socket_addr(&mut self.scratch, t.saddr, t.sport);
-        pad(out, &self.scratch, 21, Align::Right);
-        out.push(b' ');
-        out.extend_from_slice(arrow(opened_by(t)).as_bytes());
-        out.push(b' ');
-        self.scratch.clear();
-        json::write_socket_addr(&mut self.scratch, t.daddr, t.dport);
-        pad(out, &self.scratch, 21, Align::Left);
-        out.push(b' ');
-        json::write_state(out, t.old);
-        out.extend_from_slice(b" -> ");
-        json::write_state(out, t.new);
+        line.byte(b' ');
+        let start = line.at();
+        line.uint(t.pid.into());
+        line.pad(start, 7, true);
+        line.byte(b' ');
+        let start = line.at();
+        match line.plain_comm(&t.comm) {
+            Some(()) => line.pad(start, 16, false),
+            None => line.with_vec(|out| pad_left(out, t.comm.to_str_lossy().as_bytes(), 16)),
+        }
+        line.byte(b' ');
+        let start = line.at();
+        json::write_socket_addr(&mut line, t.saddr, t.sport);
+        line.pad(start, 21, true);
+        line.byte(b' ');
+        line.text(arrow(opened_by(t)).as_bytes());
+        line.byte(b' ');
+        let start = line.at();
+        json::write_socket_addr(&mut line, t.daddr, t.dport);
+        line.pad(start, 21, false);
+        line.byte(b' ');
+        line.state(t.old);
+        line.text(b" -> ");
+        line.state(t.new);
         if t.netns != 0 && t.netns != self.style.own_netns {
-            out.extend_from_slice(b" netns ");
-            out.extend_from_slice(itoa::Buffer::new().format(t.netns).as_bytes());
+            line.text(b" netns ");
+            line.uint(t.netns.into());
         }
-        out.push(b'\n');
+        line.byte(b'\n');
+        line.finish();
         Ok(())
     }
 
@@ -794,31 +796,18 @@ pub(super) fn fd_usage(count: usize, limit: Option<u64>) -> String {
     }
 }
 
+/// `text` (UTF-8) padded with spaces to `width` characters, as `{:<width}` pads what it
+/// writes.
+fn pad_left(out: &mut Vec<u8>, text: &[u8], width: usize) {
+    // Characters, not bytes: a UTF-8 continuation byte starts none.
+    let chars = text.iter().filter(|&&b| b & 0xc0 != 0x80).count();
+    out.extend_from_slice(text);
+    out.resize(out.len() + width.saturating_sub(chars), b' ');
+}
+
 /// The arrow between the local and the remote end, on every line: it points from the side
 /// that connected. `<-` accepted from the remote end, `->` connected by this host, `--`
 /// not known (or a listener, which has no peer).
-/// Which side [`pad`] fills.
-#[derive(Clone, Copy)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// `text` (UTF-8) padded with spaces to `width` characters, as `{:<width}` and `{:>width}`
-/// pad what they write.
-fn pad(out: &mut Vec<u8>, text: &[u8], width: usize, align: Align) {
-    // Characters, not bytes: a UTF-8 continuation byte starts none.
-    let chars = text.iter().filter(|&&b| b & 0xc0 != 0x80).count();
-    let fill = width.saturating_sub(chars);
-    if let Align::Right = align {
-        out.resize(out.len() + fill, b' ');
-    }
-    out.extend_from_slice(text);
-    if let Align::Left = align {
-        out.resize(out.len() + fill, b' ');
-    }
-}
-
 fn arrow(origin: Origin) -> &'static str {
     match origin {
         Origin::Accepted => "<-",
