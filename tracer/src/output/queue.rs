@@ -335,25 +335,12 @@ mod tests {
         assert!(got.lock().unwrap().is_empty());
     }
 
-    /// A stream that keeps what it got.
-    struct Kept(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Kept {
-        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn chunks_small_and_large_arrive_whole_and_in_order() {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let mut q = Queued::spawn(Kept(Arc::clone(&got))).unwrap();
+        // The stream is stalled while everything is written, so chunks pile up waiting.
+        let (mut q, go, got) = gated();
         let mut sent = Vec::new();
-        // Sizes around SMALL and CHUNK, flushed or not, while the thread writes.
+        // Sizes around SMALL and CHUNK, flushed or not.
         for i in 0..400usize {
             let len = [1, SMALL - 1, SMALL, CHUNK - 1, CHUNK + 1, 3 * CHUNK][i % 6] + i;
             let data: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
@@ -362,6 +349,14 @@ mod tests {
             if i % 3 != 0 {
                 q.flush().unwrap();
             }
+        }
+        assert!(
+            q.shared.lock().pending.len() > 100,
+            "chunks did not pile up"
+        );
+        // One go per write the stream is asked for: one per chunk at most.
+        for _ in 0..1000 {
+            go.send(()).unwrap();
         }
         q.close(Instant::now() + Duration::from_secs(30)).unwrap();
         assert!(*got.lock().unwrap() == sent, "the stream got other bytes");
