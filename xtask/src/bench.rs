@@ -128,6 +128,8 @@ struct Traced {
     /// Transitions the contender saw (delivered to userspace, or counted in the kernel).
     events: Option<u64>,
     lost: Option<u64>,
+    /// Entries a recording left out (the disk fell behind); none for other contenders.
+    unrecorded: u64,
     /// CPU seconds its userspace process used during the churn.
     cpu_seconds: Option<f64>,
     /// Per BPF program name: run time (ns) and runs, when statistics are on.
@@ -259,6 +261,7 @@ impl Bench<'_> {
             let runs = totals.remove(&contender).unwrap_or_default();
             let events: Option<u64> = runs.iter().map(|t| t.events).sum();
             let lost: Option<u64> = runs.iter().map(|t| t.lost).sum();
+            let unrecorded: u64 = runs.iter().map(|t| t.unrecorded).sum();
             let cpu: Option<f64> = runs.iter().map(|t| t.cpu_seconds).sum();
             let user = match (cpu, events) {
                 (Some(cpu), Some(events)) if events > 0 => {
@@ -282,7 +285,11 @@ impl Bench<'_> {
                     "{:.0}k",
                     e as f64 / (secs * runs.len().max(1) as f64) / 1000.0
                 )),
-                lost.map_or("-".to_owned(), |l| l.to_string()),
+                match (lost, unrecorded) {
+                    (None, _) => "-".to_owned(),
+                    (Some(l), 0) => l.to_string(),
+                    (Some(l), u) => format!("{l} (and {u} not recorded)"),
+                },
                 user,
                 kernel
             );
@@ -346,6 +353,7 @@ impl Bench<'_> {
             connections,
             events: Some(events),
             lost: Some(0),
+            unrecorded: 0,
             cpu_seconds: None,
             programs,
         })
@@ -377,15 +385,20 @@ impl Bench<'_> {
             }
         })?;
         let (connections, cpu_seconds, programs) = attached.churn(self, stats)?;
-        let (events, lost) = if json {
+        let (events, lost, unrecorded) = if json {
             let stop = attached.last_line()?;
             let stop: serde_json::Value = serde_json::from_str(&stop).with_context(|| {
                 format!("the tracer's last line is not its stop record: {stop}")
             })?;
             let field = |name: &str| stop.get(name).and_then(serde_json::Value::as_u64);
-            (field("events"), field("lost"))
+            (
+                field("events"),
+                field("lost"),
+                field("unrecorded").unwrap_or(0),
+            )
         } else {
-            stop_line_totals(&attached.stderr()?)
+            let (events, lost) = stop_line_totals(&attached.stderr()?);
+            (events, lost, 0)
         };
         if events.is_none() {
             bail!(
@@ -398,6 +411,7 @@ impl Bench<'_> {
             connections,
             events,
             lost,
+            unrecorded,
             cpu_seconds: Some(cpu_seconds),
             programs,
         })
@@ -433,6 +447,7 @@ impl Bench<'_> {
             connections,
             events,
             lost: Some(lost),
+            unrecorded: 0,
             cpu_seconds: Some(cpu_seconds),
             programs,
         })

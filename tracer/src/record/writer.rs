@@ -1,8 +1,10 @@
 //! Writes a recording while `tracer watch` runs, without slowing it down.
 //!
 //! The watch loop queues entries in a chunk (a copy each) and hands each chunk to a writer
-//! thread, which owns the file: encodes (about 90 ns per transition), writes, runs
-//! `fdatasync` once a second, and rotates. If the disk cannot keep up and chunks pile up,
+//! thread, which owns the file: encodes (about 90 ns per transition), writes, has the data
+//! forced to disk once a second (`fdatasync`, on a thread of its own: under load one took
+//! up to a second, and chunks piled up behind it), and rotates. If the disk cannot keep
+//! up and chunks pile up,
 //! a chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says
 //! how many entries are missing.
 //!
@@ -598,6 +600,7 @@ fn write_loop(
     mut budget: Budget,
 ) {
     let mut buf = Vec::with_capacity(1 << 20);
+    let mut syncer = Syncer::default();
     let mut synced = Instant::now();
     let mut dirty = false;
     let mut failed = false;
@@ -672,21 +675,101 @@ fn write_loop(
             fail(&mut sink, error, &mut buf, progress);
             stop_only(&mut sink, entries, &mut buf, progress, &mut budget);
         }
-        if dirty && !failed && synced.elapsed() >= SYNC_PERIOD {
-            if let Err(e) = sink.file.sync_data() {
+        if let Some(Err(e)) = syncer.ended() {
+            if !failed {
                 failed = true;
                 fail(&mut sink, e, &mut buf, progress);
             }
-            synced = Instant::now();
-            dirty = false;
+        }
+        if dirty && !failed && synced.elapsed() >= SYNC_PERIOD {
+            match syncer.start(&sink.file) {
+                Ok(false) => {}
+                Ok(true) => {
+                    synced = Instant::now();
+                    dirty = false;
+                }
+                Err(e) => {
+                    failed = true;
+                    fail(&mut sink, e, &mut buf, progress);
+                }
+            }
         }
     }
-    if !failed {
-        if let Err(e) = sink.file.sync_data() {
+    if let Err(e) = syncer.finish().and_then(|()| sink.file.sync_data()) {
+        if !failed {
             fail(&mut sink, e, &mut buf, progress);
         }
     }
     sink.trim();
+}
+
+/// The syncing thread: where files go to be synced, where results come back, its handle.
+type SyncThread = (SyncSender<File>, Receiver<io::Result<()>>, JoinHandle<()>);
+
+/// Runs `fdatasync` on a thread of its own, one at a time, so that the writer goes on
+/// writing while the disk catches up.
+#[derive(Default)]
+struct Syncer {
+    /// The thread, once started: files to sync go one way, results the other.
+    thread: Option<SyncThread>,
+    /// A sync was started and its result not yet taken.
+    busy: bool,
+}
+
+impl Syncer {
+    /// Starts forcing `file`'s data to disk; false when the sync before is still running.
+    fn start(&mut self, file: &File) -> io::Result<bool> {
+        if self.busy {
+            return Ok(false);
+        }
+        let (tx, ..) = match &mut self.thread {
+            Some(thread) => thread,
+            None => self.thread.insert(Self::spawn()?),
+        };
+        tx.send(file.try_clone()?)
+            .map_err(|_| io::Error::other("the thread that syncs the recording ended"))?;
+        self.busy = true;
+        Ok(true)
+    }
+
+    /// The thread: syncs each file it is sent and sends back the result.
+    fn spawn() -> io::Result<SyncThread> {
+        let (tx, files) = mpsc::sync_channel::<File>(1);
+        let (results, rx) = mpsc::sync_channel(1);
+        let handle = thread::Builder::new()
+            .name("tracer-sync".into())
+            .spawn(move || {
+                for file in files {
+                    if results.send(file.sync_data()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok((tx, rx, handle))
+    }
+
+    /// The result of the sync under way, once it has ended.
+    fn ended(&mut self) -> Option<io::Result<()>> {
+        let (_, rx, _) = self.thread.as_ref().filter(|_| self.busy)?;
+        let result = rx.try_recv().ok()?;
+        self.busy = false;
+        Some(result)
+    }
+
+    /// Waits for the sync under way, and ends the thread; the sync's error if it failed.
+    fn finish(&mut self) -> io::Result<()> {
+        let Some((tx, rx, handle)) = self.thread.take() else {
+            return Ok(());
+        };
+        drop(tx);
+        let result = match self.busy {
+            true => rx.recv().unwrap_or(Ok(())),
+            false => Ok(()),
+        };
+        self.busy = false;
+        let _ = handle.join();
+        result
+    }
 }
 
 /// Writing failed with `error`: notes it in the room kept, and tells the loop.
