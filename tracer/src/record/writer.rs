@@ -1049,3 +1049,44 @@ pub fn segment_path(path: &Path, n: u64) -> PathBuf {
     p.push(format!(".{n}"));
     PathBuf::from(p)
 }
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+
+    #[test]
+    fn one_sync_at_a_time_and_its_result_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("rec")).unwrap();
+        let mut syncer = Syncer::default();
+        assert!(syncer.ended().is_none(), "nothing started");
+        assert!(syncer.start(&file).unwrap());
+        assert!(
+            !syncer.start(&file).unwrap(),
+            "a second while the first runs"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            if let Some(r) = syncer.ended() {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "the sync never ended");
+            thread::sleep(Duration::from_millis(1));
+        };
+        result.unwrap();
+        assert!(syncer.start(&file).unwrap(), "the next once it ended");
+        syncer.finish().unwrap();
+        assert!(syncer.thread.is_none() && !syncer.busy);
+    }
+
+    #[test]
+    fn a_failed_sync_is_returned() {
+        // A pipe cannot be synced: fdatasync fails with EINVAL.
+        let (read, _write) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(read));
+        let mut syncer = Syncer::default();
+        assert!(syncer.start(&file).unwrap());
+        let e = syncer.finish().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    }
+}
