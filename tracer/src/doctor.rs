@@ -323,7 +323,11 @@ fn btf_check() -> Check {
 fn netns_check() -> Check {
     let offsets = std::fs::read(BTF)
         .map_err(|e| e.to_string())
-        .and_then(|data| btf::netns_offsets(&data).map_err(|e| e.to_string()));
+        .and_then(|data| {
+            btf::Btf::parse(&data)
+                .and_then(|b| btf::netns_offsets(&b))
+                .map_err(|e| e.to_string())
+        });
     match offsets {
         Ok(o) => Check::ok(
             "netns",

@@ -1,6 +1,8 @@
-//! Reads a kernel function's parameter names from BTF (`/sys/kernel/btf/vmlinux`), so that
-//! the probe finds `tcp_recvmsg`'s flags wherever this kernel's signature puts them. aya
-//! parses BTF too, but does not expose function prototypes.
+//! Reads what the probe needs from the kernel's BTF (`/sys/kernel/btf/vmlinux`): struct
+//! members' offsets, function parameter names (so that the probe finds `tcp_recvmsg`'s
+//! flags wherever this kernel's signature puts them), which tracepoints `tp_btf` can attach
+//! to. aya parses BTF too, but does not expose these. The blob (5 MiB or more) is read and
+//! indexed once, by [`Btf::parse`], for every question.
 
 use tracer_common::{NetnsOffsets, SockOffsets};
 
@@ -27,6 +29,8 @@ const KIND_ENUM64: u32 = 19;
 /// Why the parameters could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BtfError {
+    #[error("this kernel has no BTF ({VMLINUX} is missing: CONFIG_DEBUG_INFO_BTF is off)")]
+    Missing,
     #[error("cannot read kernel BTF: {0}")]
     Unreadable(String),
     #[error("not BTF data (bad magic or header)")]
@@ -73,9 +77,9 @@ fn extra_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
 
 /// Where the probe finds a socket's network namespace inode in the running kernel, from
 /// its BTF: `sock.__sk_common.skc_net.net` (a `struct net *`), then `net.ns.inum`.
-pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
-    let sk_net = member_offset(data, "sock", &["__sk_common", "skc_net", "net"])?;
-    let net_inum = member_offset(data, "net", &["ns", "inum"])?;
+pub fn netns_offsets(btf: &Btf<'_>) -> Result<NetnsOffsets, BtfError> {
+    let sk_net = member_offset(btf, "sock", &["__sk_common", "skc_net", "net"])?;
+    let net_inum = member_offset(btf, "net", &["ns", "inum"])?;
     let narrow = |o: u32, what: &str| {
         u16::try_from(o).map_err(|_| BtfError::NoMember(format!("{what} within 64 KiB")))
     };
@@ -92,9 +96,9 @@ pub fn netns_offsets(data: &[u8]) -> Result<NetnsOffsets, BtfError> {
 /// reads that. The local port's twin, `skc_num`, is cleared before the move to CLOSE, so
 /// the program copies `inet_sport` with a helper only when `skc_num` reads 0. The current
 /// task's name is read the same way, through its BTF pointer.
-pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
+pub fn sock_offsets(btf: &Btf<'_>) -> Result<SockOffsets, BtfError> {
     let at = |structure: &str, path: &[&str]| {
-        let o = member_offset(data, structure, path)?;
+        let o = member_offset(btf, structure, path)?;
         u16::try_from(o).map_err(|_| {
             BtfError::NoMember(format!("{structure}.{} within 64 KiB", path.join(".")))
         })
@@ -114,8 +118,16 @@ pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// Reads the running kernel's BTF.
+pub fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
+    std::fs::read(VMLINUX).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => BtfError::Missing,
+        _ => BtfError::Unreadable(e.to_string()),
+    })
+}
+
 /// A parsed BTF blob: its types, indexed by id, and its strings.
-struct Btf<'a> {
+pub struct Btf<'a> {
     types: &'a [u8],
     strings: &'a [u8],
     /// Byte offset in `types` of each type, by id (ids start at 1; 0 is void).
@@ -133,7 +145,7 @@ struct TypeHeader {
 
 impl<'a> Btf<'a> {
     /// Parses the (little-endian) BTF blob `data`.
-    fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
         if data.len() < HEADER_LEN || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
             return Err(BtfError::BadHeader);
         }
@@ -231,9 +243,8 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The parameter names of function `name` in the (little-endian) BTF blob `data`, in order.
-pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError> {
-    let btf = Btf::parse(data)?;
+/// The parameter names of function `name`, in order.
+pub fn function_params(btf: &Btf<'_>, name: &str) -> Result<Vec<String>, BtfError> {
     let func = btf
         .find(KIND_FUNC, name)
         .ok_or_else(|| BtfError::NoFunction(name.to_owned()))?;
@@ -252,17 +263,14 @@ pub fn function_params(data: &[u8], name: &str) -> Result<Vec<String>, BtfError>
 
 /// Whether the kernel has the tracepoint `name` for BTF-enabled programs (`tp_btf`): its
 /// BTF then types the arguments as `typedef ... btf_trace_<name>`, which the loader looks up.
-pub fn has_raw_tracepoint(data: &[u8], name: &str) -> Result<bool, BtfError> {
-    let btf = Btf::parse(data)?;
-    Ok(btf
-        .find(KIND_TYPEDEF, &format!("btf_trace_{name}"))
-        .is_some())
+pub fn has_raw_tracepoint(btf: &Btf<'_>, name: &str) -> bool {
+    btf.find(KIND_TYPEDEF, &format!("btf_trace_{name}"))
+        .is_some()
 }
 
 /// The byte offset of `path` (member names, one per level of nesting) in struct
 /// `structure`, e.g. `("sock", ["__sk_common", "skc_net", "net"])`.
-pub fn member_offset(data: &[u8], structure: &str, path: &[&str]) -> Result<u32, BtfError> {
-    let btf = Btf::parse(data)?;
+pub fn member_offset(btf: &Btf<'_>, structure: &str, path: &[&str]) -> Result<u32, BtfError> {
     let mut ty = btf
         .find(KIND_STRUCT, structure)
         .ok_or_else(|| BtfError::NoMember(structure.to_owned()))?;
@@ -327,6 +335,7 @@ pub(crate) mod tests {
             ("tcp_sendmsg", &["sk", "msg", "size"]),
             ("tcp_recvmsg", &["sk", "msg", "len", "flags", "addr_len"]),
         ]);
+        let data = Btf::parse(&data).unwrap();
         assert_eq!(
             function_params(&data, "tcp_recvmsg").unwrap(),
             ["sk", "msg", "len", "flags", "addr_len"]
@@ -343,11 +352,11 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_what_is_not_btf() {
-        assert_eq!(function_params(b"ELF", "f"), Err(BtfError::BadHeader));
+        assert_eq!(Btf::parse(b"ELF").err(), Some(BtfError::BadHeader));
         let data = blob(&[("f", &["a"])]);
         assert_eq!(
-            function_params(&data[..data.len() - 8], "f"),
-            Err(BtfError::Truncated)
+            Btf::parse(&data[..data.len() - 8]).err(),
+            Some(BtfError::Truncated)
         );
     }
 
@@ -355,10 +364,11 @@ pub(crate) mod tests {
     fn reads_the_running_kernels_btf() {
         // Where the kernel has BTF (every kernel this project targets), tcp_recvmsg's first
         // parameter is the socket and its flags come third or fourth.
-        let Ok(data) = std::fs::read(VMLINUX) else {
+        let Ok(data) = read_vmlinux() else {
             eprintln!("no {VMLINUX}: nothing to check");
             return;
         };
+        let data = Btf::parse(&data).unwrap();
         // The namespace is behind a pointer somewhere in sock_common, and its inode a
         // little way into struct net.
         let off = netns_offsets(&data).unwrap();
@@ -387,8 +397,8 @@ pub(crate) mod tests {
             "{sock:?}"
         );
         // The transition tracepoint is there for tp_btf on every kernel this project runs on.
-        assert_eq!(has_raw_tracepoint(&data, "inet_sock_set_state"), Ok(true));
-        assert_eq!(has_raw_tracepoint(&data, "no_such_tracepoint"), Ok(false));
+        assert!(has_raw_tracepoint(&data, "inet_sock_set_state"));
+        assert!(!has_raw_tracepoint(&data, "no_such_tracepoint"));
         let params = function_params(&data, "tcp_recvmsg").unwrap();
         assert_eq!(params[0], "sk");
         assert!(matches!(

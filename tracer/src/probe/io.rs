@@ -232,9 +232,15 @@ pub struct IoPlan {
 }
 
 impl IoPlan {
-    /// Checks each mechanism `choice` allows, without loading anything. `sock` is whether
-    /// the probe knows where the socket's fields are (from BTF), which `tp_btf` needs.
-    pub fn new(choice: IoChoice, tracefs: &Path, sock: Result<(), &btf::BtfError>) -> IoPlan {
+    /// Checks each mechanism `choice` allows, without loading anything, against the
+    /// kernel's BTF `btf`. `sock` is whether the probe knows where the socket's fields are
+    /// (from BTF), which `tp_btf` needs.
+    pub fn new(
+        choice: IoChoice,
+        tracefs: &Path,
+        btf: Result<&btf::Btf<'_>, &btf::BtfError>,
+        sock: Result<(), &btf::BtfError>,
+    ) -> IoPlan {
         let mut plan = IoPlan {
             choice,
             candidates: Vec::new(),
@@ -243,11 +249,11 @@ impl IoPlan {
         };
         for m in choice.candidates() {
             let checked = match m {
-                IoMechanism::TpBtf => tp_btf_tracepoints(sock),
+                IoMechanism::TpBtf => tp_btf_tracepoints(btf, sock),
                 IoMechanism::Tracepoint => tracepoint_formats(tracefs),
-                IoMechanism::Fentry => recv_flags_from_btf(),
+                IoMechanism::Fentry => recv_flags_from_btf(btf),
                 IoMechanism::Kprobe => {
-                    kprobes_available(tracefs).and_then(|()| recv_flags_for_kprobes())
+                    kprobes_available(tracefs).and_then(|()| recv_flags_for_kprobes(btf))
                 }
             };
             match checked {
@@ -366,15 +372,18 @@ fn tracepoint_formats(tracefs: &Path) -> Result<Option<u32>, String> {
 
 /// Checks that the kernel's BTF has both send/receive tracepoints, and the probe the
 /// socket's field offsets.
-fn tp_btf_tracepoints(sock: Result<(), &btf::BtfError>) -> Result<Option<u32>, String> {
+fn tp_btf_tracepoints(
+    btf: Result<&btf::Btf<'_>, &btf::BtfError>,
+    sock: Result<(), &btf::BtfError>,
+) -> Result<Option<u32>, String> {
     sock.map_err(|e| format!("the socket's fields are not known: {e}"))?;
-    let data = read_btf()?;
-    let mut missing = Vec::new();
-    for hook in IoMechanism::TpBtf.hooks() {
-        if !btf::has_raw_tracepoint(&data, hook.target).map_err(|e| e.to_string())? {
-            missing.push(hook.target);
-        }
-    }
+    let btf = btf.map_err(|e| e.to_string())?;
+    let missing: Vec<_> = IoMechanism::TpBtf
+        .hooks()
+        .iter()
+        .map(|hook| hook.target)
+        .filter(|target| !btf::has_raw_tracepoint(btf, target))
+        .collect();
     match missing.len() {
         0 => Ok(None),
         _ => Err(format!(
@@ -397,22 +406,11 @@ pub fn recv_flags_position(params: &[String]) -> Result<u32, String> {
     }
 }
 
-/// Reads the running kernel's BTF.
-fn read_btf() -> Result<Vec<u8>, String> {
-    std::fs::read(btf::VMLINUX).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!(
-            "this kernel has no BTF ({} is missing: CONFIG_DEBUG_INFO_BTF is off)",
-            btf::VMLINUX
-        ),
-        _ => format!("cannot read {}: {e}", btf::VMLINUX),
-    })
-}
-
 /// Checks both functions in BTF (fentry and fexit attach by their BTF ids) and returns where
 /// `tcp_recvmsg`'s flags are.
-fn recv_flags_from_btf() -> Result<Option<u32>, String> {
-    let data = read_btf()?;
-    let params = |f: &str| btf::function_params(&data, f).map_err(|e| e.to_string());
+fn recv_flags_from_btf(btf: Result<&btf::Btf<'_>, &btf::BtfError>) -> Result<Option<u32>, String> {
+    let btf = btf.map_err(|e| e.to_string())?;
+    let params = |f: &str| btf::function_params(btf, f).map_err(|e| e.to_string());
     params(SENDMSG)?;
     recv_flags_position(&params(RECVMSG)?).map(Some)
 }
@@ -431,9 +429,11 @@ fn kprobes_available(tracefs: &Path) -> Result<(), String> {
 
 /// `tcp_recvmsg`'s flags position for kprobes: from BTF when the kernel has it, else from
 /// the kernel version (the signature changed in 5.19).
-fn recv_flags_for_kprobes() -> Result<Option<u32>, String> {
-    if let Ok(data) = std::fs::read(btf::VMLINUX) {
-        let params = btf::function_params(&data, RECVMSG).map_err(|e| e.to_string())?;
+fn recv_flags_for_kprobes(
+    btf: Result<&btf::Btf<'_>, &btf::BtfError>,
+) -> Result<Option<u32>, String> {
+    if let Ok(btf) = btf {
+        let params = btf::function_params(btf, RECVMSG).map_err(|e| e.to_string())?;
         return recv_flags_position(&params).map(Some);
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -363,13 +363,14 @@ impl Probe {
         let tracefs = tracefs::ensure()?;
         let offsets = read_offsets(&tracefs)?;
         let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
-        let vmlinux =
-            std::fs::read(btf::VMLINUX).map_err(|e| btf::BtfError::Unreadable(e.to_string()));
-        let netns = vmlinux
+        let vmlinux = btf::read_vmlinux();
+        let kernel_btf = vmlinux
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|data| btf::netns_offsets(data));
-        let sock = vmlinux.and_then(|data| btf::sock_offsets(&data));
+            .and_then(|data| btf::Btf::parse(data));
+        let parsed = || kernel_btf.as_ref().map_err(Clone::clone);
+        let netns = parsed().and_then(btf::netns_offsets);
+        let sock = parsed().and_then(btf::sock_offsets);
         if let Ok(off) = &sock {
             config.sock_offsets = *off;
         }
@@ -383,7 +384,12 @@ impl Probe {
         // The configuration is frozen at load time, before any hook is tried: it is set
         // for what may work. If every candidate then fails, the transition program forgets
         // notes at births in an empty map, a cheap miss.
-        let plan = io::IoPlan::new(diagnostics.io, &tracefs.path, sock.as_ref().map(|_| ()));
+        let plan = io::IoPlan::new(
+            diagnostics.io,
+            &tracefs.path,
+            kernel_btf.as_ref(),
+            sock.as_ref().map(|_| ()),
+        );
         let any_io = !plan.candidates.is_empty();
         config.io_hints = any_io as u32;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
@@ -600,13 +606,24 @@ impl Trial {
         let ring = RingConfig::with_bytes(4096, 1);
         let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
         // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
-        let sock = std::fs::read(btf::VMLINUX)
-            .map_err(|e| btf::BtfError::Unreadable(e.to_string()))
-            .and_then(|data| btf::sock_offsets(&data));
+        let vmlinux = btf::read_vmlinux();
+        let kernel_btf = vmlinux
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|data| btf::Btf::parse(data));
+        let sock = kernel_btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(btf::sock_offsets);
         if let Ok(off) = &sock {
             config.sock_offsets = *off;
         }
-        let plan = io::IoPlan::new(IoChoice::Auto, &tracefs.path, sock.as_ref().map(|_| ()));
+        let plan = io::IoPlan::new(
+            IoChoice::Auto,
+            &tracefs.path,
+            kernel_btf.as_ref(),
+            sock.as_ref().map(|_| ()),
+        );
         config.io_hints = 1;
         config.recv_flags_arg = plan.recv_flags_arg.unwrap_or(0);
         privileges::raise_memlock_limit();
