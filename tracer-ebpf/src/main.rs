@@ -223,15 +223,17 @@ pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
     // SAFETY: the tracepoint's arguments are (const struct sock *sk, int oldstate,
     // int newstate), each in a u64 slot.
-    let sock = unsafe {
-        Sock {
-            sk: ctx.arg::<*const u8>(0),
+    let transition = unsafe {
+        BtfTransition {
+            sock: Sock {
+                sk: ctx.arg::<*const u8>(0),
+                off: cfg.sock_offsets,
+            },
             oldstate: ctx.arg::<u64>(1) as u32,
             newstate: ctx.arg::<u64>(2) as u32,
-            off: cfg.sock_offsets,
         }
     };
-    if let Err(skip) = record(&cfg, &sock) {
+    if let Err(skip) = record(&cfg, &transition) {
         count(skip);
         if debug_on() {
             log_skip(&ctx, skip);
@@ -240,11 +242,9 @@ pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The socket of a `tp_btf` transition, read at offsets from kernel BTF.
+/// A socket handed to a `tp_btf` program, read at offsets from kernel BTF.
 struct Sock {
     sk: *const u8,
-    oldstate: u32,
-    newstate: u32,
     off: SockOffsets,
 }
 
@@ -279,12 +279,25 @@ impl Sock {
         // SAFETY: written by the helper, which returned success.
         Ok(unsafe { v.assume_init() })
     }
+
+    /// `(protocol, family)`.
+    #[inline(always)]
+    fn proto_family(&self) -> (u16, u16) {
+        (self.read(self.off.protocol), self.read(self.off.family))
+    }
 }
 
-impl Transition for Sock {
+/// A `tp_btf` transition: the socket, and the states it moves between.
+struct BtfTransition {
+    sock: Sock,
+    oldstate: u32,
+    newstate: u32,
+}
+
+impl Transition for BtfTransition {
     #[inline(always)]
     fn proto_family(&self) -> Result<(u16, u16), Skip> {
-        Ok((self.read(self.off.protocol), self.read(self.off.family)))
+        Ok(self.sock.proto_family())
     }
     #[inline(always)]
     fn states(&self) -> Result<(u32, u32), Skip> {
@@ -292,29 +305,31 @@ impl Transition for Sock {
     }
     #[inline(always)]
     fn skaddr(&self) -> Result<u64, Skip> {
-        Ok(self.sk as u64)
+        Ok(self.sock.sk as u64)
     }
     #[inline(always)]
     fn ports(&self) -> Result<(u16, u16), Skip> {
-        let dport = u16::from_be(self.read(self.off.dport));
+        let (sock, off) = (&self.sock, self.sock.off);
+        let dport = u16::from_be(sock.read(off.dport));
         // `skc_num` is `inet_sport` in host order, a direct load, while the socket holds its
         // port; after it released it (the move to CLOSE) only `inet_sport` still has it.
-        let num: u16 = self.read(self.off.num);
+        let num: u16 = sock.read(off.num);
         if num != 0 {
             return Ok((num, dport));
         }
-        Ok((u16::from_be(self.read_beyond(self.off.sport)?), dport))
+        Ok((u16::from_be(sock.read_beyond(off.sport)?), dport))
     }
     #[inline(always)]
     fn addrs_v4(&self) -> Result<(u32, u32), Skip> {
-        Ok((self.read(self.off.saddr), self.read(self.off.daddr)))
+        let (sock, off) = (&self.sock, self.sock.off);
+        Ok((sock.read(off.saddr), sock.read(off.daddr)))
     }
     #[inline(always)]
     fn addrs_v6(&self) -> Result<([u64; 2], [u64; 2]), Skip> {
-        let o = self.off;
+        let (sock, o) = (&self.sock, self.sock.off);
         Ok((
-            [self.read(o.saddr_v6), self.read(o.saddr_v6 + 8)],
-            [self.read(o.daddr_v6), self.read(o.daddr_v6 + 8)],
+            [sock.read(o.saddr_v6), sock.read(o.saddr_v6 + 8)],
+            [sock.read(o.daddr_v6), sock.read(o.daddr_v6 + 8)],
         ))
     }
     #[inline(always)]
@@ -324,16 +339,16 @@ impl Transition for Sock {
             return 0;
         }
         // Loads through the kernel's typed pointers: a NULL `net` reads as 0.
-        let net: *const u8 = self.read(off.sk_net);
+        let net: *const u8 = self.sock.read(off.sk_net);
         if net.is_null() {
             return 0;
         }
-        // SAFETY: as in `read`; `net` is the kernel's `struct net *` of the socket.
+        // SAFETY: as in `Sock::read`; `net` is the kernel's `struct net *` of the socket.
         unsafe { core::ptr::read(net.add(off.net_inum as usize).cast::<u32>()) }
     }
     #[inline(always)]
-    fn comm(&self, comm: *mut [u64; 2]) {
-        task_comm(self.off.task_comm, comm)
+    fn comm(&self) -> [u64; 2] {
+        task_comm(self.sock.off.task_comm)
     }
 }
 
@@ -425,42 +440,41 @@ trait Transition {
     fn netns(&self, cfg: &ProbeConfig, skaddr: u64) -> u32 {
         netns_of(cfg, skaddr)
     }
-    /// Writes the current task's name into `comm`, a record's aligned 16 bytes.
+    /// The current task's name: a record's 16 bytes.
     #[inline(always)]
-    fn comm(&self, comm: *mut [u64; 2]) {
-        helper_comm(comm)
+    fn comm(&self) -> [u64; 2] {
+        helper_comm()
     }
 }
 
-/// Writes the current task's name into `comm` (aligned, [`COMM_LEN`] bytes) with the helper
-/// that every program type may call: NUL-padded, or zeros when it fails. Going through
-/// `bpf_get_current_comm()`'s Result instead costs byte-wise copies and memset calls.
+/// The current task's name ([`COMM_LEN`] bytes, as two words a record stores whole) from
+/// the helper that every program type may call: NUL-padded, or zeros when it fails. Going
+/// through `bpf_get_current_comm()`'s Result instead costs byte-wise copies and memset
+/// calls.
 #[inline(always)]
-fn helper_comm(comm: *mut [u64; 2]) {
-    // SAFETY: every caller passes a record's or a local's aligned 16-byte name field; the
-    // helper writes at most COMM_LEN bytes.
-    unsafe {
-        if gen::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
-            comm.write([0, 0]);
-        }
+fn helper_comm() -> [u64; 2] {
+    let mut comm = [0u64; 2];
+    // SAFETY: the helper writes at most COMM_LEN bytes, the local's size.
+    if unsafe { gen::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) } != 0 {
+        return [0, 0];
     }
+    comm
 }
 
-/// Writes the current task's name into `comm` (aligned, [`COMM_LEN`] bytes) with two loads
-/// through the task's BTF pointer at `task_struct.comm` (`offset`, from kernel BTF), which
-/// the kernel keeps NUL-terminated and NUL-padded: the helper and its string copy were a
-/// quarter of the transition program. For BTF-enabled programs (`tp_btf`) only.
+/// The current task's name, as [`helper_comm`], with two loads through the task's BTF
+/// pointer at `task_struct.comm` (`offset`, from kernel BTF), which the kernel keeps
+/// NUL-terminated and NUL-padded: the helper and its string copy were a quarter of the
+/// transition program. For BTF-enabled programs (`tp_btf`) only.
 #[inline(always)]
-fn task_comm(offset: u16, comm: *mut [u64; 2]) {
-    // SAFETY: the current task's trusted BTF pointer, read like the socket in `Sock::read`;
-    // `comm` as in `helper_comm`.
+fn task_comm(offset: u16) -> [u64; 2] {
+    // SAFETY: the current task's trusted BTF pointer, read like the socket in `Sock::read`.
     unsafe {
         let task = gen::bpf_get_current_task_btf() as *const u8;
         let at = task.add(offset as usize);
-        comm.write([
+        [
             core::ptr::read(at.cast::<u64>()),
             core::ptr::read(at.add(8).cast::<u64>()),
-        ]);
+        ]
     }
 }
 
@@ -571,9 +585,10 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
         addr_of_mut!((*ev).netns).write(netns);
         addr_of_mut!((*ev).reserved).write(0);
     }
+    let comm = t.comm();
     // SAFETY: `ev` is the reserved record, as above; its name field is 8-byte aligned and
     // 16 bytes long.
-    t.comm(unsafe { addr_of_mut!((*ev).comm) }.cast());
+    unsafe { addr_of_mut!((*ev).comm).cast::<[u64; 2]>().write(comm) };
     entry.submit(wakeup_flags(&cfg));
     Ok(())
 }
@@ -749,18 +764,12 @@ fn try_sock_io_btf(ctx: &BtfTracePointContext, recv: bool) -> Result<(), IoSkip>
             ctx.arg::<u64>(2),
         )
     };
-    let sock = Sock {
-        sk,
-        oldstate: 0,
-        newstate: 0,
-        off,
-    };
-    let (protocol, family) = sock.proto_family().map_err(|_| IoSkip::Unreadable)?;
+    let (protocol, family) = Sock { sk, off }.proto_family();
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return Err(IoSkip::NotTcp);
     }
     let op = if recv { recv_op(ret, flags) } else { IO_SEND };
-    note_io(sk as u64, op, |comm| task_comm(off.task_comm, comm))
+    note_io(sk as u64, op, || task_comm(off.task_comm))
 }
 
 #[fexit(function = "tcp_recvmsg")]
@@ -878,7 +887,7 @@ fn recv_op(ret: i32, flags: u64) -> u32 {
 /// every send and receive on the machine, so the common case (the same process again) is
 /// one lookup and two stores in place; only a new socket or a new process costs an insert.
 #[inline(always)]
-fn note_io(sk: u64, op: u32, comm: impl FnOnce(*mut [u64; 2])) -> Result<(), IoSkip> {
+fn note_io(sk: u64, op: u32, comm: impl FnOnce() -> [u64; 2]) -> Result<(), IoSkip> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // (The cheaper coarse clock is refused in tracing programs.)
     // SAFETY: a helper without arguments or preconditions.
@@ -896,13 +905,14 @@ fn note_io(sk: u64, op: u32, comm: impl FnOnce(*mut [u64; 2])) -> Result<(), IoS
     }
     let mut io = MaybeUninit::<SocketIo>::uninit();
     let p = io.as_mut_ptr();
-    // SAFETY: every field of `p`, a local, is written before it is read; `comm` fills all
-    // of the name (see `helper_comm`).
+    let comm = comm();
+    // SAFETY: every field of `p`, a local, is written before it is read; the name, 8-byte
+    // aligned, is 16 bytes long.
     let io = unsafe {
         addr_of_mut!((*p).ts_ns).write(now);
         addr_of_mut!((*p).pid).write(pid);
         addr_of_mut!((*p).op).write(op);
-        comm(addr_of_mut!((*p).comm).cast());
+        addr_of_mut!((*p).comm).cast::<[u64; 2]>().write(comm);
         io.assume_init_ref()
     };
     SOCKET_IO.insert(&sk, io, 0).map_err(IoSkip::Map)
