@@ -47,6 +47,17 @@ static CONFIG: ProbeConfig = ProbeConfig::new(FieldOffsets {
     record_len: 0,
 });
 
+/// CONFIG as userspace loaded it. Its address goes through a volatile read, so the compiler
+/// cannot fold the zeros CONFIG was compiled with, and each field used is a load from the
+/// map where it is used (which the verifier, the map being frozen, knows as a constant). A
+/// volatile copy of the whole struct instead cost about 80 instructions per run.
+#[inline(always)]
+fn config() -> &'static ProbeConfig {
+    let at: *const ProbeConfig = &CONFIG;
+    // SAFETY: reads the local just written; CONFIG is plain data that lives forever.
+    unsafe { &*core::ptr::read_volatile(&at) }
+}
+
 /// Transitions for userspace. Its size is set by userspace at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
@@ -96,8 +107,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// verifier knows the answer and drops the logging code when it is no.
 #[inline(always)]
 fn debug_on() -> bool {
-    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
-    unsafe { core::ptr::read_volatile(&CONFIG.debug) != 0 }
+    config().debug != 0
 }
 
 /// Logs the skips that should not happen: a record the probe cannot read, a full ring.
@@ -185,16 +195,14 @@ fn count(skip: Skip) {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
-    // SAFETY: CONFIG is plain data; the volatile read keeps the compiler from folding the
-    // zeros it was compiled with instead of the values userspace loaded.
-    let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let cfg = config();
     if cfg.direct_access != 0 {
         // Userspace saw KNOWN_LAYOUT in the format file. CONFIG is frozen read-only, so the
         // verifier knows which branch runs; constant offsets become immediate loads from
         // the context: no helper call, no copy.
         let rec = Direct(ctx.as_ptr() as *const u8);
         record(
-            &cfg,
+            cfg,
             &Record {
                 rec: &rec,
                 off: &KNOWN_LAYOUT,
@@ -204,7 +212,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
         let mut buf = RecordBuf::uninit();
         let rec = Copied::new(ctx, &cfg.offsets, &mut buf)?;
         record(
-            &cfg,
+            cfg,
             &Record {
                 rec: &rec,
                 off: &cfg.offsets,
@@ -219,8 +227,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), Skip> {
 /// program within the kernel's 15 characters, so `bpftool` and `--probe-cost` tell them apart.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
-    let cfg: ProbeConfig = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let cfg = config();
     // SAFETY: the tracepoint's arguments are (const struct sock *sk, int oldstate,
     // int newstate), each in a u64 slot.
     let transition = unsafe {
@@ -233,7 +240,7 @@ pub fn set_state_btf(ctx: BtfTracePointContext) -> i32 {
             newstate: ctx.arg::<u64>(2) as u32,
         }
     };
-    if let Err(skip) = record(&cfg, &transition) {
+    if let Err(skip) = record(cfg, &transition) {
         count(skip);
         if debug_on() {
             log_skip(&ctx, skip);
@@ -589,7 +596,7 @@ fn record<T: Transition>(cfg: &ProbeConfig, t: &T) -> Result<(), Skip> {
     // SAFETY: `ev` is the reserved record, as above; its name field is 8-byte aligned and
     // 16 bytes long.
     unsafe { addr_of_mut!((*ev).comm).cast::<[u64; 2]>().write(comm) };
-    entry.submit(wakeup_flags(&cfg));
+    entry.submit(wakeup_flags(cfg));
     Ok(())
 }
 
@@ -754,8 +761,7 @@ pub fn sock_send_btf(ctx: BtfTracePointContext) -> i32 {
 /// sends and receives, TCP's among them.
 #[inline(always)]
 fn try_sock_io_btf(ctx: &BtfTracePointContext, recv: bool) -> Result<(), IoSkip> {
-    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
-    let off = unsafe { core::ptr::read_volatile(&CONFIG.sock_offsets) };
+    let off = config().sock_offsets;
     // SAFETY: the tracepoint's arguments, each in a u64 slot.
     let (sk, ret, flags) = unsafe {
         (
@@ -868,8 +874,7 @@ fn try_tcp_sendmsg_kprobe(ctx: &ProbeContext) -> Result<(), IoSkip> {
 /// `CONFIG.recv_flags_arg`, read as the verifier's constant.
 #[inline(always)]
 fn cfg_recv_flags_arg() -> u32 {
-    // SAFETY: CONFIG is plain data; see try_inet_sock_set_state for why volatile.
-    unsafe { core::ptr::read_volatile(&CONFIG.recv_flags_arg) }
+    config().recv_flags_arg
 }
 
 /// A receive's [`SocketIo::op`]: the end of stream when it returned 0 without `MSG_PEEK`
