@@ -736,7 +736,9 @@ impl Json {
         line.uint(t.tid.into());
         line.text(b",\"comm\":\"");
         if line.plain_comm(&t.comm).is_none() {
-            // Writing into a Vec cannot fail. Serde writes the opening quote again.
+            // Writing into a Vec cannot fail. Serde writes the quotes too: the opening one
+            // just written is taken back, and so is its closing one, which the next field
+            // writes.
             line.with_vec(|out| {
                 out.pop();
                 let _ = serde_json::to_writer(&mut *out, &*t.comm.to_str_lossy());

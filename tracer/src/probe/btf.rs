@@ -26,7 +26,7 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
-/// Why the parameters could not be read.
+/// Why the kernel's BTF could not be read, or did not have what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BtfError {
     #[error("this kernel has no BTF ({VMLINUX} is missing: CONFIG_DEBUG_INFO_BTF is off)")]
