@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Where the kernel's BTF is.
-const BTF: &str = "/sys/kernel/btf/vmlinux";
+const BTF: &str = btf::VMLINUX;
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -126,6 +126,13 @@ pub fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
     })
 }
 
+/// The kernel's BTF that [`read_vmlinux`] returned, parsed; the read's error if it failed.
+pub fn parse_read(read: &Result<Vec<u8>, BtfError>) -> Result<Btf<'_>, BtfError> {
+    read.as_ref()
+        .map_err(Clone::clone)
+        .and_then(|data| Btf::parse(data))
+}
+
 /// A parsed BTF blob: its types, indexed by id, and its strings.
 pub struct Btf<'a> {
     types: &'a [u8],

@@ -364,10 +364,7 @@ impl Probe {
         let offsets = read_offsets(&tracefs)?;
         let mut config = filters.to_config(offsets, ring, diagnostics.access)?;
         let vmlinux = btf::read_vmlinux();
-        let kernel_btf = vmlinux
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|data| btf::Btf::parse(data));
+        let kernel_btf = btf::parse_read(&vmlinux);
         let parsed = || kernel_btf.as_ref().map_err(Clone::clone);
         let netns = parsed().and_then(btf::netns_offsets);
         let sock = parsed().and_then(btf::sock_offsets);
@@ -607,10 +604,7 @@ impl Trial {
         let mut config = Filters::default().to_config(offsets, ring, RecordAccess::Auto)?;
         // Without BTF the offsets stay 0 and tp_btf fails its check, as in `watch`.
         let vmlinux = btf::read_vmlinux();
-        let kernel_btf = vmlinux
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|data| btf::Btf::parse(data));
+        let kernel_btf = btf::parse_read(&vmlinux);
         let sock = kernel_btf
             .as_ref()
             .map_err(Clone::clone)
