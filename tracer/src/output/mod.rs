@@ -351,6 +351,6 @@ fn since(from_ns: u64, to_ns: u64) -> Duration {
 }
 
 #[cfg(test)]
-mod arbitrary;
+pub(crate) mod arbitrary;
 #[cfg(test)]
 mod tests;

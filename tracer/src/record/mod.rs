@@ -625,9 +625,15 @@ pub struct FailedEntry {
 
 /// The kernel's 16-byte command name.
 fn comm_raw(c: &Comm) -> [u8; 16] {
-    let mut raw = [0u8; 16];
-    let b = c.as_bytes();
-    raw[..b.len()].copy_from_slice(b);
+    // The kernel's bytes with all after the name zeroed: one masked copy, where a copy of
+    // the name's length was a call to memcpy per transition recorded.
+    let (bytes, len) = c.raw();
+    let mut raw = *bytes;
+    for (i, b) in raw.iter_mut().enumerate() {
+        if i >= len {
+            *b = 0;
+        }
+    }
     raw
 }
 
