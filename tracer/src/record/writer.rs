@@ -1,13 +1,12 @@
 //! Writes a recording while `tracer watch` runs, without slowing it down.
 //!
 //! The watch loop queues entries in a chunk (a copy each) and hands each chunk to a writer
-//! thread, which owns the file: encodes (transitions by a writer of their own, checked
-//! against serde's), writes, has the data
-//! forced to disk once a second (`fdatasync`, on a thread of its own: under load one took
-//! up to a second, and chunks piled up behind it), and rotates. If the disk cannot keep
-//! up and chunks pile up,
-//! a chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says
-//! how many entries are missing.
+//! thread, which owns the file: encodes (transitions by an encoder of their own, held to
+//! serde's bytes by a test), writes, has the data forced to disk once a second
+//! (`fdatasync`, on a thread of its own: under load one took up to a second, and chunks
+//! piled up behind it), and rotates. If the disk cannot keep up and chunks pile up, a
+//! chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says how
+//! many entries are missing.
 //!
 //! A write that fails (a full disk) stops the recording, not the run: the thread keeps
 //! at least [`RESERVE`] bytes allocated past the end of the file (it allocates up to
