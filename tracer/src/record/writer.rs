@@ -4,9 +4,9 @@
 //! thread, which owns the file: encodes (transitions by an encoder of their own, held to
 //! serde's bytes by a test), writes, has the data forced to disk once a second and each
 //! segment it closes (`fdatasync`, on a thread of its own: under load one took up to a
-//! second, and chunks piled up behind it), and rotates. If the disk cannot keep up and chunks pile up, a
-//! chunk is left out rather than the loop stalled; an [`Entry::Gap`] in its place says how
-//! many entries are missing.
+//! second, and chunks piled up behind it), and rotates. If the disk cannot keep up and
+//! chunks pile up, a chunk is left out rather than the loop stalled; an [`Entry::Gap`] in
+//! its place says how many entries are missing.
 //!
 //! A write that fails (a full disk) stops the recording, not the run: the thread keeps
 //! at least [`RESERVE`] bytes allocated past the end of the file (it allocates up to
