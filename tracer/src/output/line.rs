@@ -207,3 +207,54 @@ static STATE_NAMES: [([u8; 16], u8); 16] = {
     }
     names
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `line` writes into a fresh buffer.
+    fn written(write: impl FnOnce(&mut Line<'_>)) -> String {
+        let mut out = Vec::new();
+        let mut line = Line::new(&mut out);
+        write(&mut line);
+        line.finish();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them_at_every_length() {
+        let mut values = vec![0, u64::MAX, u64::MAX - 1];
+        let mut power = 1u64;
+        while let Some(next) = power.checked_mul(10) {
+            values.extend([power - 1, power, power + 1, next / 2 + 7]);
+            power = next;
+        }
+        values.extend([power - 1, power, 3_600_000_000_005_000, 4026531840]);
+        for n in values {
+            assert_eq!(written(|l| l.uint(n)), n.to_string(), "{n}");
+            let width = n.to_string().len().max(9);
+            assert_eq!(
+                written(|l| l.zero_padded(n, width)),
+                format!("{n:0width$}"),
+                "{n} in {width}"
+            );
+        }
+        assert_eq!(written(|l| l.zero_padded(7, 2)), "07");
+        assert_eq!(written(|l| l.zero_padded(123_456, 6)), "123456");
+    }
+
+    #[test]
+    fn every_octet_and_ipv4_address_is_written_as_display_writes_it() {
+        for n in 0..=255u8 {
+            let ip = Ipv4Addr::new(n, 255 - n, n / 7, n.wrapping_mul(37));
+            assert_eq!(written(|l| l.ipv4(ip)), ip.to_string());
+        }
+        // Past the room made at first, as a long line has it.
+        let ip = Ipv4Addr::new(255, 255, 255, 255);
+        let s = written(|l| {
+            l.text(&[b'x'; ROOM - 3]);
+            l.ipv4(ip);
+        });
+        assert_eq!(&s[ROOM - 3..], "255.255.255.255");
+    }
+}
