@@ -22,24 +22,19 @@ static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The floor on the BTF-enabled tracepoint, as the tracer attaches where it can.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn floor_btf(_ctx: BtfTracePointContext) -> i32 {
-    bump();
+    bump(&COUNT);
     0
 }
 
 /// The floor on the classic tracepoint, the tracer's fallback.
 #[tracepoint]
 pub fn floor_tracepoint(_ctx: TracePointContext) -> u32 {
-    bump();
+    bump(&COUNT);
     0
 }
 
 #[inline(always)]
-fn bump() {
-    bump_slot(&COUNT);
-}
-
-#[inline(always)]
-fn bump_slot(counter: &PerCpuArray<u64>) {
+fn bump(counter: &PerCpuArray<u64>) {
     if let Some(n) = counter.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, touched only by this CPU with preemption disabled.
         unsafe { *n += 1 };
@@ -75,7 +70,7 @@ pub fn floor_ring_tracepoint(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn stream() {
     let Some(mut entry) = RING.reserve::<Record>(0) else {
-        bump_slot(&LOST);
+        bump(&LOST);
         return;
     };
     let record = entry.as_mut_ptr().cast::<u64>();

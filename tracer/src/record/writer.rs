@@ -872,11 +872,8 @@ impl Syncer {
         Ok(true)
     }
 
-    /// Has `file`, a segment a rotation closed, forced to disk after the syncs asked for.
-    fn closed(&mut self, file: File) -> io::Result<()> {
-        self.send(file)
-    }
-
+    /// Has `file` (the segment being written, or one a rotation closed) forced to disk
+    /// after the syncs asked for before it.
     fn send(&mut self, file: File) -> io::Result<()> {
         let (tx, ..) = match &mut self.thread {
             Some(thread) => thread,
@@ -1010,7 +1007,7 @@ fn rotate(
             // current one's; the reader skips what is damaged.
             let closed = done.file.try_clone();
             budget.rotated(path, done, sink.len);
-            syncer.closed(closed?)
+            syncer.send(closed?)
         }
         Err(e) => {
             let _ = fs::remove_file(path);
@@ -1350,7 +1347,7 @@ mod sync_tests {
         assert!(syncer.start(&open("rec")).unwrap());
         // As many as the budget keeps, without waiting for the one running.
         for n in 1..=SEGMENTS {
-            syncer.closed(open(&format!("rec.{n}"))).unwrap();
+            syncer.send(open(&format!("rec.{n}"))).unwrap();
         }
         assert_eq!(syncer.pending, SYNCS_QUEUED);
         assert!(
@@ -1381,7 +1378,7 @@ mod sync_tests {
         // A pipe cannot be synced: fdatasync fails with EINVAL.
         let (read, _write) = std::io::pipe().unwrap();
         syncer
-            .closed(File::from(std::os::fd::OwnedFd::from(read)))
+            .send(File::from(std::os::fd::OwnedFd::from(read)))
             .unwrap();
         let e = syncer.finish().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
